@@ -1,0 +1,228 @@
+"""The ``harness`` command line.
+
+Exit status: 0 success; 1 a cell failed or ``check`` found a regression;
+2 bad input (unknown name, bad config, unreadable file) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+from harness import registry
+from harness.errors import HarnessError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _parse_value(text: str) -> Any:
+    """``16`` -> 16, ``0.5`` -> 0.5, ``true`` -> True, ``[1,2]`` -> list; otherwise the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_assignments(items: Sequence[str], flag: str, multi: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise HarnessError(f"{flag} expects NAME=VALUE{',VALUE...' if multi else ''}, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if multi:
+            out[key] = [_parse_value(v) for v in value.split(",") if v != ""]
+            if not out[key]:
+                raise HarnessError(f"{flag} {key}= has no values")
+        else:
+            out[key] = _parse_value(value)
+    return out
+
+
+def _add_results_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="directory holding records/ and LEADERBOARD.md (default: ./results)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this module before running (registers its tasks/methods); repeatable")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("run", help="run tasks x methods x seeds (no arguments: the default suite)")
+    p.add_argument("--tasks", nargs="+", help="task names (default: every registered task)")
+    p.add_argument("--methods", nargs="+", help="method names (default: every method of each task's family)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's, 0 1 2)")
+    p.add_argument("--suite", choices=["default", "quick"], default="default",
+                   help="default: seeds 0 1 2; quick: seed 0 (what CI checks against the reference)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task config value (repeatable)")
+    p.add_argument("--grid", action="append", default=[], metavar="PARAM=V1,V2",
+                   help="method parameter grid; each point is a separate cell (repeatable)")
+    p.add_argument("--model", help="model for tasks that read one (e.g. gpt2 or a local directory)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--cache-dir", type=Path, help="cache for built models and data (default: $HARNESS_CACHE or ~/.cache/interp-harness)")
+    p.add_argument("--force", action="store_true", help="re-run cells that already have a record")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_results_dir(p)
+
+    p = sub.add_parser("list", help="list registered tasks and methods")
+    p.add_argument("--family")
+
+    p = sub.add_parser("leaderboard", help="print per-task tables ranked by the main metric")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--out", type=Path, help="file to write (default: <results-dir>/LEADERBOARD.md or .csv)")
+    _add_results_dir(p)
+
+    p = sub.add_parser("compare", help="paired difference of two methods over shared seeds")
+    p.add_argument("method_a")
+    p.add_argument("method_b")
+    p.add_argument("--task", required=True)
+    p.add_argument("--metric", help="metric to compare (default: the task's main metric)")
+    _add_results_dir(p)
+
+    p = sub.add_parser("check", help="compare current results with a committed reference")
+    p.add_argument("--reference", type=Path, default=Path("results/reference.json"))
+    _add_results_dir(p)
+
+    p = sub.add_parser("reference", help="write a reference file from the current results")
+    p.add_argument("--out", type=Path, default=Path("results/reference.json"))
+    p.add_argument("--tasks", nargs="+", help="only these tasks")
+    _add_results_dir(p)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.leaderboard import build_tables, render_markdown, write_leaderboard
+    from harness.records import Store
+    from harness.runner import SUITES, RunSpec, run
+
+    overrides = _parse_assignments(args.overrides, "--set", multi=False)
+    if args.model:
+        overrides["model"] = args.model
+    spec = RunSpec(
+        tasks=args.tasks, methods=args.methods,
+        seeds=args.seeds if args.seeds else SUITES[args.suite],
+        task_overrides=overrides, grid=_parse_assignments(args.grid, "--grid", multi=True),
+        device=args.device, results_dir=args.results_dir, cache_dir=args.cache_dir,
+        force=args.force, progress=not args.no_progress,
+    )
+    try:
+        summary = run(spec)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run the same command again to do the rest",
+              file=sys.stderr)
+        return 130
+    ok = [r for r in summary.records if r["status"] == "ok"]
+    print(render_markdown(build_tables(ok)))
+    path = write_leaderboard(build_tables(Store(args.results_dir).load_all()), args.results_dir / "LEADERBOARD.md")
+    print(f"{len(summary.records)} cells: {summary.ran} run, {summary.skipped} already recorded, "
+          f"{len(summary.failed)} failed. Records in {args.results_dir / 'records'}; leaderboard in {path}")
+    for r in summary.failed:
+        print(f"  FAILED {r['task']} | {r['method']} | seed {r['seed']}: {r['error'].splitlines()[0]}")
+    return EXIT_FAIL if summary.failed else EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    tasks = registry.tasks(args.family)
+    print(tabulate([[t.name, t.family, t.version, t.cls.main_metric, t.description] for t in tasks],
+                   headers=["task", "family", "version", "main metric", "description"], tablefmt="github"))
+    print()
+    methods = registry.methods(args.family)
+    print(tabulate([[m.name, m.family, m.version, "yes" if m.baseline else "", m.source, m.description] for m in methods],
+                   headers=["method", "family", "version", "baseline", "source", "description"], tablefmt="github"))
+    return EXIT_OK
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness.leaderboard import build_tables, render_csv, render_markdown, write_leaderboard
+    from harness.records import Store
+
+    tables = build_tables(Store(args.results_dir).load_all())
+    print(render_markdown(tables) if args.format == "md" else render_csv(tables))
+    out = args.out or args.results_dir / ("LEADERBOARD.md" if args.format == "md" else "leaderboard.csv")
+    write_leaderboard(tables, out, args.format)
+    print(f"written to {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare
+    from harness.records import Store
+
+    c = compare(Store(args.results_dir).load_all(), args.method_a, args.method_b, args.task, args.metric)
+    rows = [[s, a, b, a - b] for s, a, b in zip(c.seeds, c.a, c.b)]
+    print(tabulate(rows, headers=["seed", c.method_a, c.method_b, "difference"], tablefmt="github", floatfmt=".4f"))
+    print(c.verdict)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.check import check, read_reference
+    from harness.records import Store
+
+    reference = read_reference(args.reference)
+    findings = check(Store(args.results_dir).load_all(), reference)
+    failing = [f for f in findings if f.failing]
+    improved = [f for f in findings if not f.failing]
+
+    def rows(fs):
+        return [[f.kind, f.task, f.method, f.metric, f.reference, f.current, f.tolerance, f.detail] for f in fs]
+
+    headers = ["kind", "task", "method", "metric", "reference", "current", "tolerance", "detail"]
+    if improved:
+        print(f"{len(improved)} improvement(s) beyond tolerance (update the reference with `harness reference` if intended):")
+        print(tabulate(rows(improved), headers=headers, tablefmt="github", floatfmt=".4f"))
+    n = len(reference["entries"])
+    if failing:
+        print(f"check FAILED: {len(failing)} problem(s) against {args.reference} ({n} reference entries):")
+        print(tabulate(rows(failing), headers=headers, tablefmt="github", floatfmt=".4f"))
+        return EXIT_FAIL
+    print(f"check passed: {n} reference entries within tolerance ({args.reference})")
+    return EXIT_OK
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from harness.check import build_reference, write_reference
+    from harness.records import Store
+
+    records = Store(args.results_dir).load_all()
+    if args.tasks:
+        records = [r for r in records if r["task"] in set(args.tasks)]
+    doc = build_reference(records)
+    if not doc["entries"]:
+        raise HarnessError(f"no results in {args.results_dir} to build a reference from; run `harness run` first")
+    write_reference(doc, args.out)
+    print(f"wrote {len(doc['entries'])} reference entries to {args.out}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+            "check": cmd_check, "reference": cmd_reference}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        for module in args.plugin:
+            registry.load_plugin_module(module)
+        registry.load_all()
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Clustering protocol: ``fit_predict(X, n_clusters) -> labels``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.method import Method
+
+
+class ClusteringMethod(Method):
+    """A method that clusters rows of a feature matrix.
+
+    Subclasses implement :meth:`fit_predict`.  ``self.seed`` and
+    ``self.device`` are set by the runner before the call.
+    """
+
+    family = "clustering"
+
+    def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
+        """Cluster ``X`` (float array ``[n_samples, n_features]``) into ``n_clusters``.
+
+        Returns integer labels ``[n_samples]`` with values in ``[0, n_clusters)``.
+        """
+        raise NotImplementedError

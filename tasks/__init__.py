@@ -1,0 +1,1 @@
+"""Built-in tasks, one sub-package per family; importing registers them."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: built-ins registered once, the toy family, and per-test results directories."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # so tests can import toy_plugin
+
+from harness import registry  # noqa: E402
+
+registry.load_builtin()
+import toy_plugin  # noqa: E402,F401  (registers the toy family)
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    return tmp_path / "results"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's cache from tests (models built in tests go to a session temp dir)."""
+    cache = os.environ.get("HARNESS_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
+    monkeypatch.setenv("HARNESS_CACHE", cache)
