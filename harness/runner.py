@@ -89,7 +89,10 @@ def _grid_points(grid: Mapping[str, Sequence[Any]], accepted: set[str]) -> list[
 
 def expand(spec: RunSpec) -> list[Cell]:
     """Cells in run order: task, then seed, then method (so task data is built once per seed)."""
-    task_entries = [registry.get_task(n) for n in spec.tasks] if spec.tasks else registry.tasks()
+    if spec.tasks:
+        task_entries = [registry.get_task(n) for n in spec.tasks]
+    else:
+        task_entries = [t for t in registry.tasks() if t.cls.in_default_suite]
     if not task_entries:
         raise ConfigError("no tasks selected")
     method_entries = [registry.get_method(n) for n in spec.methods] if spec.methods is not None else None

@@ -54,6 +54,9 @@ class Task:
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     main_metric: ClassVar[str] = ""
     default_config: ClassVar[Mapping[str, Any]] = {}
+    #: False for tasks that need something a laptop may lack (e.g. GPT-2 weights in the
+    #: local cache): `harness run` without --tasks skips them; naming them runs them.
+    in_default_suite: ClassVar[bool] = True
 
     # --- configuration -------------------------------------------------
     def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

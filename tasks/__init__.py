@@ -1,1 +1,3 @@
 """Built-in tasks, one sub-package per family; importing registers them."""
+
+from tasks import clustering  # noqa: F401
