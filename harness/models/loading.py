@@ -1,0 +1,131 @@
+"""``load_model(spec, device)``: one entry point from a model spec string to a HookedModel.
+
+Specs:
+- ``"gpt2"`` (or another GPT-2-family Hugging Face id such as ``"distilgpt2"``):
+  loaded from the local Hugging Face cache only, never downloaded;
+- a directory written by :func:`harness.models.gpt.save_gpt` (holds ``gpt.json``);
+- a directory written by ``save_pretrained`` holding a GPT-2-family model and
+  its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+from harness.models.base import HookedModel
+from harness.models.gpt import GPT_JSON, load_gpt
+
+SUPPORTED_MODEL_TYPES = ("gpt2",)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+_DOWNLOAD_HINT = (
+    "python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
+    "AutoModelForCausalLM.from_pretrained('{name}'); AutoTokenizer.from_pretrained('{name}')\""
+)
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, resolved from the environment *now* (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def load_model(spec: str, device: torch.device | str = "cpu") -> HookedModel:
+    """Resolve a model spec (see the module docstring) to a :class:`HookedModel` on ``device``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise HarnessError(f"model spec must be a non-empty string, got {spec!r}")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_directory(path, device)
+    if path.exists():
+        raise HarnessError(f"model spec {spec!r} is a file; expected 'gpt2' or a model directory")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        raise HarnessError(f"model directory {spec!r} does not exist")
+    return _load_hub_id(spec, device)
+
+
+def _load_directory(path: Path, device) -> HookedModel:
+    if (path / GPT_JSON).is_file():
+        return load_gpt(path, device)
+    if (path / "config.json").is_file():
+        _check_architecture(_read_json(path / "config.json"), str(path))
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise HarnessError(
+                f"{path} holds a GPT-2 model but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                "save it next to the model with tokenizer.save_pretrained"
+            )
+        return _load_hf(str(path), device, model_id=f"hf:{path.name}", cache_dir=None)
+    raise HarnessError(
+        f"{path} holds no model: expected {GPT_JSON} + model.safetensors (a harness GPT written by save_gpt) "
+        "or config.json + weights + tokenizer files (a GPT-2-family model written by save_pretrained)"
+    )
+
+
+def _load_hub_id(name: str, device) -> HookedModel:
+    from transformers import AutoConfig
+
+    cache = hf_cache_dir()
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=True, cache_dir=str(cache))
+    except (OSError, ValueError) as e:
+        hint = _DOWNLOAD_HINT.format(name=name)
+        raise HarnessError(
+            f"model {name!r} is not in the local Hugging Face cache ({cache}) and the harness never downloads "
+            f"(it supports GPT-2-family models); "
+            f"on a machine with network run: {hint} -- then copy that cache here and set HF_HOME to the directory "
+            f"that contains its 'hub' folder (or pass a directory written by save_pretrained or save_gpt as the model spec) "
+            f"[{type(e).__name__}]"
+        ) from None
+    _check_architecture(config.to_dict(), name)
+    return _load_hf(name, device, model_id=name, cache_dir=str(cache))
+
+
+def _check_architecture(config: dict, where: str) -> None:
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        archs = config.get("architectures") or []
+        arch = ", ".join(archs) if archs else f"model_type {model_type!r}"
+        raise HarnessError(
+            f"{where} is a {arch} model; the harness's hooked models support only GPT-2-family models "
+            f"(model_type 'gpt2') and its own GPT"
+        )
+
+
+def _load_hf(source: str, device, model_id: str, cache_dir: str | None) -> HookedModel:
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from harness.models.hf_gpt2 import HFGPT2
+
+    kwargs = dict(local_files_only=True, cache_dir=cache_dir)
+    try:
+        model = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cannot load GPT-2 weights from {source}: {e}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise HarnessError(
+            f"cannot load the tokenizer of {source} (save it next to the model with tokenizer.save_pretrained): {e}"
+        ) from None
+    if len(tokenizer) <= 1:  # transformers 5 returns an empty GPT2Tokenizer when no files are found
+        raise HarnessError(f"the tokenizer of {source} is empty; save it with tokenizer.save_pretrained")
+    return HFGPT2(model, tokenizer, model_id=model_id, device=device)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path} is not a JSON object")
+    return data
