@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, default=Path("results/reference.json"))
     _add_results_dir(p)
 
+    p = sub.add_parser("models", help="the embedded models the harness trains itself")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="list the embedded models and their families")
+    pb = msub.add_parser("build", help="(re)train embedded models deterministically")
+    pb.add_argument("--name", nargs="+", help="only these models (default: all)")
+    pb.add_argument("--out", type=Path, help="directory to write to (default: each family's committed directory)")
+    pb.add_argument("--force", action="store_true", help="rebuild even if present")
+    pc = msub.add_parser("check", help="rebuild into a temporary directory and compare with the committed models")
+    pc.add_argument("--name", nargs="+", help="only these models (default: all)")
+
     p = sub.add_parser("reference", help="write a reference file from the current results")
     p.add_argument("--out", type=Path, default=Path("results/reference.json"))
     p.add_argument("--tasks", nargs="+", help="only these tasks")
@@ -99,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_tables, render_markdown, write_leaderboard
-    from harness.records import Store
+    from harness.leaderboard import build_tables, render_markdown
     from harness.runner import SUITES, RunSpec, run
 
     overrides = _parse_assignments(args.overrides, "--set", multi=False)
@@ -121,12 +130,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     ok = [r for r in summary.records if r["status"] == "ok"]
     print(render_markdown(build_tables(ok)))
-    path = write_leaderboard(build_tables(Store(args.results_dir).load_all()), args.results_dir / "LEADERBOARD.md")
+    path = _write_leaderboard_and_plots(args.results_dir)
     print(f"{len(summary.records)} cells: {summary.ran} run, {summary.skipped} already recorded, "
           f"{len(summary.failed)} failed. Records in {args.results_dir / 'records'}; leaderboard in {path}")
     for r in summary.failed:
         print(f"  FAILED {r['task']} | {r['method']} | seed {r['seed']}: {r['error'].splitlines()[0]}")
     return EXIT_FAIL if summary.failed else EXIT_OK
+
+
+def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path | None = None) -> Path:
+    """LEADERBOARD.md (or csv) from every record in ``results_dir``, with the families' plots in plots/."""
+    from harness.leaderboard import build_tables, write_leaderboard
+    from harness.plots import plot_main_metric, write_plots
+    from harness.records import Store
+
+    records = Store(results_dir).load_all()
+    tables = build_tables(records)
+    plots = []
+    if fmt == "md":
+        plots = plot_main_metric(tables, results_dir / "plots") + write_plots(records, results_dir / "plots")
+    out = out or results_dir / ("LEADERBOARD.md" if fmt == "md" else "leaderboard.csv")
+    return write_leaderboard(tables, out, fmt, plots)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -141,13 +165,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_tables, render_csv, render_markdown, write_leaderboard
+    from harness.leaderboard import build_tables, render_csv, render_markdown
     from harness.records import Store
 
     tables = build_tables(Store(args.results_dir).load_all())
     print(render_markdown(tables) if args.format == "md" else render_csv(tables))
-    out = args.out or args.results_dir / ("LEADERBOARD.md" if args.format == "md" else "leaderboard.csv")
-    write_leaderboard(tables, out, args.format)
+    out = _write_leaderboard_and_plots(args.results_dir, args.format, args.out)
     print(f"written to {out}", file=sys.stderr)
     return EXIT_OK
 
@@ -203,8 +226,36 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from harness.builders import builder_for, builders
+
+    if args.models_command == "list":
+        print(tabulate([[n, b.family, b.description] for b in builders() for n in b.names()],
+                       headers=["model", "family", "description"], tablefmt="github"))
+        return EXIT_OK
+    groups: dict[str, list[str] | None] = {}
+    if args.name:
+        for name in args.name:
+            groups.setdefault(builder_for(name).family, []).append(name)  # type: ignore[union-attr]
+    else:
+        groups = {b.family: None for b in builders()}
+    ok = True
+    for b in builders():
+        if b.family not in groups:
+            continue
+        if args.models_command == "build":
+            for path in b.build(groups[b.family], args.out, args.force):
+                print(f"built {path}")
+        else:
+            ok = b.check(groups[b.family]) and ok
+    if args.models_command == "check":
+        print("models reproduce the committed ones" if ok else "models do NOT reproduce the committed ones")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
-            "check": cmd_check, "reference": cmd_reference}
+            "check": cmd_check, "reference": cmd_reference,
+            "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,7 +107,8 @@ def table_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render_markdown(tables: list[Table]) -> str:
+def render_markdown(tables: list[Table], plots: list[Path] | None = None, base: Path | None = None) -> str:
+    """Markdown of every table; ``plots`` (PNG paths) are linked relative to ``base``."""
     out = io.StringIO()
     out.write("# Leaderboard\n\n")
     if not tables:
@@ -119,6 +120,11 @@ def render_markdown(tables: list[Table]) -> str:
         out.write(tabulate(table_frame(table), headers="keys", tablefmt="github", showindex=False))
         commits = {(r.commit or "unknown")[:10] + ("+dirty" if r.dirty else "") for r in table.rows}
         out.write(f"\n\nCode: {', '.join(sorted(commits))}\n\n")
+    if plots:
+        out.write("## Plots\n\n")
+        for p in plots:
+            rel = Path(p).relative_to(base) if base and Path(p).is_relative_to(base) else Path(p)
+            out.write(f"![{Path(p).stem}]({rel.as_posix()})\n\n")
     return out.getvalue()
 
 
@@ -137,9 +143,10 @@ def render_csv(tables: list[Table]) -> str:
     return pd.DataFrame(frames).to_csv(index=False)
 
 
-def write_leaderboard(tables: list[Table], path: Path, fmt: str = "md") -> Path:
+def write_leaderboard(tables: list[Table], path: Path, fmt: str = "md", plots: list[Path] | None = None) -> Path:
     """Write the leaderboard atomically (markdown or csv) and return the path."""
     from harness.io import atomic_write_text
 
-    text = render_markdown(tables) if fmt == "md" else render_csv(tables)
+    path = Path(path)
+    text = render_markdown(tables, plots, path.parent) if fmt == "md" else render_csv(tables)
     return atomic_write_text(Path(path), text)
