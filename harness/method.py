@@ -26,6 +26,9 @@ class Method:
     version: ClassVar[str] = "0"
     description: ClassVar[str] = ""
     baseline: ClassVar[bool] = False
+    #: False for methods that need user input to run (e.g. a path to the user's own SAE):
+    #: runs without --methods skip them; naming them runs them.
+    in_default_suite: ClassVar[bool] = True
 
     seed: int = 0
     device: torch.device = torch.device("cpu")

@@ -116,7 +116,10 @@ def expand(spec: RunSpec) -> list[Cell]:
         overrides = {k: v for k, v in spec.task_overrides.items() if k in task.default_config}
         used_overrides |= set(overrides)
         task_config = task.resolve_config(overrides)
-        candidates = method_entries if method_entries is not None else registry.methods(t.family)
+        if method_entries is not None:
+            candidates = method_entries
+        else:
+            candidates = [m for m in registry.methods(t.family) if m.cls.in_default_suite]
         candidates = [m for m in candidates if m.family == t.family]
         for seed in spec.seeds:
             for m in candidates:

@@ -1,3 +1,4 @@
 """Methods under evaluation; importing this package registers them."""
 
 from methods import stacked_autoencoder  # noqa: F401
+from methods import sae  # noqa: F401

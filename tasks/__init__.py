@@ -1,3 +1,4 @@
 """Built-in tasks, one sub-package per family; importing registers them."""
 
 from tasks import clustering  # noqa: F401
+from tasks import reconstruction  # noqa: F401

@@ -1,5 +1,25 @@
 """Every metric of the harness, defined once; tasks call these."""
 
-from harness.metrics.clustering import adjusted_rand_index, clustering_accuracy, normalized_mutual_info
-
-__all__ = ["adjusted_rand_index", "clustering_accuracy", "normalized_mutual_info"]
+__all__: list[str] = []
+from harness.metrics.clustering import (  # noqa: E402
+    adjusted_rand_index,
+    clustering_accuracy,
+    normalized_mutual_info,
+)
+__all__ += ['adjusted_rand_index', 'clustering_accuracy', 'normalized_mutual_info']
+from harness.metrics.reconstruction import (  # noqa: E402
+    dead_latent_fraction,
+    explained_variance,
+    fvu,
+    kl_per_position,
+    kl_recovered,
+    l0,
+    loss_recovered,
+    mean_cosine_similarity,
+    mean_kl_divergence,
+    next_token_cross_entropy,
+    next_token_log_probs,
+    normalized_mse,
+    tokens_per_second,
+)
+__all__ += ['dead_latent_fraction', 'explained_variance', 'fvu', 'kl_per_position', 'kl_recovered', 'l0', 'loss_recovered', 'mean_cosine_similarity', 'mean_kl_divergence', 'next_token_cross_entropy', 'next_token_log_probs', 'normalized_mse', 'tokens_per_second']

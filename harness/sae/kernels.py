@@ -1,0 +1,171 @@
+"""SAE kernels shared by methods and baselines (DESIGN.md section 3).
+
+- :func:`topk_select`: exact row-wise top-k, with a group-max prefilter for
+  wide rows (only the ``k`` groups holding the ``k`` largest group maxima can
+  hold the top-k, so the full-width ``topk`` runs on ``k * group`` columns).
+- :func:`topk_encode`: inference encode ``relu(topk((x - b_dec) W_enc^T + b_enc))``
+  in row chunks (one dense matmul per chunk into a reused buffer, then
+  :func:`topk_select`), optionally with a per-latent selection scale (g-SAE).
+- :func:`sparse_decode`: ``b_dec + sum_j values[:, j] W_dec[indices[:, j]]`` as
+  one ``F.embedding_bag`` gather (no ``[N, n_latents]`` tensor).
+- :func:`sparse_rowdot`: ``out[i, j] = W[indices[i, j]] . g[i]`` (sampled dense
+  matmul), the gradient of a sparse decode with respect to its values.
+- :func:`sparse_transpose_matmul`: ``S^T M`` for ``S`` with the pattern
+  ``indices`` and the given values, ``[n_latents, d]``, as an embedding-bag
+  over latents (the gradient of a sparse decode / encode with respect to the
+  weights), without materialising ``[N * k, d]``.
+
+Weights are stored latent-major: ``W_enc`` and ``W_dec`` are both
+``[n_latents, d]`` (``W_enc`` like ``nn.Linear.weight``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+#: the top-k prefilter is used when a row has at least ``_GROUPED_MIN_FACTOR * k * 16`` columns;
+#: its group width is about ``n / (8 k)`` (16 to 64), so ``k * group ~ n / 8`` candidates remain.
+_GROUPED_MIN_FACTOR = 8
+
+
+def _auto_group(n: int, k: int) -> int | None:
+    if n < _GROUPED_MIN_FACTOR * k * 16:
+        return None
+    g = 16
+    while g < 64 and g * 2 * k * 8 <= n:
+        g *= 2
+    return g if n % g == 0 else None
+
+
+
+def topk_select(scores: torch.Tensor, k: int, group: int | None = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise top-``k`` of ``scores`` ``[N, n]``: ``(values [N, k], indices [N, k])``, unsorted.
+
+    Exact (the same set of values as ``torch.topk``; among tied values the chosen
+    indices may differ).  For wide rows a group-max prefilter shrinks the work of
+    the full ``topk``: ``group=-1`` picks the group width automatically, ``None``
+    disables the prefilter, a positive width forces it.
+    """
+    n_rows, n = scores.shape
+    if k > n:
+        raise ValueError(f"k = {k} exceeds the number of columns {n}")
+    if group == -1:
+        group = _auto_group(n, k)
+    if not group or n % group or k * group >= n:
+        return torch.topk(scores, k, dim=1, sorted=False)
+    n_groups = n // group
+    grouped = scores.view(n_rows, n_groups, group)
+    gmax = grouped.amax(dim=2)  # [N, n_groups]
+    _, gidx = torch.topk(gmax, k, dim=1, sorted=False)  # the k groups with the largest maxima
+    flat_groups = (gidx + torch.arange(n_rows, device=scores.device)[:, None] * n_groups).flatten()
+    cand = grouped.reshape(n_rows * n_groups, group).index_select(0, flat_groups).view(n_rows, k * group)
+    values, cidx = torch.topk(cand, k, dim=1, sorted=False)
+    indices = torch.gather(gidx, 1, cidx // group) * group + cidx % group
+    return values, indices
+
+
+@torch.no_grad()
+def topk_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    b_dec: torch.Tensor | None = None,
+    select_scale_fn=None,
+    chunk_rows: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of ``relu(topk(pre))`` with ``pre = (x - b_dec) W_enc^T + b_enc``.
+
+    ``select_scale_fn(rows: slice) -> [rows, n] positive scale`` (optional): latents
+    are *selected* by ``relu(pre) * scale`` but keep their value ``relu(pre)``
+    (gradient-TopK).  Indices are sorted within each row.
+    """
+    n, _ = x.shape
+    n_lat = W_enc.shape[0]
+    values = torch.empty(n, k, dtype=W_enc.dtype, device=x.device)
+    indices = torch.empty(n, k, dtype=torch.long, device=x.device)
+    buf = torch.empty(min(chunk_rows, n), n_lat, dtype=W_enc.dtype, device=x.device)
+    Wt = W_enc.t()
+    for i in range(0, n, chunk_rows):
+        xs = x[i : i + chunk_rows]
+        if b_dec is not None:
+            xs = xs - b_dec
+        pre = buf[: xs.shape[0]]
+        torch.addmm(b_enc, xs, Wt, out=pre)
+        if select_scale_fn is None:
+            v, ix = topk_select(pre, k)
+        else:
+            score = pre.clamp_min(0).mul_(select_scale_fn(slice(i, i + xs.shape[0])))
+            _, ix = topk_select(score, k)
+            v = pre.gather(1, ix)
+        ix, order = ix.sort(dim=1)
+        values[i : i + xs.shape[0]] = v.gather(1, order).clamp_min_(0)
+        indices[i : i + xs.shape[0]] = ix
+    return values, indices
+
+
+def sparse_decode(
+    indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[N, d]`` = ``b_dec + sum_j values[:, j] * W_dec[indices[:, j]]`` via ``F.embedding_bag``."""
+    out = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+    if b_dec is not None:
+        out = out + b_dec
+    return out
+
+
+def dense_decode(
+    indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The same as :func:`sparse_decode` via a dense ``[N, n_latents]`` code and a matmul (reference)."""
+    dense = torch.zeros(indices.shape[0], W_dec.shape[0], dtype=W_dec.dtype, device=W_dec.device)
+    dense.scatter_add_(1, indices, values.to(W_dec.dtype))
+    out = dense @ W_dec
+    return out if b_dec is None else out + b_dec
+
+
+def sparse_rowdot(indices: torch.Tensor, W: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``out[i, j] = W[indices[i, j]] . g[i]``, ``[N, k]`` (rows of ``indices`` must be sorted)."""
+    n_rows, k = indices.shape
+    if k == 0:
+        return g.new_zeros(n_rows, 0)
+    crow = torch.arange(0, n_rows * k + 1, k, device=indices.device, dtype=torch.long)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        pattern = torch.sparse_csr_tensor(
+            crow, indices.reshape(-1), torch.ones(n_rows * k, dtype=g.dtype, device=g.device),
+            size=(n_rows, W.shape[0]), check_invariants=False,
+        )
+    return torch.sparse.sampled_addmm(pattern, g.contiguous(), W.t(), beta=0.0).values().view(n_rows, k)
+
+
+class LatentPattern:
+    """The transpose of a sparse pattern ``indices [N, k]``, grouped by latent (for ``S^T M``).
+
+    ``row_ids`` are the source rows in latent order and ``offsets`` the start of
+    each latent's bag; built once per step and reused for several products.
+    """
+
+    def __init__(self, indices: torch.Tensor, n_latents: int):
+        flat = indices.reshape(-1)
+        self.perm = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=n_latents)
+        self.offsets = torch.zeros(n_latents, dtype=torch.long, device=indices.device)
+        torch.cumsum(counts[:-1], 0, out=self.offsets[1:])
+        self.row_ids = self.perm // indices.shape[1]
+        self.n_latents = n_latents
+
+    def matmul(self, weights: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """``S^T M`` ``[n_latents, d]`` where ``S[i, indices[i, j]] += weights[i, j]``."""
+        return F.embedding_bag(
+            self.row_ids, M, offsets=self.offsets, per_sample_weights=weights.reshape(-1)[self.perm].to(M.dtype),
+            mode="sum",
+        )
+
+
+def sparse_transpose_matmul(indices: torch.Tensor, weights: torch.Tensor, M: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """``S^T M`` ``[n_latents, d]`` with ``S [N, n_latents]`` holding ``weights`` at ``indices``."""
+    return LatentPattern(indices, n_latents).matmul(weights, M)
