@@ -7,6 +7,14 @@ from harness.metrics.clustering import (  # noqa: E402
     normalized_mutual_info,
 )
 __all__ += ['adjusted_rand_index', 'clustering_accuracy', 'normalized_mutual_info']
+from harness.metrics.circuits import (  # noqa: E402
+    faithfulness,
+    pr_auc,
+    roc_auc,
+    set_metrics,
+    top_k_mask,
+)
+__all__ += ['faithfulness', 'pr_auc', 'roc_auc', 'set_metrics', 'top_k_mask']
 from harness.metrics.reconstruction import (  # noqa: E402
     dead_latent_fraction,
     explained_variance,

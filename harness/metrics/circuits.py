@@ -1,0 +1,149 @@
+"""Circuit-finding metrics: ranking quality of head scores, set quality of a selected circuit, faithfulness.
+
+Shapes: ``scores`` is a float array ``[n_layers, n_heads]`` (or any shape, it is
+flattened; higher = more likely in the circuit) and ``truth`` / ``selected``
+are bool arrays of the same shape (True = head in the ground-truth circuit /
+in the method's circuit).  Flattening is row-major (layer-major), so flat
+index ``i`` is head ``(i // n_heads, i % n_heads)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def _scores_truth(scores, truth) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(truth)
+    if s.shape != t.shape:
+        raise ValueError(f"scores and truth must have the same shape, got {s.shape} and {t.shape}")
+    if t.dtype != np.bool_:
+        if not np.isin(t, (0, 1)).all():
+            raise ValueError("truth must be boolean (or 0/1)")
+        t = t.astype(bool)
+    s, t = s.ravel(), t.ravel()
+    if s.size == 0:
+        raise ValueError("scores are empty")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return s, t
+
+
+def _as_bool(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype != np.bool_:
+        if a.size and not np.isin(a, (0, 1)).all():
+            raise ValueError(f"{name} must be boolean (or 0/1)")
+        a = a.astype(bool)
+    return a
+
+
+def roc_auc(scores, truth) -> float:
+    """Area under the ROC curve of ``scores`` ``[L, H]`` (or flat) against bool ``truth`` (same shape).
+
+    Equal to the Mann-Whitney statistic ``U / (n_pos * n_neg)``: the probability
+    that a random circuit head scores above a random non-circuit head, ties
+    counting one half.  ValueError when ``truth`` is all True or all False
+    (the AUC is undefined without both classes).
+    """
+    s, t = _scores_truth(scores, truth)
+    n_pos = int(t.sum())
+    n_neg = t.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"roc_auc needs both circuit and non-circuit heads; truth has {n_pos} True and {n_neg} False"
+        )
+    ranks = rankdata(s, method="average")  # ties get their average rank: U counts a tie as 1/2
+    u = ranks[t].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def pr_auc(scores, truth) -> float:
+    """Average precision of ``scores`` ``[L, H]`` (or flat) against bool ``truth``, as scikit-learn defines it.
+
+    ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds in
+    decreasing order (tied scores enter together), with ``R_0 = 0``: a step
+    function, no trapezoidal interpolation.  Equals
+    ``sklearn.metrics.average_precision_score(truth, scores)``.  ValueError
+    when ``truth`` has no True entry (recall is undefined).
+    """
+    s, t = _scores_truth(scores, truth)
+    n_pos = int(t.sum())
+    if n_pos == 0:
+        raise ValueError("pr_auc needs at least one circuit head; truth is all False")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, t_sorted = s[order], t[order]
+    # Last index of each run of equal scores = one threshold.
+    ends = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
+    tps = np.cumsum(t_sorted)[ends].astype(np.float64)
+    fps = (ends + 1) - tps
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def set_metrics(selected, truth) -> dict[str, float]:
+    """Precision, recall and F1 of a selected head set against the ground truth.
+
+    ``selected`` and ``truth``: bool arrays of the same shape (``[L, H]``).
+    precision = |S & T| / |S| (0 when S is empty), recall = |S & T| / |T|
+    (0 when T is empty), f1 = 2PR / (P + R) (0 when P + R = 0).
+    Returns ``{"precision", "recall", "f1"}`` as floats.
+    """
+    sel = _as_bool(selected, "selected")
+    tru = _as_bool(truth, "truth")
+    if sel.shape != tru.shape:
+        raise ValueError(f"selected and truth must have the same shape, got {sel.shape} and {tru.shape}")
+    tp = int(np.logical_and(sel, tru).sum())
+    n_sel, n_true = int(sel.sum()), int(tru.sum())
+    precision = tp / n_sel if n_sel else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def top_k_mask(scores, k: int) -> np.ndarray:
+    """Bool mask (same shape as ``scores``) of the ``k`` highest scores.
+
+    Deterministic tie-break: among equal scores the head with the lower flat
+    (layer-major) index wins, i.e. the earlier layer, then the lower head.
+    ``k`` is clipped to the number of heads; ``k < 0`` or non-finite scores
+    raise ValueError.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    flat = s.ravel()
+    order = np.argsort(-flat, kind="stable")  # stable: equal scores keep increasing index order
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order[: min(k, flat.size)]] = True
+    return mask.reshape(s.shape)
+
+
+def faithfulness(m_circuit: float, m_empty: float, m_full: float) -> float:
+    """Faithfulness ``(m(C) - m(empty)) / (m(model) - m(empty))`` of a circuit.
+
+    ``m_circuit``: the task metric with only the circuit's heads kept (the others
+    ablated); ``m_empty``: with every head ablated; ``m_full``: the unablated
+    model.  1 = the circuit carries the whole effect, 0 = none of it.  All three
+    scalars.  ValueError when ``m_full == m_empty`` (undefined) or any is not finite.
+    """
+    vals = [float(m_circuit), float(m_empty), float(m_full)]
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"faithfulness needs finite metrics, got m_circuit, m_empty, m_full = {vals}")
+    m_c, m_e, m_f = vals
+    if m_f == m_e:
+        raise ValueError(
+            f"faithfulness is undefined: the full model's metric equals the empty circuit's ({m_f}); "
+            "the task has no effect to explain"
+        )
+    return (m_c - m_e) / (m_f - m_e)
+
+
+__all__ = ["faithfulness", "pr_auc", "roc_auc", "set_metrics", "top_k_mask"]

@@ -1,0 +1,134 @@
+"""Circuits protocol: ``score_heads(model, data) -> array[n_layers, n_heads]``, optional ``select_heads``.
+
+A circuit task hands every method a :class:`CircuitData`: the hooked model,
+a *fit* split of clean and corrupted prompts (same length, position ``-1`` is
+where the answer is read), and the task metric.  Methods never see the
+ground truth nor the task's held-out evaluation prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from harness.method import Method
+from harness.models.base import HookedModel
+
+
+@dataclass
+class LastTokenMetric:
+    """A task metric read from the logits at the last position.
+
+    ``token_ids``: LongTensor ``[k]`` of the unembedding columns the metric
+    needs, or None when it needs the full vocabulary (e.g. probabilities).
+    ``per_prompt_fn``: maps last-position logits ``[..., batch, k]`` (columns
+    in the order of ``token_ids``; the whole vocabulary when None) to the
+    metric of each prompt, ``[..., batch]``.  Higher means the model does the
+    task better (logit difference, probability difference).  The task metric
+    is the mean over prompts.
+    """
+
+    token_ids: torch.Tensor | None
+    per_prompt_fn: Callable[[torch.Tensor], torch.Tensor]
+    name: str = "metric"
+
+    def _last(self, logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]
+        return last if self.token_ids is None else last[:, self.token_ids.to(last.device)]
+
+    def from_last(self, last_logits: torch.Tensor) -> torch.Tensor:
+        """Mean metric from last-position logits: ``[..., batch, k]`` -> ``[...]``."""
+        return self.per_prompt_fn(last_logits).mean(dim=-1)
+
+    def from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mean metric from full logits ``[batch, seq, vocab]``: a scalar tensor (differentiable)."""
+        return self.from_last(self._last(logits))
+
+    def per_prompt(self, logits: torch.Tensor) -> torch.Tensor:
+        """Metric of each prompt from full logits ``[batch, seq, vocab]``: ``[batch]``."""
+        return self.per_prompt_fn(self._last(logits))
+
+
+@dataclass
+class CircuitData:
+    """What a circuit method gets.
+
+    ``clean`` / ``corrupted``: LongTensor ``[n_prompts, seq]`` (pairs: row i of
+    ``corrupted`` is the corrupted version of row i of ``clean``);
+    ``metric``: the task metric (clean - corrupted difference is the effect a
+    circuit carries); ``task``: the task name.
+    """
+
+    model: HookedModel
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    metric: LastTokenMetric
+    task: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.model.n_layers, self.model.n_heads)
+
+
+class CircuitMethod(Method):
+    """A circuit-finding method: scores every attention head.
+
+    :meth:`score_heads` returns a float array ``[n_layers, n_heads]``, higher =
+    more likely part of the circuit.  :meth:`select_heads` may return a bool
+    array of the same shape (the method's own circuit); the default None makes
+    the task take the top-|ground truth| heads by score.
+    """
+
+    family = "circuits"
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        raise NotImplementedError
+
+    def select_heads(self, model: HookedModel, data: CircuitData, scores: np.ndarray) -> np.ndarray | None:
+        return None
+
+
+class PassCounter:
+    """Proxy around a :class:`HookedModel` that counts the model passes a method uses.
+
+    ``forward`` counts runs of the model over the whole prompt batch (an
+    ``ablate_many`` call counts one per head set plus the clean run, even
+    though it reuses cached layers); ``backward`` counts backward passes.
+    Everything else is delegated unchanged.
+    """
+
+    def __init__(self, model: HookedModel):
+        self._model = model
+        self.forward = 0
+        self.backward = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def logits(self, tokens, *a, **k):
+        self.forward += 1
+        return self._model.logits(tokens, *a, **k)
+
+    def run_with_cache(self, tokens, *a, **k):
+        self.forward += 1
+        return self._model.run_with_cache(tokens, *a, **k)
+
+    def run_with_heads_replaced(self, tokens, *a, **k):
+        self.forward += 1
+        return self._model.run_with_heads_replaced(tokens, *a, **k)
+
+    def mean_z(self, tokens, *a, **k):
+        self.forward += 1
+        return self._model.mean_z(tokens, *a, **k)
+
+    def head_gradients(self, tokens, *a, **k):
+        self.forward += 1
+        self.backward += 1
+        return self._model.head_gradients(tokens, *a, **k)
+
+    def ablate_many(self, tokens, masks, *a, **k):
+        self.forward += 1 + int(masks.shape[0])
+        return self._model.ablate_many(tokens, masks, *a, **k)

@@ -1,0 +1,25 @@
+"""Circuits family: find the attention heads of a known circuit (IOI, greater-than).
+
+- :mod:`tasks.circuits.prompts`: prompt generators (pure, deterministic in the seed);
+- :mod:`tasks.circuits.data`: task metrics and tokenised splits for any hooked model;
+- :mod:`tasks.circuits.ground_truth`: GPT-2 small's published heads, user JSON files;
+- :mod:`tasks.circuits.planted`: the embedded planted-circuit models (build, verify, load);
+- :mod:`tasks.circuits.task`: the registered tasks ``circuits/ioi`` and ``circuits/greater_than``.
+"""
+
+from tasks.circuits import task  # noqa: F401  (registers the tasks)
+
+
+def _register_builder() -> None:
+    from harness.builders import ModelBuilder, register_model_builder
+    from tasks.circuits import cli_hooks
+
+    register_model_builder(ModelBuilder(
+        family="circuits", names=cli_hooks.model_names,
+        build=lambda names, out, force: cli_hooks.models_build(names, out, force),
+        check=lambda names: cli_hooks.models_check(names),
+        description="planted-circuit GPTs (3 layers x 4 heads, width 64), trained and verified by the harness",
+    ))
+
+
+_register_builder()

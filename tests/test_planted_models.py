@@ -1,0 +1,224 @@
+"""Embedded planted-circuit models: committed models load and verify, failures are refused, training runs.
+
+No test retrains a real model (that takes minutes; `harness models build`
+and :func:`tasks.circuits.planted.check_reproduction` do); the training loop
+is smoke-tested on a tiny recipe whose model must fail verification.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.models.gpt import load_gpt, save_gpt
+from tasks.circuits import cli_hooks, planted
+from tasks.circuits import prompts as P
+from tasks.circuits.task import clear_model_cache, get_model
+
+NAMES = list(planted.PLANTED)
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return {name: load_gpt(planted.COMMITTED_DIR / name) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_model_card_passes_and_matches_recomputation(committed, name):
+    model = committed[name]
+    spec = planted.PLANTED[name]
+    card = model.card
+    assert card["name"] == name and card["task"] == spec.task
+    assert card["circuit_heads"] == [list(h) for h in spec.circuit]
+    assert card["recipe"] == spec.recipe.to_dict()  # the committed model was built with the recipe in code
+    v = card["verification"]
+    assert v["passed"] and all(c["passed"] for c in v["checks"].values())
+    planted.check_card(card)  # the stored numbers pass the thresholds
+    # recompute verification on the committed weights: same numbers as stored
+    fresh = planted.verify(model, spec)
+    diffs = planted.compare_cards(v, fresh, atol=1e-4)
+    assert not diffs, diffs[:5]
+    # the thresholds, spelled out
+    drop = np.array(v["resample_drop"])
+    circuit = np.zeros_like(drop, dtype=bool)
+    for layer, head in spec.circuit:
+        circuit[layer, head] = True
+    assert v["accuracy"] >= 0.95 and v["mean_metric"] > 0
+    assert drop[circuit].min() >= planted.THRESHOLDS["circuit_min_drop"]
+    assert np.abs(drop[~circuit]).max() <= planted.THRESHOLDS["noncircuit_max_abs_drop"]
+    assert np.array(v["distractor_effect"])[~circuit].max() >= planted.THRESHOLDS["distractor_min_effect"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_planted_prefers_committed_dir(name, tmp_path):
+    model = planted.load_planted(name, cache_dir=tmp_path, reverify=True)
+    assert model.model_id == name and model.card["name"] == name
+    assert not (tmp_path / name).exists()  # nothing built into the cache
+
+
+def test_load_order_cache_then_build(tmp_path, monkeypatch):
+    name = "planted-ioi"
+    monkeypatch.setattr(planted, "COMMITTED_DIR", tmp_path / "committed")  # pretend nothing is committed
+    built = []
+
+    def fake_build(out_dir, names, force=False, log=None):
+        built.append((Path(out_dir), list(names)))
+        target = Path(out_dir) / names[0]
+        save_gpt(load_gpt(Path(planted.__file__).parent / "models" / name), target)
+        return [target]
+
+    monkeypatch.setattr(planted, "build_models", fake_build)
+    cache = tmp_path / "cache"
+    planted.load_planted(name, cache_dir=cache, reverify=False)
+    assert built == [(cache, [name])]
+    planted.load_planted(name, cache_dir=cache, reverify=False)  # now found in the cache: no second build
+    assert len(built) == 1
+    with pytest.raises(HarnessError, match="harness models build"):
+        planted.load_planted("planted-greater-than", cache_dir=None)
+
+
+def _failing_card(card: dict) -> dict:
+    bad = copy.deepcopy(card)
+    bad["verification"]["resample_drop"][0][0] = 0.4  # head 0.0 is not in either circuit
+    return bad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failing_card_is_refused(committed, name, tmp_path):
+    model = committed[name]
+    with pytest.raises(HarnessError, match="noncircuit_heads_negligible"):
+        planted.check_card(_failing_card(model.card), where=name)
+    bad = copy.deepcopy(model.card)
+    circuit_head = planted.PLANTED[name].circuit[1]
+    bad["verification"]["resample_drop"][circuit_head[0]][circuit_head[1]] = 0.01
+    with pytest.raises(HarnessError, match=f"circuit_heads_matter.*{circuit_head[0]}.{circuit_head[1]}"):
+        planted.check_card(bad)
+    bad = copy.deepcopy(model.card)
+    bad["verification"]["accuracy"] = 0.5
+    with pytest.raises(HarnessError, match="'accuracy' failed"):
+        planted.check_card(bad)
+    with pytest.raises(HarnessError, match="no verification"):
+        planted.check_card({k: v for k, v in model.card.items() if k != "verification"})
+    # a model saved with a failing card is refused when loaded as a task model, and from a cache dir
+    save_gpt(model, tmp_path / "copy", card=_failing_card(model.card))
+    clear_model_cache()
+    with pytest.raises(HarnessError, match="failed verification"):
+        get_model(str(tmp_path / "copy"))
+
+
+def test_refused_when_weights_do_not_match_the_card(committed, tmp_path, monkeypatch):
+    """Re-verification at load time catches weights that fail even though the stored card passes."""
+    broken = copy.deepcopy(committed["planted-ioi"])
+    d = broken.d_head
+    with torch.no_grad():  # make non-circuit head 0.0 (a previous-token head) write 30x more
+        broken.model.blocks[0].attn.out.weight[:, 0:d] *= 30.0
+    cache = tmp_path / "cache"
+    save_gpt(broken, cache / "planted-ioi")  # with the committed (passing) card
+    monkeypatch.setattr(planted, "COMMITTED_DIR", tmp_path / "none")
+    planted.load_planted("planted-ioi", cache_dir=cache, reverify=False)  # the card alone passes
+    with pytest.raises(HarnessError, match="re-verified.*noncircuit_heads_negligible"):
+        planted.load_planted("planted-ioi", cache_dir=cache, reverify=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizer_covers_task_and_sampler_matches_prompts(name):
+    spec = planted.PLANTED[name]
+    tok = planted.make_tokenizer(spec.task)
+    if spec.task == "ioi":
+        for word in P.IOI_NAMES + P.IOI_PLACES + P.IOI_OBJECTS:
+            assert tok.token_to_id(word) is not None
+        sampler = planted.IOISampler(tok)
+        d = sampler.sample(np.random.default_rng(0), 6)
+        ids = sampler.tokens(d)
+        for row, t, order, io, s in zip(ids, d["t"], d["order"], d["io"], d["s"]):
+            a, b = (io, s) if order == 0 else (s, io)
+            seg = P._fill(P.IOI_TEMPLATES[t], {"A": " " + P.IOI_NAMES[a], "B": " " + P.IOI_NAMES[b],
+                                                "S2": " " + P.IOI_NAMES[s], "PLACE": " " + tok.vocab[row[7]],
+                                                "OBJECT": " " + tok.vocab[row[12]]})
+            assert tok.encode(P.render(seg, "words")) == row.tolist()
+        swapped = sampler.tokens(d, swap=True)
+        assert torch.equal(swapped[:, 1], ids[:, 3]) and torch.equal(swapped[:, 9], ids[:, 9])
+        io_repeated = sampler.tokens(d, s2="io")  # the interchange source: IO repeated, answer S
+        assert torch.equal(io_repeated[:, 9], sampler.answer(d, "io"))
+        abc = sampler.tokens(d, abc=True)
+        assert (abc[:, 9] != abc[:, 1]).all() and (abc[:, 9] != abc[:, 3]).all()
+    else:
+        for word in P.GT_NOUNS + tuple(P.yy(v) for v in range(100)):
+            assert tok.token_to_id(word) is not None
+        sampler = planted.GreaterThanSampler(tok)
+        d = sampler.sample(np.random.default_rng(0), 6)
+        ids = sampler.tokens(d)
+        for row, noun, xx, yy in zip(ids, d["noun"], d["xx"], d["yy"]):
+            text = f"The {P.GT_NOUNS[noun]} lasted from the year {xx} {yy:02d} to the year {xx}"
+            assert tok.encode(text) == row.tolist()
+        target = sampler.target(d["yy"])
+        assert torch.allclose(target.sum(-1), torch.ones(6))
+        for row, y in zip(target, d["yy"]):
+            above = row[torch.from_numpy(sampler.year_ids)] > 0
+            assert above.tolist() == [v > y for v in range(100)]
+
+
+TINY = dict(d_model=16, d_mlp=32, n_heads=4, steps=3, batch=4, distractor_batch=4, verify_prompts=32, log_every=1)
+
+
+def test_training_smoke_and_verification_rejects_bad_model(tmp_path, monkeypatch):
+    spec = planted.PLANTED["planted-ioi"]
+    recipe = replace(spec.recipe, **TINY)
+    logs = []
+    model = planted.build_model("planted-ioi", recipe, log=logs.append)
+    assert model.n_layers == 3 and model.d_model == 16
+    card = model.card
+    assert card["training"]["history"][-1]["step"] == 3
+    assert np.isfinite(card["training"]["history"][-1]["loss"])
+    v = card["verification"]
+    assert not v["passed"]
+    assert not v["checks"]["accuracy"]["passed"]
+    with pytest.raises(HarnessError, match="failed verification"):
+        planted.check_card(card, where="tiny")
+    assert any("FAIL" in line for line in logs)
+    # deterministic: the same recipe gives the same weights
+    again = planted.build_model("planted-ioi", recipe, log=None)
+    for a, b in zip(model.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # build_models refuses to write a model that fails verification
+    monkeypatch.setattr(planted, "build_model", lambda name, recipe=None, log=None: model)
+    with pytest.raises(HarnessError, match="failed verification"):
+        planted.build_models(tmp_path / "out", ["planted-ioi"], force=True, log=None)
+    assert not (tmp_path / "out" / "planted-ioi" / "gpt.json").exists()
+
+
+def test_greater_than_training_smoke():
+    spec = planted.PLANTED["planted-greater-than"]
+    model, training = planted.train(spec, replace(spec.recipe, **TINY), log=None)
+    assert training["history"][-1]["step"] == 3 and np.isfinite(training["history"][-1]["loss"])
+
+
+def test_cli_hook_keeps_existing_models(tmp_path):
+    src = planted.COMMITTED_DIR / "planted-ioi"
+    target = tmp_path / "planted-ioi"
+    save_gpt(load_gpt(src), target)
+    before = (target / "model.safetensors").stat().st_mtime_ns
+    paths = cli_hooks.models_build(["planted-ioi"], out=tmp_path, force=False, log=None)
+    assert paths == [target] and (target / "model.safetensors").stat().st_mtime_ns == before
+    assert cli_hooks.model_names() == NAMES
+
+
+def test_compare_cards():
+    a = {"x": 1.0, "y": [1, 2], "training": {"seconds": 5}}
+    assert planted.compare_cards(a, {"x": 1.0 + 1e-7, "y": [1, 2], "training": {"seconds": 9}}) == []
+    assert planted.compare_cards(a, {"x": 1.1, "y": [1, 2], "training": {"seconds": 5}}) == ["x: 1.0 != 1.1"]
+
+
+def test_committed_files_are_small():
+    for name in NAMES:
+        d = planted.COMMITTED_DIR / name
+        size = sum(f.stat().st_size for f in d.iterdir())
+        assert size < 1_000_000, (name, size)
+        json.loads((d / "gpt.json").read_text())
