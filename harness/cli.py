@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="PARAM=V1,V2",
                    help="method parameter grid; each point is a separate cell (repeatable)")
     p.add_argument("--model", help="model for tasks that read one (e.g. gpt2 or a local directory)")
+    p.add_argument("--ground-truth", type=Path, metavar="FILE",
+                   help="circuits: JSON list of [layer, head] pairs, the circuit of a model you bring")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cache-dir", type=Path, help="cache for built models and data (default: $HARNESS_CACHE or ~/.cache/interp-harness)")
     p.add_argument("--force", action="store_true", help="re-run cells that already have a record")
@@ -115,6 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = _parse_assignments(args.overrides, "--set", multi=False)
     if args.model:
         overrides["model"] = args.model
+    if args.ground_truth:
+        if not args.ground_truth.is_file():
+            raise HarnessError(f"--ground-truth {args.ground_truth}: no such file")
+        overrides["ground_truth"] = str(args.ground_truth.resolve())
     spec = RunSpec(
         tasks=args.tasks, methods=args.methods,
         seeds=args.seeds if args.seeds else SUITES[args.suite],

@@ -358,3 +358,17 @@ def test_tasks_registered():
     assert task.default_config["model"] == "planted-ioi"
     assert registry.get_task("circuits/greater_than").cls().default_config["model"] == "planted-greater-than"
     assert not task.metric_spec("forward_passes").gated and task.metric_spec("roc_auc").abs_tol == 0.05
+
+
+def test_bring_your_own_model_from_the_cli(tiny_gpt2_dir, tmp_path, capsys):
+    from harness.cli import main
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps([[0, 1], [1, 2], [1, 3]]))
+    results = tmp_path / "results"
+    code = main(["run", "--tasks", "circuits/ioi", "--methods", "eap", "random", "--seeds", "0",
+                 "--model", str(tiny_gpt2_dir), "--ground-truth", str(gt), "--set", "n_fit=8", "--set", "n_eval=16",
+                 "--no-progress", "--results-dir", str(results)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 cells: 2 run" in out and f"model {tiny_gpt2_dir}" in out
