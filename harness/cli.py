@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reference", help="write a reference file from the current results")
     p.add_argument("--out", type=Path, default=Path("results/reference.json"))
     p.add_argument("--tasks", nargs="+", help="only these tasks")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (the quick suite's reference: --seeds 0)")
     _add_results_dir(p)
     return parser
 
@@ -224,6 +225,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
     records = Store(args.results_dir).load_all()
     if args.tasks:
         records = [r for r in records if r["task"] in set(args.tasks)]
+    if args.seeds:
+        records = [r for r in records if r["seed"] in set(args.seeds)]
     doc = build_reference(records)
     if not doc["entries"]:
         raise HarnessError(f"no results in {args.results_dir} to build a reference from; run `harness run` first")
