@@ -3,3 +3,4 @@
 from baselines import clustering  # noqa: F401
 from baselines import circuits  # noqa: F401
 from baselines import reconstruction  # noqa: F401
+from baselines import icl  # noqa: F401

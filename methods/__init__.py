@@ -3,3 +3,4 @@
 from methods import stacked_autoencoder  # noqa: F401
 from methods import discrete_sae  # noqa: F401
 from methods import sae  # noqa: F401
+from methods import icl  # noqa: F401

@@ -1,20 +1,19 @@
 """Every metric of the harness, defined once; tasks call these."""
 
-__all__: list[str] = []
-from harness.metrics.clustering import (  # noqa: E402
-    adjusted_rand_index,
-    clustering_accuracy,
-    normalized_mutual_info,
-)
-__all__ += ['adjusted_rand_index', 'clustering_accuracy', 'normalized_mutual_info']
-from harness.metrics.circuits import (  # noqa: E402
-    faithfulness,
-    pr_auc,
-    roc_auc,
-    set_metrics,
-    top_k_mask,
-)
-__all__ += ['faithfulness', 'pr_auc', 'roc_auc', 'set_metrics', 'top_k_mask']
+from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
+from harness.metrics.clustering import adjusted_rand_index, clustering_accuracy, normalized_mutual_info
+
+__all__ = [
+    "adjusted_rand_index",
+    "clustering_accuracy",
+    "faithfulness",
+    "normalized_mutual_info",
+    "pr_auc",
+    "roc_auc",
+    "set_metrics",
+    "top_k_mask",
+]
+
 from harness.metrics.reconstruction import (  # noqa: E402
     dead_latent_fraction,
     explained_variance,
@@ -30,4 +29,23 @@ from harness.metrics.reconstruction import (  # noqa: E402
     normalized_mse,
     tokens_per_second,
 )
-__all__ += ['dead_latent_fraction', 'explained_variance', 'fvu', 'kl_per_position', 'kl_recovered', 'l0', 'loss_recovered', 'mean_cosine_similarity', 'mean_kl_divergence', 'next_token_cross_entropy', 'next_token_log_probs', 'normalized_mse', 'tokens_per_second']
+
+__all__ += [
+    "dead_latent_fraction",
+    "explained_variance",
+    "fvu",
+    "kl_per_position",
+    "kl_recovered",
+    "l0",
+    "loss_recovered",
+    "mean_cosine_similarity",
+    "mean_kl_divergence",
+    "next_token_cross_entropy",
+    "next_token_log_probs",
+    "normalized_mse",
+    "tokens_per_second",
+]
+
+from harness.metrics.icl import ilwd, implied_weights, normalized_squared_error, r2_score, spd  # noqa: E402
+
+__all__ += ["ilwd", "implied_weights", "normalized_squared_error", "r2_score", "spd"]

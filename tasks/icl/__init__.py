@@ -1,0 +1,10 @@
+"""icl family: what algorithm does a small transformer's in-context regression implement?
+
+- :mod:`tasks.icl.model` -- the in-context learner (our GPT blocks, linear read-in / read-out), its
+  deterministic training, committed weights and cache;
+- :mod:`tasks.icl.tasks` -- the tasks ``icl/linear-d5``, ``icl/linear-d8-noisy`` (predictors)
+  and ``icl/probe-d5``, ``icl/probe-d8-noisy`` (probes);
+- :mod:`tasks.icl.plots` -- error curves and probe R^2 by layer from result records.
+"""
+
+from tasks.icl import tasks  # noqa: F401  (registers the tasks)
