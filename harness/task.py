@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 from harness.context import RunContext
@@ -106,14 +106,3 @@ class Task:
             out[key] = number
         return out
 
-
-@dataclass
-class TaskInfo:
-    """What `harness list` shows about a task."""
-
-    name: str
-    family: str
-    version: str
-    description: str
-    main_metric: str
-    metrics: list[str] = field(default_factory=list)
