@@ -48,6 +48,27 @@ class Table:
         return f"{self.task} (v{self.task_version}{model}, task config {self.task_config[:8]})"
 
 
+def shown_metrics(task: str, names: list[str]) -> list[str]:
+    """The metric columns of ``task``'s Markdown / HTML table: its ``leaderboard_metrics`` that were
+    recorded, in that order; all recorded metrics for tasks that choose none or are unregistered."""
+    try:
+        chosen = registry.get_task(task).cls.leaderboard_metrics
+    except UnknownNameError:
+        return list(names)
+    return list(names) if chosen is None else [m for m in chosen if m in names]
+
+
+def commit_label(row: Row) -> str:
+    """The code a row ran: the commit's first 10 hex digits, ``+dirty`` for uncommitted changes."""
+    return (row.commit or "unknown")[:10] + ("+dirty" if row.dirty else "")
+
+
+def hidden_metrics(table: Table) -> list[str]:
+    """Recorded metrics of ``table`` that its Markdown / HTML table does not show (the CSV has them all)."""
+    shown = set(shown_metrics(table.task, table.metric_names)) | {table.main_metric}
+    return [m for m in table.metric_names if m not in shown]
+
+
 def direction(task: str, metric: str) -> bool:
     """True when higher is better; metrics of unregistered tasks are assumed higher-is-better."""
     try:
@@ -92,7 +113,7 @@ def _fmt(x: float, digits: int = 3) -> str:
 def table_frame(table: Table) -> pd.DataFrame:
     """One table as a DataFrame of formatted cells (rank, method, main ± CI, metrics, runtime)."""
     rows = []
-    others = [m for m in table.metric_names if m != table.main_metric]
+    others = [m for m in shown_metrics(table.task, table.metric_names) if m != table.main_metric]
     for rank, row in enumerate(table.rows, 1):
         mean, half = row.main
         cells = {
@@ -118,8 +139,12 @@ def render_markdown(tables: list[Table], plots: list[Path] | None = None, base: 
         out.write(f"## {table.title}\n\nRanked by `{table.main_metric}` ({arrow}); "
                   "mean over seeds ± half-width of the 95% t interval; wall s = method time per cell.\n\n")
         out.write(tabulate(table_frame(table), headers="keys", tablefmt="github", showindex=False))
-        commits = {(r.commit or "unknown")[:10] + ("+dirty" if r.dirty else "") for r in table.rows}
-        out.write(f"\n\nCode: {', '.join(sorted(commits))}\n\n")
+        commits = {commit_label(r) for r in table.rows}
+        out.write(f"\n\nCode: {', '.join(sorted(commits))}")
+        hidden = len(hidden_metrics(table))
+        if hidden > 0:
+            out.write(f". {hidden} more metrics per row: `harness leaderboard --format csv`")
+        out.write("\n\n")
     if plots:
         out.write("## Plots\n\n")
         for p in plots:

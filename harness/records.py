@@ -45,6 +45,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "error": ((str, type(None)), True),
     "timings": ((dict,), True),
     "provenance": ((dict,), True),
+    "artifacts": ((dict,), False),  # small outputs for plots (Task.artifacts); absent in older records
 }
 _TIMINGS = ("wall_s", "cpu_s", "peak_rss_mb")
 

@@ -148,6 +148,7 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) ->
     method_cls = cell.method.cls
     error: str | None = None
     metrics: dict[str, float] = {}
+    artifacts: dict[str, Any] = {}
     timings: dict[str, float] = {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "build_s": 0.0, "evaluate_s": 0.0}
     full_params = dict(cell.method_params)
     try:
@@ -168,15 +169,16 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) ->
         timings.update(wall_s=m.wall_s, cpu_s=m.cpu_s, peak_rss_mb=m.peak_rss_mb)
         with measure() as m_eval:
             metrics = task.check_metrics(task.evaluate(data, output))
+            artifacts = _json_safe(task.artifacts(data, output))
         timings["evaluate_s"] = m_eval.wall_s
     except KeyboardInterrupt:
         raise
     except HarnessError as exc:
         error = f"{type(exc).__name__}: {exc}"
-        metrics = {}
+        metrics, artifacts = {}, {}
     except Exception as exc:  # noqa: BLE001 - isolation of a failing method is the point
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        metrics = {}
+        metrics, artifacts = {}, {}
 
     config = {"task": cell.task_config, "method": _json_safe(full_params)}
     cfg_hash = config_hash(config)
@@ -203,6 +205,7 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) ->
         "error": error,
         "timings": timings,
         "provenance": provenance(device_name),
+        "artifacts": artifacts,
     }
 
 

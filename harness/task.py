@@ -57,6 +57,9 @@ class Task:
     #: False for tasks that need something a laptop may lack (e.g. GPT-2 weights in the
     #: local cache): `harness run` without --tasks skips them; naming them runs them.
     in_default_suite: ClassVar[bool] = True
+    #: Metrics shown as columns in the Markdown / HTML leaderboard besides the main one
+    #: (None: all of them).  Every metric is still recorded, compared, checked and in the CSV.
+    leaderboard_metrics: ClassVar[tuple[str, ...] | None] = None
 
     # --- configuration -------------------------------------------------
     def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -88,6 +91,10 @@ class Task:
 
     def evaluate(self, data: Any, output: Any) -> dict[str, float]:
         raise NotImplementedError
+
+    def artifacts(self, data: Any, output: Any) -> dict[str, Any]:
+        """Small JSON-able outputs worth keeping in the record for plots (e.g. head scores); none by default."""
+        return {}
 
     # --- shared checks --------------------------------------------------
     def check_metrics(self, values: Mapping[str, Any]) -> dict[str, float]:

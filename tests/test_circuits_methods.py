@@ -16,7 +16,7 @@ import torch
 from baselines import circuits as bc
 from harness import registry
 from harness.context import RunContext
-from harness.metrics import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
+from harness.metrics import faithfulness, pr_auc, roc_auc, roc_curve, set_metrics, top_k_mask
 from harness.models.gpt import GPT, GPTConfig, HookedGPT
 from harness.models.tokenizer import WordTokenizer
 from harness.protocols.circuits import CircuitData, LastTokenMetric, PassCounter
@@ -99,6 +99,21 @@ def test_roc_auc_matches_brute_force_pairs(seed):
     truth.flat[0], truth.flat[1] = True, False
     assert roc_auc(scores, truth) == pytest.approx(brute_force_auc(scores, truth), abs=1e-12)
     assert roc_auc(scores.ravel(), truth.ravel()) == roc_auc(scores, truth)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_curve_area_is_roc_auc(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=(3, 4)).astype(float)  # ties enter as one threshold (a diagonal step)
+    truth = rng.random((3, 4)) < 0.4
+    truth.flat[0], truth.flat[1] = True, False
+    fpr, tpr = roc_curve(scores, truth)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(roc_auc(scores, truth), abs=1e-12)
+    # hand example: + - + -  ->  (0,0) (0,.5) (.5,.5) (.5,1) (1,1)
+    fpr, tpr = roc_curve([0.9, 0.8, 0.7, 0.6], [True, False, True, False])
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
 
 
 def test_roc_auc_extremes_and_errors():

@@ -372,3 +372,22 @@ def test_bring_your_own_model_from_the_cli(tiny_gpt2_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "2 cells: 2 run" in out and f"model {tiny_gpt2_dir}" in out
+
+
+def test_records_keep_head_scores_and_the_roc_plot_reads_them(tmp_path):
+    from harness.records import Store
+    from harness.runner import RunSpec, run
+    from tasks.circuits.plots import plot_circuit_rocs
+
+    spec = RunSpec(tasks=["circuits/ioi"], methods=["random", "act-patch-mean"], seeds=[0, 1],
+                   results_dir=tmp_path / "res", cache_dir=tmp_path / "cache", progress=False,
+                   task_overrides={"n_fit": 16, "n_eval": 32})
+    summary = run(spec)
+    assert not summary.failed
+    records = Store(tmp_path / "res").load_all()
+    for r in records:
+        assert np.asarray(r["artifacts"]["head_scores"]).shape == (3, 4)
+        assert np.asarray(r["artifacts"]["truth"]).sum() == 3
+    paths = plot_circuit_rocs(records, tmp_path / "plots")
+    assert [p.name for p in paths] == ["circuits-roc-ioi-planted-ioi.png"] and paths[0].stat().st_size > 10_000
+    assert plot_circuit_rocs([{**r, "artifacts": {}} for r in records], tmp_path / "none") == []

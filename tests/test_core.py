@@ -235,6 +235,16 @@ def test_leaderboard_ranks_by_direction(results_dir):
     assert "toy-good" in render_csv(tables)
 
 
+def test_leaderboard_shows_only_the_tasks_chosen_columns(results_dir, monkeypatch):
+    run(toy_spec(results_dir, ["toy-good", "toy-zero"]))
+    tables = build_tables(Store(results_dir).load_all())
+    assert " score " in render_markdown(tables)
+    monkeypatch.setattr(sys.modules["toy_plugin"].ToyTask, "leaderboard_metrics", ())
+    md = render_markdown(tables)
+    assert " score " not in md and "err (95% CI)" in md and "1 more metrics per row" in md
+    assert "mean_score" in render_csv(tables)  # the CSV keeps every metric
+
+
 def test_compare_verdict(results_dir):
     run(toy_spec(results_dir, ["toy-good", "toy-zero"], task_overrides={"n": 512}))
     c = compare(Store(results_dir).load_all(), "toy-good", "toy-zero", "toy/vector")

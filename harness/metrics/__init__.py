@@ -1,6 +1,6 @@
 """Every metric of the harness, defined once; tasks call these."""
 
-from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
+from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, roc_curve, set_metrics, top_k_mask
 from harness.metrics.clustering import adjusted_rand_index, clustering_accuracy, normalized_mutual_info
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "normalized_mutual_info",
     "pr_auc",
     "roc_auc",
+    "roc_curve",
     "set_metrics",
     "top_k_mask",
 ]

@@ -61,6 +61,27 @@ def roc_auc(scores, truth) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def roc_curve(scores, truth) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve of ``scores`` ``[L, H]`` (or flat) against bool ``truth``: ``(fpr, tpr)``, each ``[T + 1]``.
+
+    One point per distinct score threshold in decreasing order (tied heads
+    enter together), starting at ``(0, 0)`` and ending at ``(1, 1)``; the
+    trapezoidal area under it equals :func:`roc_auc`.  ValueError when
+    ``truth`` lacks one of the two classes.
+    """
+    s, t = _scores_truth(scores, truth)
+    n_pos = int(t.sum())
+    n_neg = t.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"roc_curve needs both circuit and non-circuit heads; truth has {n_pos} True and {n_neg} False")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, t_sorted = s[order], t[order]
+    ends = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
+    tps = np.cumsum(t_sorted)[ends].astype(np.float64)
+    fps = (ends + 1) - tps
+    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
+
+
 def pr_auc(scores, truth) -> float:
     """Average precision of ``scores`` ``[L, H]`` (or flat) against bool ``truth``, as scikit-learn defines it.
 

@@ -23,3 +23,13 @@ def _register_builder() -> None:
 
 
 _register_builder()
+
+
+def _register_plotter() -> None:
+    from harness.plots import register_plotter
+    from tasks.circuits.plots import plot_circuit_rocs
+
+    register_plotter("circuits", plot_circuit_rocs)
+
+
+_register_plotter()

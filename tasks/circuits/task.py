@@ -223,6 +223,10 @@ class CircuitTask(Task):
         out["dropped_candidates"] = float(data.dropped_candidates)
         return out
 
+    def artifacts(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, Any]:
+        """Head scores and the ground truth ``[L, H]`` (for the ROC curves next to the leaderboard)."""
+        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist()}
+
 
 # ------------------------------------------------------------------- validation
 def _to_numpy(x: Any) -> Any:

@@ -7,4 +7,10 @@
 - :mod:`tasks.icl.plots` -- error curves and probe R^2 by layer from result records.
 """
 
+from harness.plots import register_plotter
 from tasks.icl import tasks  # noqa: F401  (registers the tasks)
+from tasks.icl.plots import plot_icl
+
+# error curves and probe R^2 by layer, written next to the leaderboard (results/plots/)
+register_plotter("icl", plot_icl)
+register_plotter("icl-probe", plot_icl)

@@ -123,6 +123,7 @@ class ICLPredictorTask(Task):
 
     model_name: ClassVar[str] = ""
     main_metric = "err_final"
+    leaderboard_metrics = ("err_mean", "spd_transformer", "ilwd_transformer", "spd_ols", "spd_ridge")
 
     def _problem(self, config: Mapping[str, Any], learner: TransformerLearner | None) -> ICLProblem:
         spec = get_spec(config["model"])
@@ -220,6 +221,8 @@ class ICLProbeTask(Task):
     """Shared probe evaluation; subclasses set ``metrics`` and ``default_config``."""
 
     main_metric = "r2_w_best"
+    leaderboard_metrics = ("r2_xty_best", "r2_w_best_control", "r2_xty_best_control", "selectivity_w",
+                           "selectivity_xty", "best_layer_w", "r2_w_bayes")
 
     def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> ICLProbeData:
         from harness.protocols.icl import ridge_weights
