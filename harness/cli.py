@@ -108,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", help="only these tasks")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (the quick suite's reference: --seeds 0)")
     _add_results_dir(p)
+
+    p = sub.add_parser("speed", help="speed gate: time the key kernels under a base and a head commit in one "
+                                     "run; fail only on a slowdown beyond --factor with significance")
+    p.add_argument("--base", required=True, help="git revision (or directory) to compare against, e.g. HEAD~1")
+    p.add_argument("--head", help="git revision or directory under test (default: the working tree)")
+    p.add_argument("--kernels", nargs="+", help="only these kernels (default: all in the kernels file)")
+    p.add_argument("--kernels-file", type=Path, help="kernel definitions (default: <head>/benchmarks/kernels.py)")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per kernel (samples per side)")
+    p.add_argument("--repeat", type=int, default=3, help="timings per sample (the sample is their minimum)")
+    p.add_argument("--sample-seconds", type=float, default=0.05, help="target seconds per timing")
+    p.add_argument("--factor", type=float, default=1.2, help="flag only when head/base >= this ratio of medians")
+    p.add_argument("--alpha", type=float, default=0.01, help="and the one-sided Mann-Whitney p-value is below this")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--repo", type=Path, default=Path("."), help="git repository (default: current directory)")
     return parser
 
 
@@ -262,9 +276,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from harness.speed import compare_speed, render_report, write_report_json
+
+    report = compare_speed(args.base, args.head, args.kernels, args.kernels_file, rounds=args.rounds,
+                           repeat=args.repeat, sample_s=args.sample_seconds, factor=args.factor, alpha=args.alpha,
+                           repo=args.repo)
+    print(render_report(report))
+    if args.json:
+        write_report_json(report, args.json)
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
             "check": cmd_check, "reference": cmd_reference,
-            "models": cmd_models}
+            "models": cmd_models, "speed": cmd_speed}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
