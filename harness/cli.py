@@ -78,8 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family")
 
     p = sub.add_parser("leaderboard", help="print per-task tables ranked by the main metric")
-    p.add_argument("--format", choices=["md", "csv"], default="md")
-    p.add_argument("--out", type=Path, help="file to write (default: <results-dir>/LEADERBOARD.md or .csv)")
+    p.add_argument("--format", choices=["md", "csv", "html"], default="md",
+                   help="md: print and write LEADERBOARD.md; csv: every metric; html: one self-contained page "
+                        "(tables, embedded plots, asv history) written to <results-dir>/leaderboard.html")
+    p.add_argument("--out", type=Path,
+                   help="file to write (default: <results-dir>/LEADERBOARD.md, leaderboard.csv or leaderboard.html)")
+    p.add_argument("--asv-results", type=Path, default=Path("results/asv/results"), metavar="DIR",
+                   help="html: asv results directory whose track_* benchmarks are charted "
+                        "(default: results/asv/results)")
     _add_results_dir(p)
 
     p = sub.add_parser("compare", help="paired difference of two methods over shared seeds")
@@ -120,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-seconds", type=float, default=0.05, help="target seconds per timing")
     p.add_argument("--factor", type=float, default=1.2, help="flag only when head/base >= this ratio of medians")
     p.add_argument("--alpha", type=float, default=0.01, help="and the one-sided Mann-Whitney p-value is below this")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="flag on the first measurement (default: a flagged kernel is measured again and must "
+                        "be judged slower twice)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument("--repo", type=Path, default=Path("."), help="git repository (default: current directory)")
     return parser
@@ -159,8 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAIL if summary.failed else EXIT_OK
 
 
-def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path | None = None) -> Path:
-    """LEADERBOARD.md (or csv) from every record in ``results_dir``, with the families' plots in plots/."""
+def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path | None = None,
+                                 asv_results: Path | None = None) -> Path:
+    """LEADERBOARD.md (or csv, or html with the history of ``asv_results``) from every record in
+    ``results_dir``, with the families' plots in plots/."""
     from harness.leaderboard import build_tables, write_leaderboard
     from harness.plots import plot_main_metric, write_plots
     from harness.records import Store
@@ -168,8 +179,14 @@ def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path |
     records = Store(results_dir).load_all()
     tables = build_tables(records)
     plots = []
-    if fmt == "md":
+    if fmt in ("md", "html"):
         plots = plot_main_metric(tables, results_dir / "plots") + write_plots(records, results_dir / "plots")
+    if fmt == "html":
+        from harness.html_report import DEFAULT_ASV_RESULTS, read_asv_history, write_html
+
+        asv_results = asv_results or DEFAULT_ASV_RESULTS
+        return write_html(out or results_dir / "leaderboard.html", tables, plots, read_asv_history(asv_results),
+                          n_records=len(records), history_source=asv_results)
     out = out or results_dir / ("LEADERBOARD.md" if fmt == "md" else "leaderboard.csv")
     return write_leaderboard(tables, out, fmt, plots)
 
@@ -189,6 +206,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.leaderboard import build_tables, render_csv, render_markdown
     from harness.records import Store
 
+    if args.format == "html":  # the page is the output: print only where it is
+        print(_write_leaderboard_and_plots(args.results_dir, "html", args.out, args.asv_results))
+        return EXIT_OK
     tables = build_tables(Store(args.results_dir).load_all())
     print(render_markdown(tables) if args.format == "md" else render_csv(tables))
     out = _write_leaderboard_and_plots(args.results_dir, args.format, args.out)
@@ -281,7 +301,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
     report = compare_speed(args.base, args.head, args.kernels, args.kernels_file, rounds=args.rounds,
                            repeat=args.repeat, sample_s=args.sample_seconds, factor=args.factor, alpha=args.alpha,
-                           repo=args.repo)
+                           repo=args.repo, confirm=not args.no_confirm)
     print(render_report(report))
     if args.json:
         write_report_json(report, args.json)

@@ -12,7 +12,9 @@ order, so load on the machine hits both alike.  Per kernel it collects
 
 - the ratio of medians ``head / base`` is at least ``factor`` (like
   ``asv compare --factor``), **and**
-- a one-sided Mann-Whitney U test says head is slower at level ``alpha``.
+- a one-sided Mann-Whitney U test says head is slower at level ``alpha``,
+
+and (``confirm``, the default) a second, independent set of rounds agrees.
 
 Both conditions: the factor keeps small, real-but-irrelevant changes from
 failing CI; the test keeps one noisy round from doing so.  Improvements are
@@ -33,7 +35,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from harness.errors import ConfigError, HarnessError
 
@@ -54,6 +56,7 @@ class KernelComparison:
     p_slower: float = math.nan  # one-sided Mann-Whitney p-value for "head slower than base"
     p_faster: float = math.nan
     verdict: str = ""  # "slower" (fails), "faster", or "same"
+    confirmation: dict[str, Any] | None = None  # the second measurement of a kernel first judged slower
 
 
 @dataclass
@@ -193,13 +196,15 @@ def compare_speed(
     seed: int = 0,
     repo: Path = Path("."),
     progress: bool = True,
+    confirm: bool = True,
 ) -> SpeedReport:
     """Time ``kernels`` (default: all) under ``base`` and ``head``, interleaved, and judge each.
 
     ``base`` / ``head``: a git revision of ``repo`` or a directory (``head=None``:
     the working tree ``repo``).  ``sample_s``: target seconds per sample (sets
     ``number``, the calls per timing, from the head's first call; the same on
-    both sides).  Each kernel runs at its ``gate_param`` size.
+    both sides).  Each kernel runs at its ``gate_param`` size.  ``confirm``: a
+    kernel judged slower is measured again and flagged only if judged slower twice.
     """
     if rounds < 3:
         raise ConfigError("--rounds must be at least 3 (the significance test needs samples)")
@@ -246,27 +251,41 @@ def compare_speed(
             try:
                 probe = workers["head"].request(op="time", kernel=name, param=param, number=1, repeat=1)["times"][0]
                 number = max(1, math.ceil(sample_s / max(probe, 1e-9)))
-                samples: dict[str, list[float]] = {"base": [], "head": []}
-                for _ in range(rounds):
-                    order = ["base", "head"]
-                    rng.shuffle(order)
-                    for side in order:
-                        times = workers[side].request(op="time", kernel=name, param=param, number=number,
-                                                      repeat=repeat)["times"]
-                        samples[side].append(min(times))
+                comp = _measure(workers, name, param, number, rounds, repeat, rng, factor, alpha)
+                if comp.verdict == "slower" and confirm:
+                    # a flag must survive a second, independent set of rounds: noise rarely repeats itself
+                    again = _measure(workers, name, param, number, rounds, repeat, rng, factor, alpha)
+                    comp.confirmation = {"ratio": again.ratio, "p_slower": again.p_slower, "verdict": again.verdict}
+                    if again.verdict != "slower":
+                        comp.verdict = "same"
             except HarnessError as exc:
                 report.errors[name] = str(exc)
                 if progress:
                     print(f"  {name}: ERROR {str(exc).splitlines()[0]}", file=sys.stderr)
                 continue
-            comp = KernelComparison(name, param, number, samples["base"], samples["head"])
-            comp.ratio, comp.p_slower, comp.p_faster, comp.verdict = judge(comp.base, comp.head, factor, alpha)
             report.comparisons.append(comp)
             if progress:
+                extra = f", confirmation ratio {comp.confirmation['ratio']:.3f}" if comp.confirmation else ""
                 print(f"  {name}[{param}]: base {_ms(statistics.median(comp.base))}, head "
-                      f"{_ms(statistics.median(comp.head))}, ratio {comp.ratio:.3f}, p(slower) {comp.p_slower:.2g} "
-                      f"-> {comp.verdict} (first calls {first['base']:.2f} / {first['head']:.2f} s)", file=sys.stderr)
+                      f"{_ms(statistics.median(comp.head))}, ratio {comp.ratio:.3f}, p(slower) {comp.p_slower:.2g}"
+                      f"{extra} -> {comp.verdict} (first calls {first['base']:.2f} / {first['head']:.2f} s)",
+                      file=sys.stderr)
         return report
+
+
+def _measure(workers: Mapping[str, Worker], name: str, param: Any, number: int, rounds: int, repeat: int,
+             rng: random.Random, factor: float, alpha: float) -> KernelComparison:
+    """``rounds`` interleaved samples per side (each the minimum of ``repeat`` timings) and their verdict."""
+    samples: dict[str, list[float]] = {"base": [], "head": []}
+    for _ in range(rounds):
+        order = ["base", "head"]
+        rng.shuffle(order)
+        for side in order:
+            times = workers[side].request(op="time", kernel=name, param=param, number=number, repeat=repeat)["times"]
+            samples[side].append(min(times))
+    comp = KernelComparison(name, param, number, samples["base"], samples["head"])
+    comp.ratio, comp.p_slower, comp.p_faster, comp.verdict = judge(comp.base, comp.head, factor, alpha)
+    return comp
 
 
 def _ms(seconds: float) -> str:

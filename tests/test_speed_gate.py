@@ -79,6 +79,7 @@ def test_gate_flags_a_planted_sleep_and_passes_an_unchanged_tree(tmp_path, kerne
     report = compare_speed(str(base), str(slow), **kw)
     [c] = report.comparisons
     assert c.verdict == "slower" and 1.5 < c.ratio < 2.5 and not report.ok
+    assert c.confirmation["verdict"] == "slower"  # flagged twice
     assert "FAIL: work" in render_report(report)
     report = compare_speed(str(base), str(same), **kw)
     assert report.ok and report.comparisons[0].verdict == "same"

@@ -2,7 +2,7 @@
 
 Not collected by the default test run (``testpaths = ["tests"]``); run with::
 
-    python -m pytest benchmarks/test_bench_circuits.py --benchmark-only -q -s
+    python -m pytest benchmarks/pytest/test_bench_circuits.py --benchmark-only -q -s
 
 (``-s`` shows the printed summary lines; the numbers are also stored in each
 benchmark's ``extra_info``, e.g. with ``--benchmark-json out.json``).

@@ -1,6 +1,6 @@
 """SAE kernel benchmarks (DESIGN.md section 3; peers in shared notes/sae-throughput.md).
 
-Run: ``python -m pytest benchmarks/test_bench_sae.py --benchmark-only -s``
+Run: ``python -m pytest benchmarks/pytest/test_bench_sae.py --benchmark-only -s``
 (not part of the default test run).  ``BENCH_THREADS`` sets torch's thread
 count (default 1, as in the notes); ``BENCH_SIZES`` the d_sae values
 (default ``8192,32768``); ``BENCH_STRICT=1`` turns the targets into assertions.
