@@ -15,6 +15,7 @@ import html
 import itertools
 import json
 import math
+import re
 import struct
 import sys
 from collections import defaultdict
@@ -87,6 +88,9 @@ figcaption { color: var(--muted); font-size: 12px; }
 svg.history { width: 100%; height: auto; max-width: 640px; }
 svg.history .line { fill: none; stroke: var(--accent); stroke-width: 1.5; }
 svg.history circle { fill: var(--accent); }
+ul.legend { list-style: none; padding: 0; margin: 4px 0 0; columns: 2 200px; font-size: 12px; }
+ul.legend .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 5px; border-radius: 2px; }
+.changed { color: #b35900; font-weight: 600; }
 svg.history .axis { stroke: #8c959f; stroke-width: 1; }
 svg.history text { font-size: 11px; fill: var(--muted); }
 """
@@ -225,16 +229,36 @@ def _fmt_date(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
-def history_svg(name: str, points: Sequence[HistoryPoint], width: int = 640, height: int = 200) -> str:
-    """An inline SVG line chart of one tracked benchmark: x = commit order, y = value; each point's
-    ``<title>`` (shown on hover) gives the short hash, the commit date and the value."""
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")
+_CELL_PARAM = re.compile(r"^(?P<bench>.*)\('(?P<task>[^'|]+)\|(?P<method>[^']+)'\)$")
+
+
+def chart_of(series: str) -> tuple[str, str]:
+    """(chart, line) of a history series: ``track_x('task|method')`` (one quick-suite cell) is drawn as line
+    ``method`` in the chart ``track_x('task')``; any other series is a chart of its own with one line."""
+    m = _CELL_PARAM.match(series)
+    if m is None:
+        return series, series
+    return f"{m['bench']}('{m['task']}')", m["method"]
+
+
+def history_svg(name: str, lines: Mapping[str, Sequence[HistoryPoint]] | Sequence[HistoryPoint],
+                width: int = 640, height: int = 200) -> str:
+    """An inline SVG line chart: x = commit order (the union of the lines' commits, by date), y = value, one
+    coloured polyline per line; each point's ``<title>`` (shown on hover) gives the line, short hash, commit
+    date and value.  ``lines`` maps line names to points (a bare point list is one line named ``name``)."""
+    if not isinstance(lines, Mapping):
+        lines = {name: lines}
     left, right, top, bottom = 64, 16, 12, 30
-    values = [v for _, _, v in points]
+    commits = sorted({(d, c) for pts in lines.values() for c, d, _ in pts})
+    order = {c: i for i, (_, c) in enumerate(commits)}
+    values = [v for pts in lines.values() for _, _, v in pts]
     lo, hi = min(values), max(values)
     if hi == lo:
         pad = abs(hi) * 0.05 or 1.0
         lo, hi = lo - pad, hi + pad
-    n = len(points)
+    n = len(commits)
 
     def x(i: int) -> float:
         return left + (width - left - right) * (0.5 if n == 1 else i / (n - 1))
@@ -242,20 +266,53 @@ def history_svg(name: str, points: Sequence[HistoryPoint], width: int = 640, hei
     def y(v: float) -> float:
         return top + (height - top - bottom) * (hi - v) / (hi - lo)
 
-    coords = [(x(i), y(v)) for i, (_, _, v) in enumerate(points)]
-    line = " ".join(f"{a:.1f},{b:.1f}" for a, b in coords)
-    dots = "".join(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5"><title>{_e(c[:8])} · {_fmt_date(d)} · '
-                   f'{_e(_fmt_value(v))}</title></circle>' for (a, b), (c, d, v) in zip(coords, points))
+    body = []
+    for k, (line_name, pts) in enumerate(lines.items()):
+        color = _PALETTE[k % len(_PALETTE)]
+        coords = [(x(order[c]), y(v)) for c, _, v in pts]
+        label = "" if line_name == name else f"{_e(line_name)} · "
+        body.append(f'<polyline class="line" style="stroke:{color}" points="'
+                    + " ".join(f"{a:.1f},{b:.1f}" for a, b in coords) + '"/>')
+        body.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" style="fill:{color}"><title>{label}{_e(c[:8])} · '
+                    f'{_fmt_date(d)} · {_e(_fmt_value(v))}</title></circle>' for (a, b), (c, d, v) in zip(coords, pts))
     axes = (f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}"/>'
             f'<line class="axis" x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}"/>')
     labels = (f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{_e(_fmt_value(hi))}</text>'
               f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end">{_e(_fmt_value(lo))}</text>'
               f'<text x="{x(0):.1f}" y="{height - 10}" text-anchor="{"middle" if n == 1 else "start"}">'
-              f'{_e(points[0][0][:8])}</text>')
+              f'{_e(commits[0][1][:8])}</text>')
     if n > 1:
-        labels += f'<text x="{x(n - 1):.1f}" y="{height - 10}" text-anchor="end">{_e(points[-1][0][:8])}</text>'
+        labels += f'<text x="{x(n - 1):.1f}" y="{height - 10}" text-anchor="end">{_e(commits[-1][1][:8])}</text>'
     return (f'<svg class="history" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="{_e(name)}: {n} commits">{axes}{labels}<polyline class="line" points="{line}"/>{dots}</svg>')
+            f'aria-label="{_e(name)}: {n} commits">{axes}{labels}{"".join(body)}</svg>')
+
+
+def _legend(lines: Mapping[str, Sequence[HistoryPoint]]) -> str:
+    """Colour key of a multi-line chart with each line's latest value and its change from the commit before."""
+    items = []
+    for k, (line_name, pts) in enumerate(lines.items()):
+        latest = pts[-1][2]
+        delta = "" if len(pts) < 2 or pts[-1][2] == pts[-2][2] else \
+            f' <span class="changed">({latest - pts[-2][2]:+.4g})</span>'
+        items.append(f'<li><span class="swatch" style="background:{_PALETTE[k % len(_PALETTE)]}"></span>'
+                     f'{_e(line_name)}: {_e(_fmt_value(latest))}{delta}</li>')
+    return f'<ul class="legend">{"".join(items)}</ul>'
+
+
+def _changes(series: Mapping[str, Sequence[HistoryPoint]]) -> str:
+    """A table of the series whose latest value differs from the one before (what the last commit changed)."""
+    rows = [(name, pts[-2], pts[-1]) for name, pts in series.items() if len(pts) > 1 and pts[-1][2] != pts[-2][2]]
+    measured = [pts for pts in series.values() if len(pts) > 1]
+    if not measured:
+        return '<p class="note">One commit measured so far: changes appear once a second commit is.</p>'
+    if not rows:
+        return '<p class="note">No tracked metric changed at the latest measured commit.</p>'
+    body = "".join(f"<tr><td><code>{_e(n)}</code></td><td>{_e(a[0][:8])}</td><td>{_e(_fmt_value(a[2]))}</td>"
+                   f"<td>{_e(b[0][:8])}</td><td>{_e(_fmt_value(b[2]))}</td><td>{b[2] - a[2]:+.4g}</td></tr>"
+                   for n, a, b in rows)
+    return ('<h3>Changed at the latest commit</h3><div class="scroll"><table><thead><tr><th>series</th>'
+            '<th>before</th><th>value</th><th>latest</th><th>value</th><th>change</th></tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
 
 
 def _history_section(history: History | None, source: Path | None) -> str:
@@ -265,11 +322,18 @@ def _history_section(history: History | None, source: Path | None) -> str:
     if not series:
         return (f'{head}<p class="note">No asv <code>track_*</code> benchmark results{where}. Create them from the '
                 f'repository root with <code class="cmd">{_e(ASV_COMMAND)}</code>, then regenerate this page.</p></section>')
-    charts = "".join(f'<figure><figcaption><code>{_e(name)}</code> ({len(pts)} commits)</figcaption>'
-                     f'{history_svg(name, pts)}</figure>' for name, pts in sorted(series.items()))
+    charts: dict[str, dict[str, Sequence[HistoryPoint]]] = defaultdict(dict)
+    for name, pts in sorted(series.items()):
+        chart, line = chart_of(name)
+        charts[chart][line] = pts
+    figures = "".join(
+        f'<figure><figcaption><code>{_e(chart)}</code> ({len({c for pts in lines.values() for c, _, _ in pts})} '
+        f'commits)</figcaption>{history_svg(chart, lines)}{_legend(lines) if len(lines) > 1 else ""}</figure>'
+        for chart, lines in charts.items())
     note = (f'<p class="note">asv <code>track_*</code> benchmarks{where}, one point per commit in commit-date '
-            'order; hover a point for its commit.</p>')
-    return f'{head}{note}<div class="charts">{charts}</div></section>'
+            'order (a quick-suite cell <code>task|method</code> is a line in its task\'s chart); hover a point for '
+            'its commit.</p>')
+    return f'{head}{note}{_changes(series)}<div class="charts">{figures}</div></section>'
 
 
 # ---------------------------------------------------------------- page

@@ -215,6 +215,17 @@ def test_history_is_an_inline_svg_per_tracked_benchmark(tmp_path):
     assert ASV_COMMAND not in page
 
 
+def test_quick_suite_cells_share_their_task_chart_and_changes_are_listed():
+    pts = lambda *vals: [(f"{i:08d}aaaa", 1e6 * (i + 1), v) for i, v in enumerate(vals)]  # noqa: E731
+    history = {"m.TrackX.track_x('fam/t1|alpha')": pts(0.5, 0.6), "m.TrackX.track_x('fam/t1|beta')": pts(0.7, 0.7),
+               "m.TrackX.track_x('fam/t2|alpha')": pts(0.1, 0.1)}
+    page = render_html([synthetic_table("fam/t1", ["alpha"])], [], history)
+    assert page.count("<svg") == 2 and page.count("<polyline") == 3  # one chart per task, one line per method
+    assert "alpha · 00000001 ·" in page and "beta: 0.7</li>" in page and "(+0.1)" in page
+    changes = page.split("Changed at the latest commit")[1].split("</table>")[0]
+    assert "fam/t1|alpha" in changes and "beta" not in changes and "t2" not in changes
+
+
 def test_missing_asv_results_say_how_to_create_them(tmp_path):
     assert read_asv_history(tmp_path / "none") == {}
     page = render_html([], [], {}, history_source=tmp_path / "none")
@@ -328,8 +339,10 @@ def test_browser_shows_every_table_image_and_chart_without_console_errors(browse
     driver.get(page.as_uri())
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
-    shown = driver.find_elements(By.TAG_NAME, "table")
+    shown = driver.find_elements(By.CSS_SELECTOR, "section.family table")
     assert len(shown) == len(tables) and all(t.is_displayed() for t in shown)
+    changes = driver.find_element(By.CSS_SELECTOR, "#history table")  # what the latest commit changed
+    assert changes.is_displayed() and "track_acc" in changes.text
     for section in ("family-toy", "family-famb", "history"):
         assert driver.find_element(By.ID, section).is_displayed()
     good = driver.find_element(By.XPATH, "//td[contains(@class, 'method')][contains(., 'toy-good')]")
