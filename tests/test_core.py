@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -116,6 +117,12 @@ def test_write_is_atomic_and_validated(results_dir, tmp_path):
     write_record(target, rec)
     assert read_record(target) == rec
     assert not list(target.parent.glob(".tmp-*"))
+    mask = os.umask(0o022)
+    try:
+        write_record(target, rec)
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644  # like open(): readable by others, not the temp file's 0600
 
 
 # ---------------------------------------------------------------- runner
