@@ -348,3 +348,16 @@ def test_plots_and_summary(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     text = summarize_icl(recs)
     assert "icl/linear-d5" in text and "icl/probe-d5" in text and "closest" in text
+
+
+def test_icl_models_are_in_the_model_builder_registry(capsys):
+    from harness.builders import builder_for
+    from harness.cli import main
+
+    builder = builder_for("icl-d5")
+    assert builder.family == "icl" and builder.names() == ["icl-d5", "icl-d8-noisy"]
+    # the committed models match their recipes, so a build without --force trains nothing
+    paths = builder.build(None, None, False)
+    assert [p.name for p in paths] == ["icl-d5", "icl-d8-noisy"]
+    assert "up to date" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0 and "icl-d8-noisy" in capsys.readouterr().out

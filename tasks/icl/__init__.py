@@ -14,3 +14,18 @@ from tasks.icl.plots import plot_icl
 # error curves and probe R^2 by layer, written next to the leaderboard (results/plots/)
 register_plotter("icl", plot_icl)
 register_plotter("icl-probe", plot_icl)
+
+
+def _register_builder() -> None:
+    from harness.builders import ModelBuilder, register_model_builder
+    from tasks.icl import model
+
+    register_model_builder(ModelBuilder(
+        family="icl", names=lambda: list(model.ICL_MODEL_SPECS),
+        build=lambda names, out, force: model.build_icl_models(out, names, force=force),
+        check=lambda names: model.verify_icl_models(names),
+        description="in-context linear regressors (6-layer GPT blocks, width 64), trained by the harness, ~4 min each",
+    ))
+
+
+_register_builder()
