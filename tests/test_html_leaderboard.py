@@ -383,3 +383,35 @@ def test_browser_full_page_screenshot_is_not_blank(browser_page, tmp_path):
     assert len(colours) > 1, "the screenshot is blank"
     not_white = float(np.mean(np.any(pixels[..., :3] < 0.95, axis=-1)))
     assert not_white > 0.02 and not math.isnan(not_white), f"only {not_white:.1%} of the page is drawn"
+
+
+@pytest.mark.browser
+def test_a_real_page_renders_every_family(tmp_path):
+    """A page built from real records, named by ``HARNESS_HTML_PAGE`` (CI builds it from the quick suite);
+    ``HARNESS_HTML_FAMILIES=a,b,...`` lists the families whose tables and plots it must show."""
+    from selenium.webdriver.common.by import By
+
+    page = os.environ.get("HARNESS_HTML_PAGE")
+    if not page:
+        pytest.skip("set HARNESS_HTML_PAGE=<leaderboard.html> (and HARNESS_HTML_FAMILIES) to check a real page")
+    if chromium_paths() is None:
+        pytest.skip("chromium/chromedriver not installed: `apt-get install chromium chromium-driver`")
+    families = [f for f in os.environ.get("HARNESS_HTML_FAMILIES", "").split(",") if f]
+    with chromium() as driver:
+        driver.get(Path(page).resolve().as_uri())
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == [], severe
+        for family in families:
+            section = driver.find_element(By.ID, f"family-{family}")
+            tables = section.find_elements(By.TAG_NAME, "table")
+            images = section.find_elements(By.TAG_NAME, "img")
+            assert tables and all(t.is_displayed() for t in tables), f"{family}: no table shown"
+            assert images, f"{family}: no plot"
+        broken = driver.execute_script(
+            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);")
+        assert broken == [], f"images that did not decode: {broken}"
+        shot = full_page_screenshot(driver, tmp_path / "real-page.png")
+        if os.environ.get("HARNESS_SCREENSHOT_DIR"):
+            keep = Path(os.environ["HARNESS_SCREENSHOT_DIR"])
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, keep / shot.name)
