@@ -132,6 +132,28 @@ class Block(nn.Module):
         return self.forward_mlp(self.forward_attn(x, z_fn, layer, position))
 
 
+def gpt2_init_(module: nn.Module, n_layers: int, std: dict[str, float] | None = None) -> None:
+    """GPT-2 initialisation of ``module``'s parameters in place, in ``named_parameters`` order.
+
+    Biases 0, layer-norm gains 1, residual-stream outputs (``attn.out``, ``mlp.fc_out``)
+    N(0, 0.02 / sqrt(2 n_layers)), parameters named in ``std`` N(0, std[name]), the rest
+    N(0, 0.02).  One function for every model built from these blocks, so their
+    initialisations (and seeded rebuilds) agree.
+    """
+    residual_std = 0.02 / math.sqrt(2 * n_layers)
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(p)
+        elif ".ln" in name or name.startswith("ln_f"):
+            nn.init.ones_(p)
+        elif name.endswith(("attn.out.weight", "mlp.fc_out.weight")):
+            nn.init.normal_(p, std=residual_std)
+        elif std and name in std:
+            nn.init.normal_(p, std=std[name])
+        else:
+            nn.init.normal_(p, std=0.02)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -144,17 +166,8 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02), residual-stream outputs scaled by 1/sqrt(2 n_layers)."""
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif ".ln" in name or name.startswith("ln_f"):
-                nn.init.ones_(p)
-            elif name.endswith(("attn.out.weight", "mlp.fc_out.weight")):
-                nn.init.normal_(p, std=residual_std)
-            else:
-                nn.init.normal_(p, std=0.02)
+        """GPT-2 initialisation (:func:`gpt2_init_`)."""
+        gpt2_init_(self, self.config.n_layers)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         s = tokens.shape[1]

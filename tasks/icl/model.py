@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.models.gpt import Block, GPTConfig
+from harness.models.gpt import Block, GPTConfig, gpt2_init_
 
 ICL_JSON = "icl.json"
 ICL_WEIGHTS = "model.safetensors"
@@ -175,18 +175,7 @@ class InContextRegressor(nn.Module):
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation (as :class:`harness.models.gpt.GPT`), read-in at ``arch.init_read_in``."""
-        residual_std = 0.02 / math.sqrt(2 * self.arch.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif ".ln" in name or name.startswith("ln_f"):
-                nn.init.ones_(p)
-            elif name.endswith(("attn.out.weight", "mlp.fc_out.weight")):
-                nn.init.normal_(p, std=residual_std)
-            elif name == "read_in.weight":
-                nn.init.normal_(p, std=self.arch.init_read_in)
-            else:
-                nn.init.normal_(p, std=0.02)
+        gpt2_init_(self, self.arch.n_layers, {"read_in.weight": self.arch.init_read_in})
 
     # ---------------------------------------------------------- encoding
     def _query_tokens(self, xq: torch.Tensor) -> torch.Tensor:
