@@ -122,6 +122,15 @@ def checkout_tree(rev: str, repo: Path, dest: Path) -> Path:
     return dest
 
 
+def _toplevel(path: Path) -> Path:
+    """The root of the git work tree holding ``path`` (``path`` itself outside git, e.g. plain directories)."""
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return path
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else path
+
+
 class Worker:
     """One timing process on one tree (see :mod:`harness.speed_worker` for the protocol)."""
 
@@ -208,7 +217,7 @@ def compare_speed(
     """
     if rounds < 3:
         raise ConfigError("--rounds must be at least 3 (the significance test needs samples)")
-    repo = Path(repo).resolve()
+    repo = _toplevel(Path(repo).resolve())
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="harness-speed-")))
         trees = {}

@@ -106,3 +106,16 @@ def test_cli_speed_exit_codes(tmp_path, kernels_file, capsys):
     assert "SLOWER" in capsys.readouterr().out and (tmp_path / "speed.json").exists()
     assert main([*args, "--base", str(base), "--head", str(base)]) == 0
     assert main(["speed", "--base", "no-such-revision-xyz", "--repo", str(tmp_path)]) == 2
+
+
+def test_head_defaults_to_the_root_of_the_work_tree_from_a_subdirectory(tmp_path, kernels_file, monkeypatch):
+    import subprocess
+
+    repo = _tree(tmp_path / "repo", 0.001)
+    (repo / "sub").mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    base = _tree(tmp_path / "base", 0.001)
+    report = compare_speed(str(base), None, kernels=["work"], kernels_file=kernels_file, rounds=3, repeat=1,
+                           sample_s=0.001, progress=False, repo=repo / "sub")
+    assert report.head == f"working tree {repo.resolve()}" and report.ok
+    assert report.comparisons and report.comparisons[0].verdict == "same"
