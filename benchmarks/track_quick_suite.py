@@ -23,28 +23,23 @@ VERSION = "1"
 
 
 def _quick_cells(family: str) -> list[str]:
-    """``task|method`` labels of the quick suite's cells of a family (task names start with ``family/``)."""
+    """``task|method`` labels of the quick suite's cells of a family (task names start with ``family/``),
+    as the runner expands ``harness run --suite quick``."""
+    from harness.runner import SUITES, RunSpec, expand
+
     registry.load_builtin()
-    labels = []
-    for t in registry.tasks():
-        if t.name.split("/", 1)[0] != family or not t.cls.in_default_suite:
-            continue
-        for m in registry.methods(t.family):
-            if m.cls.in_default_suite:
-                labels.append(f"{t.name}|{m.name}")
-    return labels
+    cells = expand(RunSpec(seeds=SUITES["quick"]))
+    return [f"{c.task.name}|{c.method.name}" for c in cells if c.task.name.split("/", 1)[0] == family]
 
 
 def _run_family(family: str) -> dict[str, float]:
-    from harness.runner import RunSpec, run
+    from harness.runner import SUITES, RunSpec, run
 
-    cells = _quick_cells(family)
-    tasks = sorted({c.split("|")[0] for c in cells})
+    tasks = sorted({c.split("|")[0] for c in _quick_cells(family)})
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run(RunSpec(tasks=tasks, seeds=[0], results_dir=Path(tmp), progress=False))
-    out = {f"{r['task']}|{r['method']}": (r["metrics"][r["main_metric"]] if r["status"] == "ok" else math.nan)
-           for r in summary.records}
-    return out
+        summary = run(RunSpec(tasks=tasks, seeds=SUITES["quick"], results_dir=Path(tmp), progress=False))
+    return {f"{r['task']}|{r['method']}": (r["metrics"][r["main_metric"]] if r["status"] == "ok" else math.nan)
+            for r in summary.records}
 
 
 def _track_class(family: str) -> type:

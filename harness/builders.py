@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.errors import DuplicateNameError, UnknownNameError
+from harness.errors import DuplicateNameError, UnknownNameError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,5 @@ def builder_for(name: str) -> ModelBuilder:
         if name in b.names():
             return b
     known = sorted(n for b in builders() for n in b.names())
-    import difflib
-
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(name, known)
     raise UnknownNameError(f"unknown embedded model {name!r}{hint} (known: {', '.join(known)})")

@@ -23,6 +23,7 @@ from harness.io import atomic_write_text
 from harness.provenance import git_state
 from harness.runner import method_label
 from harness.selection import group
+from harness.task import tolerance
 
 REF_SCHEMA = "harness-reference"
 REF_SCHEMA_VERSION = 1
@@ -34,7 +35,6 @@ def _entry_id(e: dict[str, Any]) -> tuple:
 
 def build_reference(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """A reference document from current ok records (gated metrics only)."""
-    from harness.records import config_hash
     from harness.stats import mean_ci
 
     entries = []
@@ -146,7 +146,7 @@ def check(records: Iterable[dict[str, Any]], reference: dict[str, Any]) -> list[
                 continue
             cur = mean_ci(values)[0]
             ref = float(m["value"])
-            tol = max(float(m.get("abs_tol", 0.0)), float(m.get("rel_tol", 0.0)) * abs(ref))
+            tol = tolerance(float(m.get("abs_tol", 0.0)), float(m.get("rel_tol", 0.0)), ref)
             worse = (ref - cur) if m.get("higher_is_better", True) else (cur - ref)
             if worse > tol + 1e-12:
                 findings.append(Finding(e["task"], label, name, "regression", ref, cur, tol))

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tables, embedded plots, asv history) written to <results-dir>/leaderboard.html")
     p.add_argument("--out", type=Path,
                    help="file to write (default: <results-dir>/LEADERBOARD.md, leaderboard.csv or leaderboard.html)")
-    p.add_argument("--asv-results", type=Path, default=Path("results/asv/results"), metavar="DIR",
+    p.add_argument("--asv-results", type=Path, default=None, metavar="DIR",
                    help="html: asv results directory whose track_* benchmarks are charted "
                         "(default: results/asv/results)")
     _add_results_dir(p)
@@ -169,15 +169,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path | None = None,
-                                 asv_results: Path | None = None) -> Path:
+                                 asv_results: Path | None = None, records: list | None = None,
+                                 tables: list | None = None) -> Path:
     """LEADERBOARD.md (or csv, or html with the history of ``asv_results``) from every record in
-    ``results_dir``, with the families' plots in plots/."""
+    ``results_dir`` (or the ``records`` / ``tables`` the caller already has), with the families' plots in plots/."""
     from harness.leaderboard import build_tables, write_leaderboard
     from harness.plots import plot_main_metric, write_plots
     from harness.records import Store
 
-    records = Store(results_dir).load_all()
-    tables = build_tables(records)
+    if records is None:
+        records = Store(results_dir).load_all()
+    if tables is None:
+        tables = build_tables(records)
     plots = []
     if fmt in ("md", "html"):
         plots = plot_main_metric(tables, results_dir / "plots") + write_plots(records, results_dir / "plots")
@@ -206,12 +209,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.leaderboard import build_tables, render_csv, render_markdown
     from harness.records import Store
 
+    records = Store(args.results_dir).load_all()  # read once: printed and written from the same records
     if args.format == "html":  # the page is the output: print only where it is
-        print(_write_leaderboard_and_plots(args.results_dir, "html", args.out, args.asv_results))
+        print(_write_leaderboard_and_plots(args.results_dir, "html", args.out, args.asv_results, records))
         return EXIT_OK
-    tables = build_tables(Store(args.results_dir).load_all())
+    tables = build_tables(records)
     print(render_markdown(tables) if args.format == "md" else render_csv(tables))
-    out = _write_leaderboard_and_plots(args.results_dir, args.format, args.out)
+    out = _write_leaderboard_and_plots(args.results_dir, args.format, args.out, records=records, tables=tables)
     print(f"written to {out}", file=sys.stderr)
     return EXIT_OK
 

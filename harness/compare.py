@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from harness.errors import HarnessError
 from harness.leaderboard import direction
 from harness.runner import method_label
+from harness.selection import table_key
 from harness.stats import PairedDifference, paired_difference
 
 
@@ -56,7 +56,7 @@ def compare(records: Iterable[dict[str, Any]], method_a: str, method_b: str, tas
         out: dict[tuple, dict[int, float]] = {}
         for r in recs:
             if method_label(r["method"], r["method_params"]) == label and metric in r["metrics"]:
-                ident = (r["task_version"], r["model"], str(sorted(r["config"]["task"].items())))
+                ident = table_key(r)[1:]  # task version, model, task-config hash: as the leaderboard groups
                 out.setdefault(ident, {})[r["seed"]] = r["metrics"][metric]
         if not out:
             have = sorted({method_label(r["method"], r["method_params"]) for r in recs})
@@ -72,5 +72,5 @@ def compare(records: Iterable[dict[str, Any]], method_a: str, method_b: str, tas
     seeds = sorted(set(sa[ident]) & set(sb[ident]))
     a = [sa[ident][s] for s in seeds]
     b = [sb[ident][s] for s in seeds]
-    diff = paired_difference(a, b) if seeds else PairedDifference(0, math.nan, math.nan, math.nan, math.nan)
+    diff = paired_difference(a, b)  # n = 0 and NaNs when no seed is shared
     return Comparison(task, metric, method_a, method_b, seeds, a, b, diff, direction(task, metric))

@@ -14,6 +14,14 @@ class UnknownNameError(HarnessError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def did_you_mean(name: str, known) -> str:
+    """``"; did you mean 'a', 'b'?"`` for the up to three names in ``known`` closest to ``name``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
 class DuplicateNameError(HarnessError):
     """Two registrations used the same name."""
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from harness.io import atomic_write_text
-from harness.leaderboard import Row, Table, commit_label, hidden_metrics, table_frame
+from harness.leaderboard import CELLS_CAPTION, Row, Table, commit_label, hidden_metrics, table_frame
+from harness.plots import file_slug
 
 DEFAULT_ASV_RESULTS = Path("results/asv/results")
 ASV_COMMAND = "asv run --python=same --quick --set-commit-hash $(git rev-parse HEAD)"
@@ -101,9 +102,6 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _slug(text: str) -> str:
-    """Letters, digits, ``-`` and ``_`` kept, everything else ``_`` (as in :mod:`harness.plots` file names)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
 def family_of(task: str) -> str:
@@ -116,7 +114,7 @@ def plot_family(path: Path, families: Iterable[str]) -> str | None:
     or ``<family>`` followed by a non-alphanumeric character (the family plotters); None if no family matches."""
     name = Path(path).name
     for family in sorted(families, key=len, reverse=True):  # longest first: "icl2" before "icl"
-        slug = _slug(family)
+        slug = file_slug(family)
         if name.startswith(f"main-{slug}_"):
             return family
         if name.startswith(slug) and not name[len(slug):len(slug) + 1].isalnum():
@@ -174,10 +172,8 @@ def table_html(table: Table) -> str:
 
 
 def _caption(table: Table) -> str:
-    arrow = "higher is better" if table.higher_is_better else "lower is better"
-    text = (f"Ranked by <code>{_e(table.main_metric)}</code> ({arrow}); mean over seeds ± half-width of the "
-            "95% t interval; wall s = method time per cell; hover a row or open its provenance for the code "
-            "that produced it.")
+    text = (f"Ranked by <code>{_e(table.main_metric)}</code> ({table.direction_label}); {_e(CELLS_CAPTION)}; "
+            "hover a row or open its provenance for the code that produced it.")
     out = f'<p class="caption">{text}</p>'
     hidden = hidden_metrics(table)
     if hidden:
@@ -243,13 +239,10 @@ def chart_of(series: str) -> tuple[str, str]:
     return f"{m['bench']}('{m['task']}')", m["method"]
 
 
-def history_svg(name: str, lines: Mapping[str, Sequence[HistoryPoint]] | Sequence[HistoryPoint],
-                width: int = 640, height: int = 200) -> str:
+def history_svg(name: str, lines: Mapping[str, Sequence[HistoryPoint]], width: int = 640, height: int = 200) -> str:
     """An inline SVG line chart: x = commit order (the union of the lines' commits, by date), y = value, one
     coloured polyline per line; each point's ``<title>`` (shown on hover) gives the line, short hash, commit
-    date and value.  ``lines`` maps line names to points (a bare point list is one line named ``name``)."""
-    if not isinstance(lines, Mapping):
-        lines = {name: lines}
+    date and value.  ``lines`` maps line names to points; a line named like the chart gets no name prefix."""
     left, right, top, bottom = 64, 16, 12, 30
     commits = sorted({(d, c) for pts in lines.values() for c, d, _ in pts})
     order = {c: i for i, (_, c) in enumerate(commits)}
@@ -355,7 +348,7 @@ def _toc(by_family: Mapping[str, list[Table]], anchors: Mapping[int, str], has_o
     items = []
     for family, tables in by_family.items():
         sub = "".join(f'<li><a href="#{_e(anchors[id(t)])}">{_e(t.title)}</a></li>' for t in tables)
-        items.append(f'<li><a href="#family-{_e(_slug(family))}">{_e(family)}</a><ul>{sub}</ul></li>')
+        items.append(f'<li><a href="#family-{_e(file_slug(family))}">{_e(family)}</a><ul>{sub}</ul></li>')
     if has_other:
         items.append('<li><a href="#other-plots">Other plots</a></li>')
     items.append('<li><a href="#history">Benchmark history</a></li>')
@@ -377,11 +370,11 @@ def render_html(tables: Sequence[Table], plots: Sequence[Path], history: History
     if n_records is None:
         n_records = sum(len(r.seeds) for t in tables for r in t.rows)
     by_family, plots_by, other = _group(tables, plots)
-    anchors = {id(t): f"task-{i}-{_slug(t.task)}" for i, t in enumerate(tables)}
+    anchors = {id(t): f"task-{i}-{file_slug(t.task)}" for i, t in enumerate(tables)}
     sections = []
     for family, fam_tables in by_family.items():
         body = "".join(_task_section(t, anchors[id(t)]) for t in fam_tables)
-        sections.append(f'<section class="family" id="family-{_e(_slug(family))}"><h2>{_e(family)}</h2>'
+        sections.append(f'<section class="family" id="family-{_e(file_slug(family))}"><h2>{_e(family)}</h2>'
                         f'{body}{_plots_block(plots_by.get(family, []))}</section>')
     if not tables:
         sections.append('<p class="note">No results yet: run <code>harness run</code>.</p>')

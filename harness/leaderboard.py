@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from harness import registry
 from harness.errors import UnknownNameError
+from harness.io import atomic_write_text
 from harness.selection import group
 from harness.stats import mean_ci
 
@@ -43,9 +44,17 @@ class Table:
     rows: list[Row] = field(default_factory=list)
 
     @property
+    def direction_label(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+    @property
     def title(self) -> str:
         model = "" if self.model == "-" else f", model {self.model}"
         return f"{self.task} (v{self.task_version}{model}, task config {self.task_config[:8]})"
+
+
+#: How every leaderboard table (Markdown, HTML) explains its cells.
+CELLS_CAPTION = "mean over seeds ± half-width of the 95% t interval; wall s = method time per cell"
 
 
 def shown_metrics(task: str, names: list[str]) -> list[str]:
@@ -107,7 +116,7 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
 
 
 def _fmt(x: float, digits: int = 3) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return "—" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def table_frame(table: Table) -> pd.DataFrame:
@@ -135,9 +144,8 @@ def render_markdown(tables: list[Table], plots: list[Path] | None = None, base: 
     if not tables:
         out.write("No results yet: run `harness run`.\n")
     for table in tables:
-        arrow = "higher is better" if table.higher_is_better else "lower is better"
-        out.write(f"## {table.title}\n\nRanked by `{table.main_metric}` ({arrow}); "
-                  "mean over seeds ± half-width of the 95% t interval; wall s = method time per cell.\n\n")
+        out.write(f"## {table.title}\n\nRanked by `{table.main_metric}` ({table.direction_label}); "
+                  f"{CELLS_CAPTION}.\n\n")
         out.write(tabulate(table_frame(table), headers="keys", tablefmt="github", showindex=False))
         commits = {commit_label(r) for r in table.rows}
         out.write(f"\n\nCode: {', '.join(sorted(commits))}")
@@ -170,8 +178,6 @@ def render_csv(tables: list[Table]) -> str:
 
 def write_leaderboard(tables: list[Table], path: Path, fmt: str = "md", plots: list[Path] | None = None) -> Path:
     """Write the leaderboard atomically (markdown or csv) and return the path."""
-    from harness.io import atomic_write_text
-
     path = Path(path)
     text = render_markdown(tables, plots, path.parent) if fmt == "md" else render_csv(tables)
-    return atomic_write_text(Path(path), text)
+    return atomic_write_text(path, text)

@@ -15,6 +15,11 @@ Plotter = Callable[[list[dict[str, Any]], Path], list[Path]]
 _PLOTTERS: dict[str, Plotter] = {}
 
 
+def file_slug(text: str) -> str:
+    """``text`` as a file-name part: letters, digits, ``-`` and ``_`` kept, everything else ``_``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
 def register_plotter(family: str, fn: Plotter) -> Plotter:
     _PLOTTERS[family] = fn
     return fn
@@ -56,12 +61,10 @@ def plot_main_metric(tables: list, out_dir: Path) -> list[Path]:
         colors = ["#9e9e9e" if r.baseline else "#1f77b4" for r in rows]
         ax.barh(range(len(rows)), means, xerr=halves, color=colors, capsize=3)
         ax.set_yticks(range(len(rows)), [r.method for r in rows], fontsize=8)
-        arrow = "higher is better" if t.higher_is_better else "lower is better"
-        ax.set_xlabel(f"{t.main_metric} ({arrow}); bars: mean, whiskers: 95% CI; grey = baseline", fontsize=8)
+        ax.set_xlabel(f"{t.main_metric} ({t.direction_label}); bars: mean, whiskers: 95% CI; grey = baseline", fontsize=8)
         ax.set_title(t.title, fontsize=9)
         fig.tight_layout()
-        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{t.task}-{t.task_config[:8]}")
-        path = out_dir / f"main-{slug}.png"
+        path = out_dir / f"main-{file_slug(f'{t.task}-{t.task_config[:8]}')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -20,13 +20,12 @@ from import paths a user names explicitly (:func:`load_plugin_module`).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable, TypeVar
 
-from harness.errors import DuplicateNameError, HarnessError, UnknownNameError
+from harness.errors import DuplicateNameError, HarnessError, UnknownNameError, did_you_mean
 
 T = TypeVar("T", bound=type)
 
@@ -161,8 +160,7 @@ def load_all() -> None:
 def _lookup(table: dict[str, Entry], kind: str, name: str) -> Entry:
     if name in table:
         return table[name]
-    close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, table)
     raise UnknownNameError(
         f"unknown {kind} {name!r}{hint} (run `harness list` to see all {kind}s)"
     )

@@ -47,7 +47,6 @@ class Measurement:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
-    peak_method: str = ""
 
 
 class measure:
@@ -79,9 +78,7 @@ class measure:
         self.result.cpu_s = time.process_time() - self._cpu
         if self._exact:
             self.result.peak_rss_mb = float(_read_hwm_mb() or 0.0)
-            self.result.peak_method = "linux VmHWM"
         else:
             self._stop.set()
             self._thread.join()
             self.result.peak_rss_mb = max(self._peak, _current_rss_mb())
-            self.result.peak_method = "sampled 10 ms"

@@ -10,6 +10,7 @@ seed and model) are skipped unless ``force``, so an interrupted run resumes.
 from __future__ import annotations
 
 import itertools
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,15 +118,17 @@ def expand(spec: RunSpec) -> list[Cell]:
         used_overrides |= set(overrides)
         task_config = task.resolve_config(overrides)
         if method_entries is not None:
-            candidates = method_entries
+            candidates = [m for m in method_entries if m.family == t.family]
         else:
             candidates = [m for m in registry.methods(t.family) if m.cls.in_default_suite]
-        candidates = [m for m in candidates if m.family == t.family]
+        points = []
+        for m in candidates:
+            accepted = set(m.cls.param_names())
+            used_grid |= accepted & set(spec.grid)
+            points.append((m, _grid_points(spec.grid, accepted)))
         for seed in spec.seeds:
-            for m in candidates:
-                accepted = set(m.cls.param_names())
-                used_grid |= accepted & set(spec.grid)
-                for params in _grid_points(spec.grid, accepted):
+            for m, grid_points in points:
+                for params in grid_points:
                     cells.append(Cell(t, m, int(seed), task_config, params))
     unused = sorted(set(spec.task_overrides) - used_overrides)
     if unused:
@@ -140,6 +143,16 @@ def _json_safe(params: Mapping[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(canonical_json(dict(params)))
+
+
+def _identity(cell: Cell, task: Task, full_params: Mapping[str, Any]) -> tuple[dict[str, Any], str, str, str]:
+    """``(config, config_hash, model, cell_key)`` of a cell whose method has the parameters ``full_params``."""
+    config = {"task": cell.task_config, "method": _json_safe(full_params)}
+    cfg_hash = config_hash(config)
+    model = task.model_id(cell.task_config)
+    key = cell_key(cell.task.name, cell.task.version, cell.method.name, cell.method.version, cfg_hash, cell.seed,
+                   model)
+    return config, cfg_hash, model, key
 
 
 def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) -> dict[str, Any]:
@@ -158,19 +171,19 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) ->
         if data_key not in data_cache:
             data_cache.clear()  # keep one task's data in memory at a time
             seed_everything(cell.seed)
-            with measure() as m_build:
-                data_cache[data_key] = task.build(cell.task_config, cell.seed, ctx)
-            timings["build_s"] = m_build.wall_s
+            t0 = time.perf_counter()
+            data_cache[data_key] = task.build(cell.task_config, cell.seed, ctx)
+            timings["build_s"] = time.perf_counter() - t0
         data = data_cache[data_key]
         seed_everything(cell.seed)
         method.setup(ctx)
         with measure() as m:
             output = task.apply(method, data, ctx)
         timings.update(wall_s=m.wall_s, cpu_s=m.cpu_s, peak_rss_mb=m.peak_rss_mb)
-        with measure() as m_eval:
-            metrics = task.check_metrics(task.evaluate(data, output))
-            artifacts = _json_safe(task.artifacts(data, output))
-        timings["evaluate_s"] = m_eval.wall_s
+        t0 = time.perf_counter()
+        metrics = task.check_metrics(task.evaluate(data, output))
+        artifacts = _json_safe(task.artifacts(data, output))
+        timings["evaluate_s"] = time.perf_counter() - t0
     except KeyboardInterrupt:
         raise
     except HarnessError as exc:
@@ -180,14 +193,11 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) ->
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         metrics, artifacts = {}, {}
 
-    config = {"task": cell.task_config, "method": _json_safe(full_params)}
-    cfg_hash = config_hash(config)
-    model = task.model_id(cell.task_config)
+    config, cfg_hash, model, key = _identity(cell, task, full_params)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "cell_key": cell_key(cell.task.name, cell.task.version, cell.method.name, cell.method.version,
-                             cfg_hash, cell.seed, model),
+        "cell_key": key,
         "task": cell.task.name,
         "task_version": cell.task.version,
         "family": cell.task.family,
@@ -212,10 +222,7 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict, device_name: str) ->
 def _planned_key(cell: Cell) -> str:
     """The cell key before running: needs the method's full params, so instantiate it."""
     method = cell.method.cls.create(cell.method_params)
-    config = {"task": cell.task_config, "method": _json_safe(method.get_params())}
-    task: Task = cell.task.cls()
-    return cell_key(cell.task.name, cell.task.version, cell.method.name, cell.method.version,
-                    config_hash(config), cell.seed, task.model_id(cell.task_config))
+    return _identity(cell, cell.task.cls(), method.get_params())[3]
 
 
 def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from harness.errors import ConfigError, HarnessError
+from harness.io import atomic_write_text
+from harness.speed_worker import load_kernels
 
 WORKER_SOURCE = Path(__file__).with_name("speed_worker.py")
 DEFAULT_KERNELS_FILE = Path("benchmarks") / "kernels.py"
@@ -136,9 +138,7 @@ class Worker:
 
     def __init__(self, name: str, tree: Path, kernels_file: Path, log_dir: Path):
         self.name = name
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the worker puts ``tree`` first on sys.path
         self.log_path = log_dir / f"{name}.stderr.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -177,19 +177,10 @@ class Worker:
 # ---------------------------------------------------------------- the gate
 def load_kernel_table(kernels_file: Path) -> dict[str, Any]:
     """The ``KERNELS`` mapping of a kernels file (name -> object with ``gate_param``)."""
-    import importlib.util
-
     if not kernels_file.is_file():
         raise ConfigError(f"kernels file {kernels_file} not found; pass --kernels-file (default {DEFAULT_KERNELS_FILE} "
                           "under the head tree)")
-    spec = importlib.util.spec_from_file_location("speed_gate_kernel_table", kernels_file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module.KERNELS
+    return load_kernels(kernels_file, "speed_gate_kernel_table")
 
 
 def compare_speed(
@@ -327,8 +318,6 @@ def render_report(report: SpeedReport) -> str:
 
 
 def write_report_json(report: SpeedReport, path: Path) -> Path:
-    from harness.io import atomic_write_text
-
     doc = {"base": report.base, "head": report.head, "factor": report.factor, "alpha": report.alpha,
            "rounds": report.rounds, "harness_files": report.harness_files, "ok": report.ok,
            "errors": report.errors, "skipped": report.skipped,

@@ -21,11 +21,15 @@ import time
 import traceback
 
 
-def _load_kernels(path):
-    spec = importlib.util.spec_from_file_location("speed_gate_kernels", path)
+def load_kernels(path, module_name="speed_gate_kernels"):
+    """The ``KERNELS`` mapping of a kernels file (name -> object with ``setup(param)`` and ``gate_param``)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["speed_gate_kernels"] = module
-    spec.loader.exec_module(module)
+    sys.modules[module_name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(module_name, None)
     return module.KERNELS
 
 
@@ -36,7 +40,7 @@ def _answer(obj):
 
 def main(kernels_file):
     sys.path.insert(0, os.getcwd())  # the tree under test (python -c puts '' there; make it explicit)
-    kernels = _load_kernels(kernels_file)
+    kernels = load_kernels(kernels_file)
     harness_file = None
     try:
         import harness

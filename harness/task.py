@@ -10,6 +10,11 @@ from harness.context import RunContext
 from harness.errors import ConfigError, InvalidMetricError
 
 
+def tolerance(abs_tol: float, rel_tol: float, reference: float) -> float:
+    """How much worse than ``reference`` a value may be before ``harness check`` calls it a regression."""
+    return max(abs_tol, rel_tol * abs(reference))
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A metric a task reports.
@@ -27,9 +32,6 @@ class MetricSpec:
     rel_tol: float = 0.0
     unit: str = ""
     gated: bool = True  # False for timings and other machine-dependent numbers
-
-    def tolerance(self, reference: float) -> float:
-        return max(self.abs_tol, self.rel_tol * abs(reference))
 
 
 class Task:

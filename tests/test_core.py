@@ -22,12 +22,8 @@ from harness.leaderboard import build_tables, render_csv, render_markdown
 from harness.method import Method
 from harness.records import Store, read_record, validate, write_record
 from harness.runner import RunSpec, expand, run
+from toy_plugin import toy_spec
 from harness.stats import mean_ci, paired_difference
-
-
-def toy_spec(results_dir: Path, methods, seeds=(0, 1, 2), **kw) -> RunSpec:
-    return RunSpec(tasks=["toy/vector"], methods=methods, seeds=seeds, results_dir=results_dir,
-                   device="cpu", progress=False, **kw)
 
 
 # ---------------------------------------------------------------- registry

@@ -28,6 +28,7 @@ from harness.leaderboard import Row, Table, build_tables
 from harness.plots import plot_main_metric
 from harness.records import Store
 from harness.runner import RunSpec, run
+from toy_plugin import toy_spec
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -37,11 +38,6 @@ EVIL = '<script>alert("x")</script> & co'
 
 
 # ---------------------------------------------------------------- helpers
-def toy_spec(results_dir: Path, methods: list[str], seeds: tuple[int, ...] = (0, 1, 2)) -> RunSpec:
-    return RunSpec(tasks=["toy/vector"], methods=methods, seeds=list(seeds), results_dir=results_dir,
-                   device="cpu", progress=False)
-
-
 def toy_tables(results_dir: Path) -> tuple[list[Table], int]:
     """Tables of a real toy run (2 methods x 2 seeds) and how many records they came from."""
     run(toy_spec(results_dir, ["toy-good", "toy-zero"], seeds=(0, 1)))
@@ -119,9 +115,11 @@ def page_inputs(results_dir: Path, tmp_path: Path) -> dict[str, Any]:
 
 def test_page_has_every_table_grouped_by_family_with_toc(page_inputs):
     tables = page_inputs["tables"]
-    page = render_html(tables, page_inputs["plots"], n_records=17)
+    page = render_html(tables, page_inputs["plots"], n_records=page_inputs["n_records"])
     assert page.count("<table") == len(tables) == 4
-    assert "from 17 result records: 4 tables in 3 families" in page
+    assert f"from {page_inputs['n_records']} result records: 4 tables in 3 families" in page
+    # without n_records the page counts the records behind the rows: 2 toy rows x 2 seeds + 3 x 2 synthetic rows x 3
+    assert "from 22 result records" in render_html(tables, page_inputs["plots"])
     families = re.findall(r'<section class="family" id="family-([^"]+)"', page)
     assert families == ["fama", "famb", "toy"]
     for t in tables:
@@ -311,6 +309,14 @@ def full_page_screenshot(driver: Any, path: Path) -> Path:
     return path
 
 
+def keep_screenshot(shot: Path) -> None:
+    """Copy a screenshot to ``$HARNESS_SCREENSHOT_DIR`` when it is set (to look at it after the run)."""
+    if os.environ.get("HARNESS_SCREENSHOT_DIR"):
+        keep = Path(os.environ["HARNESS_SCREENSHOT_DIR"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep / shot.name)
+
+
 @pytest.fixture(scope="module")
 def browser_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path, list[Table]]]:
     """A page from a real toy run plus a wide synthetic family and an asv history, open in headless Chromium."""
@@ -372,10 +378,7 @@ def test_browser_full_page_screenshot_is_not_blank(browser_page, tmp_path):
     driver, page, _ = browser_page
     driver.get(page.as_uri())
     shot = full_page_screenshot(driver, tmp_path / "leaderboard.png")
-    if os.environ.get("HARNESS_SCREENSHOT_DIR"):
-        keep = Path(os.environ["HARNESS_SCREENSHOT_DIR"])
-        keep.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, keep / shot.name)
+    keep_screenshot(shot)
     pixels = mpimg.imread(shot)
     height, width = pixels.shape[:2]
     assert width == VIEWPORT[0] and height > VIEWPORT[1]  # the whole page, taller than one screen
@@ -411,7 +414,4 @@ def test_a_real_page_renders_every_family(tmp_path):
             "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);")
         assert broken == [], f"images that did not decode: {broken}"
         shot = full_page_screenshot(driver, tmp_path / "real-page.png")
-        if os.environ.get("HARNESS_SCREENSHOT_DIR"):
-            keep = Path(os.environ["HARNESS_SCREENSHOT_DIR"])
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, keep / shot.name)
+        keep_screenshot(shot)

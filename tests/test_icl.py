@@ -350,10 +350,15 @@ def test_plots_and_summary(tmp_path):
     assert "icl/linear-d5" in text and "icl/probe-d5" in text and "closest" in text
 
 
-def test_icl_models_are_in_the_model_builder_registry(capsys):
+def test_icl_models_are_in_the_model_builder_registry(capsys, monkeypatch):
     from harness.builders import builder_for
     from harness.cli import main
+    from tasks.icl import model as icl_model
 
+    def no_training(*args, **kwargs):
+        raise AssertionError("a build without --force retrained a committed model (its recipe changed?)")
+
+    monkeypatch.setattr(icl_model, "build_icl_model", no_training)  # never overwrite tasks/icl/models here
     builder = builder_for("icl-d5")
     assert builder.family == "icl" and builder.names() == ["icl-d5", "icl-d8-noisy"]
     # the committed models match their recipes, so a build without --force trains nothing

@@ -404,6 +404,9 @@ def test_embedded_task_end_to_end(tmp_path):
     c = ctx(tmp_path)
     data = task.build(config, 0, c)
     assert data.train.shape == (40 * 64, 96) and data.test.shape == (8 * 64, 96)
+    from tasks.reconstruction import cache as activation_cache
+
+    activation_cache._MEMO.clear()  # the second build must read the file the first one wrote, not memory
     assert task.build(config, 1, c).info["activations_cached"]
     out = {}
     for name, params in (("identity", {}), ("pca", {"k": 8}), ("topk-sae", {"k": 8, "epochs": 2})):

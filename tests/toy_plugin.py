@@ -76,3 +76,11 @@ class BadShape(Method):
 class BadType(Method):
     def predict(self, x):
         return x.tolist()
+
+
+def toy_spec(results_dir, methods, seeds=(0, 1, 2), **kw):
+    """A run spec of the toy task on the CPU, no progress bar."""
+    from harness.runner import RunSpec
+
+    return RunSpec(tasks=["toy/vector"], methods=methods, seeds=list(seeds), results_dir=results_dir,
+                   device="cpu", progress=False, **kw)

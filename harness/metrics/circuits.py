@@ -32,6 +32,16 @@ def _scores_truth(scores, truth) -> tuple[np.ndarray, np.ndarray]:
     return s, t
 
 
+def _threshold_counts(s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives at each distinct score threshold, in decreasing order (tied scores enter
+    together: the last index of each run of equal sorted scores is one threshold)."""
+    order = np.argsort(-s, kind="stable")
+    s_sorted, t_sorted = s[order], t[order]
+    ends = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
+    tps = np.cumsum(t_sorted)[ends].astype(np.float64)
+    return tps, (ends + 1) - tps
+
+
 def _as_bool(x, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype != np.bool_:
@@ -74,11 +84,7 @@ def roc_curve(scores, truth) -> tuple[np.ndarray, np.ndarray]:
     n_neg = t.size - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"roc_curve needs both circuit and non-circuit heads; truth has {n_pos} True and {n_neg} False")
-    order = np.argsort(-s, kind="stable")
-    s_sorted, t_sorted = s[order], t[order]
-    ends = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
-    tps = np.cumsum(t_sorted)[ends].astype(np.float64)
-    fps = (ends + 1) - tps
+    tps, fps = _threshold_counts(s, t)
     return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
 
 
@@ -95,12 +101,7 @@ def pr_auc(scores, truth) -> float:
     n_pos = int(t.sum())
     if n_pos == 0:
         raise ValueError("pr_auc needs at least one circuit head; truth is all False")
-    order = np.argsort(-s, kind="stable")
-    s_sorted, t_sorted = s[order], t[order]
-    # Last index of each run of equal scores = one threshold.
-    ends = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
-    tps = np.cumsum(t_sorted)[ends].astype(np.float64)
-    fps = (ends + 1) - tps
+    tps, fps = _threshold_counts(s, t)
     precision = tps / (tps + fps)
     recall = tps / n_pos
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

@@ -8,7 +8,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from harness.metrics.circuits import roc_auc, roc_curve
+from harness.metrics.circuits import roc_curve
+from harness.plots import file_slug
 
 #: False-positive rates at which the per-seed curves are averaged (vertical averaging).
 FPR_GRID = np.linspace(0.0, 1.0, 201)
@@ -35,8 +36,8 @@ def plot_circuit_rocs(records: Iterable[Mapping[str, Any]], out_dir: Path) -> li
         if "head_scores" not in art or "truth" not in art:
             continue
         scores, truth = np.asarray(art["head_scores"], float), np.asarray(art["truth"], bool)
-        by_task[(r["task"], r["model"])][(r["method"], r["baseline"])].append((roc_curve(scores, truth),
-                                                                               roc_auc(scores, truth)))
+        by_task[(r["task"], r["model"])][(r["method"], r["baseline"])].append(
+            (roc_curve(scores, truth), r["metrics"]["roc_auc"]))  # the AUC the task computed from these scores
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -54,8 +55,7 @@ def plot_circuit_rocs(records: Iterable[Mapping[str, Any]], out_dir: Path) -> li
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
-        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{task.split('/', 1)[-1]}-{model}")
-        path = out_dir / f"circuits-roc-{slug}.png"
+        path = out_dir / f"circuits-roc-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
