@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from harness.models.base import HookedModel
-from harness.protocols.circuits import CircuitData, CircuitMethod, PassCounter
+from harness.protocols.circuits import CircuitData, CircuitMethod
 from harness.registry import register_method
 
 REPLACEMENTS = ("mean", "resample")
@@ -147,12 +147,7 @@ def eap_ig_scores(model: HookedModel, data: CircuitData, steps: int = 5) -> np.n
         for layer in range(L):
             mask = torch.zeros(L, H, dtype=torch.bool)
             mask[layer] = True
-            rep = interp.clone().requires_grad_(True)
-            with torch.enable_grad():
-                metric = data.metric.from_logits(model.run_with_heads_replaced(data.clean, mask, rep))
-                (g,) = torch.autograd.grad(metric.reshape(()), rep)
-            if isinstance(model, PassCounter):  # it sees the forward; this backward is ours
-                model.backward += 1
+            g = model.replacement_gradient(data.clean, mask, interp, data.metric.from_logits)
             grad_sum[:, :, layer] += g[:, :, layer]
     return _to_numpy(torch.einsum("bslhd,bslhd->lh", diff, grad_sum / steps))
 

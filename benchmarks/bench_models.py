@@ -58,6 +58,7 @@ def main() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
+    from baselines.circuits import single_head_masks
     from harness.models.hf_gpt2 import HFGPT2
 
     hf_logging.set_verbosity_error()
@@ -93,7 +94,7 @@ def main() -> None:
     print(f"EAP (head_gradients + run_with_cache):        {fmt(t['eap'])}   [target <= 10 s]")
 
     # All-head activation patching (resample from the corrupted run), batched.
-    masks = torch.eye(L * H, dtype=torch.bool).reshape(L * H, L, H)
+    masks = single_head_masks(L, H)
     with timer(t, "batched"):
         out = model.ablate_many(clean, masks, z_corrupt, token_ids=token_ids, chunk_tokens=args.chunk_tokens)
         patch_scores = (out[..., 0] - out[..., 1]).mean(dim=1).reshape(L, H)
@@ -126,6 +127,7 @@ def main() -> None:
 
 def embedded(args) -> None:
     """Batched vs per-head-loop patching on an embedded-size GPT (3 layers x 4 heads, width 64)."""
+    from baselines.circuits import single_head_masks
     from harness.models import GPT, GPTConfig, HookedGPT, WordTokenizer
 
     torch.manual_seed(0)
@@ -134,7 +136,7 @@ def embedded(args) -> None:
     clean = torch.randint(0, 64, (512, 15))
     corrupt = torch.randint(0, 64, (512, 15))
     ids = torch.tensor([1, 2])
-    masks = torch.eye(12, dtype=torch.bool).reshape(12, 3, 4)
+    masks = single_head_masks(3, 4)
     t: dict[str, tuple[float, float]] = {}
     with torch.no_grad():
         _, z_corrupt = model.run_with_cache(corrupt, return_logits=False)

@@ -68,18 +68,20 @@ GPT_SIZES = {
 }
 
 
-def _circuit_data(size: str):
+def _circuit_data(size: str | tuple[int, ...], seed: int = 0):
+    """A random GPT of ``GPT_SIZES[size]`` (or the tuple itself) with clean / corrupted prompts and a
+    two-token logit-difference metric at the last position (model seed ``seed``, prompts ``seed + 1``)."""
     import torch
 
     from harness.models.gpt import GPT, GPTConfig, HookedGPT
     from harness.models.tokenizer import WordTokenizer
     from harness.protocols.circuits import CircuitData, LastTokenMetric
 
-    n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq = GPT_SIZES[size]
-    torch.manual_seed(0)
+    n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq = GPT_SIZES[size] if isinstance(size, str) else size
+    torch.manual_seed(seed)
     cfg = GPTConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp, vocab_size=vocab, n_ctx=seq)
     model = HookedGPT(GPT(cfg).eval(), WordTokenizer([f"w{i}" for i in range(vocab)]), model_id="random")
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed + 1)
     clean = torch.randint(0, vocab, (n_prompts, seq), generator=g)
     corrupted = clean.clone()
     corrupted[:, 2:6] = torch.randint(0, vocab, (n_prompts, 4), generator=g)
@@ -91,12 +93,11 @@ def setup_ablate_many(size: str) -> Callable[[], Any]:
     """Batched activation patching: every head patched alone (resampled ``z``), metric at the last token."""
     import torch
 
-    from baselines.circuits import patch_replacement
+    from baselines.circuits import patch_replacement, single_head_masks
 
     data = _circuit_data(size)
     model = data.model
-    L, H = model.n_layers, model.n_heads
-    masks = torch.eye(L * H, dtype=torch.bool).view(L * H, L, H)
+    masks = single_head_masks(model.n_layers, model.n_heads)
     rep = patch_replacement(model, data, "resample")
 
     @torch.no_grad()

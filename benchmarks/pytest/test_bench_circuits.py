@@ -47,10 +47,9 @@ import pytest
 import torch
 
 from baselines import circuits as bc
+from benchmarks.kernels import _circuit_data
 from harness.context import RunContext
-from harness.models.gpt import GPT, GPTConfig, HookedGPT
-from harness.models.tokenizer import WordTokenizer
-from harness.protocols.circuits import CircuitData, LastTokenMetric
+from harness.protocols.circuits import CircuitData
 from methods.discrete_sae import DiscreteSAE
 
 pytest.importorskip("pytest_benchmark")
@@ -71,15 +70,7 @@ def _threads() -> None:
 
 
 def _build(n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq, seed=0) -> CircuitData:
-    torch.manual_seed(seed)
-    cfg = GPTConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp, vocab_size=vocab, n_ctx=seq)
-    model = HookedGPT(GPT(cfg).eval(), WordTokenizer([f"w{i}" for i in range(vocab)]), model_id="random")
-    g = torch.Generator().manual_seed(seed + 1)
-    clean = torch.randint(0, vocab, (n_prompts, seq), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2:6] = torch.randint(0, vocab, (n_prompts, 4), generator=g)
-    metric = LastTokenMetric(torch.tensor([1, 2]), lambda last: last[..., 0] - last[..., 1], "logit_diff")
-    return CircuitData(model, clean, corrupted, metric, "bench")
+    return _circuit_data((n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq), seed)
 
 
 def _gpt2_sized(n_prompts: int) -> CircuitData:

@@ -34,7 +34,10 @@ import torch.nn.functional as F
 from harness.sae.autograd import topk_sae_forward
 from harness.sae.kernels import dense_decode, sparse_decode, topk_encode
 
-N, D_IN, K = 2048, 512, 32
+from benchmarks.kernels import SAE_D_IN as D_IN
+from benchmarks.kernels import SAE_K as K
+from benchmarks.kernels import SAE_ROWS as N
+from benchmarks.kernels import _sae_weights as _weights
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "8192,32768").split(",")]
 STRICT = os.environ.get("BENCH_STRICT") == "1"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -68,14 +71,6 @@ def interleaved(fns: dict, rounds: int = ROUNDS) -> dict[str, list[float]]:
 def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     """Median over rounds of time(slow) / time(fast)."""
     return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
-
-
-def _weights(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D_IN, generator=g)
-    W_dec = torch.randn(n, D_IN, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    return x, W_dec.clone(), torch.zeros(n), W_dec, torch.zeros(D_IN)
 
 
 # ====================================================================== encode vs matmul peak

@@ -223,7 +223,7 @@ class HookedModel(ABC):
 
     @property
     def _dtype(self) -> torch.dtype:
-        return self.W_O.dtype
+        return self._W_U.dtype  # a parameter (W_O stacks a copy of every layer's weights); adapters share one dtype
 
     # ------------------------------------------------------------------ running
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -316,6 +316,21 @@ class HookedModel(ABC):
         if grad is None:
             grad = torch.zeros_like(probe)
         return torch.stack(zs, dim=2), grad.detach()
+
+    def replacement_gradient(
+        self, tokens: torch.Tensor, mask: torch.Tensor, replacement: torch.Tensor,
+        metric_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``d metric / d replacement`` of :meth:`run_with_heads_replaced` (one forward, one backward).
+
+        ``replacement`` has the full ``z`` shape ``[batch, seq, L, H, d_head]``; the gradient has the same
+        shape (zero outside the heads in ``mask``).  ``metric_fn`` maps logits to a scalar tensor.
+        """
+        rep = replacement.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            metric = metric_fn(self.run_with_heads_replaced(tokens, mask, rep))
+            (grad,) = torch.autograd.grad(metric.reshape(()), rep)
+        return grad
 
     # -------------------------------------------------------------- ablate_many
     @torch.no_grad()

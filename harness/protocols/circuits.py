@@ -129,6 +129,11 @@ class PassCounter:
         self.backward += 1
         return self._model.head_gradients(tokens, *a, **k)
 
+    def replacement_gradient(self, tokens, *a, **k):
+        self.forward += 1
+        self.backward += 1
+        return self._model.replacement_gradient(tokens, *a, **k)
+
     def ablate_many(self, tokens, masks, *a, **k):
         self.forward += 1 + int(masks.shape[0])
         return self._model.ablate_many(tokens, masks, *a, **k)
