@@ -8,18 +8,12 @@ inertia (scikit-learn's choice, which never looks at the true labels).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 from harness.autoencoder import encode, standardize, train_autoencoder
-from harness.protocols.clustering import ClusteringMethod
+from harness.protocols.clustering import ClusteringMethod, kmeans_labels
 from harness.registry import register_method
-
-
-def _kmeans(Z: np.ndarray, n_clusters: int, n_init: int, seed: int) -> np.ndarray:
-    labels = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(Z)
-    return labels.astype(np.int64)
 
 
 def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
@@ -42,7 +36,7 @@ class KMeansRaw(ClusteringMethod):
         self.n_init = n_init
 
     def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
-        return _kmeans(X, n_clusters, self.n_init, self.seed)
+        return kmeans_labels(X, n_clusters, self.n_init, self.seed)
 
 
 @register_method(
@@ -60,7 +54,7 @@ class PCAKMeans(ClusteringMethod):
         self.n_init = n_init
 
     def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
-        return _kmeans(_pca(X, self.n_components, self.seed), n_clusters, self.n_init, self.seed)
+        return kmeans_labels(_pca(X, self.n_components, self.seed), n_clusters, self.n_init, self.seed)
 
 
 @register_method(
@@ -100,7 +94,7 @@ class AutoencoderKMeans(ClusteringMethod):
             X, list(self.hidden), self.d_code, self.epochs, self.batch_size, self.lr, self.seed, self.device
         )
         code = encode(model, X, self.device)
-        return _kmeans(standardize(code), n_clusters, self.n_init, self.seed)
+        return kmeans_labels(standardize(code), n_clusters, self.n_init, self.seed)
 
 
 @register_method(

@@ -26,6 +26,7 @@ from harness.protocols.icl import (
     linear_predict,
     ols_weights,
     ridge_weights,
+    zero_predict,
 )
 from harness.registry import register_method
 
@@ -100,7 +101,7 @@ class Averaging(ICLPredictor):
 @register_method("zero", family="icl", version="1", baseline=True, description="predicts 0 (the prior mean)")
 class Zero(ICLPredictor):
     def predict(self, xs, ys, x_query):
-        return np.zeros(np.asarray(x_query).shape[:2])
+        return zero_predict(xs, ys, x_query)
 
 
 @register_method("mean-probe", family="icl-probe", version="1", baseline=True,

@@ -51,7 +51,6 @@ mean-pooled head outputs hardly move).  The SAE trains on one CPU thread
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -59,6 +58,7 @@ import torch
 from harness.models.base import HookedModel
 from harness.protocols.circuits import CircuitData, CircuitMethod
 from harness.registry import register_method
+from harness.seeding import torch_threads
 
 NORMALISATIONS = ("none", "head", "unit")
 SOURCES = ("z", "result")
@@ -92,25 +92,6 @@ def unique_positive_codes(codes_pos: torch.Tensor, codes_neg: torch.Tensor, n_co
         return seen  # [L, H, n_codes]
 
     return (present(codes_pos) & ~present(codes_neg)).sum(-1)
-
-
-@contextmanager
-def _cpu_threads(n: int | None):
-    """Temporarily run torch's CPU ops on ``n`` threads (None: unchanged).
-
-    The SAE's matmuls are small (a few hundred rows x ``d`` x ``n_latents``): a
-    second thread only adds synchronisation, and on a busy 2-core machine
-    intra-op threads spin against each other (measured here: 2 ms per step on
-    one thread, 74 ms on two while other processes were running).
-    """
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(old)
 
 
 class _SAE(torch.nn.Module):
@@ -236,7 +217,9 @@ class DiscreteSAE(CircuitMethod):
         sae = _SAE(x.shape[1], int(self.n_latents), gen, x.mean(dim=0).cpu()).to(self.device)
         opt = _Adam(list(sae.parameters()), lr=float(self.lr))
         N, bs = x.shape[0], int(self.batch_size)
-        with torch.enable_grad(), _cpu_threads(1 if x.device.type == "cpu" else None):
+        # one CPU thread: the SAE's matmuls are small (a few hundred rows x d x n_latents), so a second
+        # thread only adds synchronisation (measured on a busy 2-core machine: 2 ms per step on one, 74 ms on two)
+        with torch.enable_grad(), torch_threads(1 if x.device.type == "cpu" else None):
             for _ in range(int(self.epochs)):
                 perm = torch.randperm(N, generator=gen).to(x.device)
                 for start in range(0, N, bs):

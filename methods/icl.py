@@ -14,6 +14,7 @@ import torch
 
 from harness.protocols.icl import ICLPredictor, ICLProbe
 from harness.registry import register_method
+from harness.seeding import torch_threads
 
 
 @register_method("icl-transformer", family="icl", version="1",
@@ -112,9 +113,7 @@ class MLPProbe(ICLProbe):
         n_val = max(1, int(round(self.val_frac * len(Xn))))
         val, tr = perm[:n_val], perm[n_val:]
         ridge = RidgeProbe().fit(Xn[tr], Yn[tr])
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)  # deterministic and independent of the machine's cores
-        try:
+        with torch_threads(1):  # deterministic and independent of the machine's cores
             torch.manual_seed(int(self.seed))
             X = torch.as_tensor(Xn, dtype=torch.float32)
             Y = torch.as_tensor(Yn, dtype=torch.float32)
@@ -142,17 +141,11 @@ class MLPProbe(ICLProbe):
                         best, best_state = v, {k: p.detach().clone() for k, p in net.state_dict().items()}
             net.load_state_dict(best_state)
             self.net_ = net.eval()
-        finally:
-            torch.set_num_threads(prev)
         return self
 
     def predict(self, H):
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             with torch.no_grad():
                 X = torch.as_tensor((np.asarray(H, np.float64) - self.mu_) / self.sd_, dtype=torch.float32)
                 out = self.net_(X).double().numpy()
-        finally:
-            torch.set_num_threads(prev)
         return out * self.t_sd_ + self.t_mu_

@@ -8,9 +8,11 @@
   ``grad_at_encode=False`` held-out tokens are encoded as a plain TopK SAE
   (no label-dependent gradient at inference).
 - ``relu-sae``: ReLU SAE with an L1 penalty (its L0 follows ``l1_coef``).
-- ``argmax-sae``: the discrete (argmax-code) SAE of the circuits method
+- ``argmax-sae``: the argmax-code idea of the circuits method's discrete SAE
   (O'Neill & Bui 2024): a ReLU + L1 SAE with few latents whose code of a token
-  is its single largest latent (L0 = 1).
+  is its single largest latent (L0 = 1).  It is trained by the harness's ReLU-SAE
+  trainer (:func:`harness.sae.model.train_relu_sae`), not by the ``discrete-sae``
+  circuit method's own loop, whose initialisation, L1 schedule and optimiser differ.
 - ``user-sae``: a user's own SAE from a directory (``path=...``) holding
   ``sae.safetensors`` + ``sae.json``; see :mod:`harness.sae.model` for the
   format.  Nothing is fitted.
@@ -119,7 +121,8 @@ class ReLUSAE(_SAEMethod):
 
 
 @register_method("argmax-sae", family="reconstruction", version="1",
-                 description="discrete SAE of the circuits method (O'Neill & Bui 2024): code = argmax latent, L0 = 1")
+                 description="argmax-code ReLU SAE after O'Neill & Bui 2024 (harness trainer, not discrete-sae's): "
+                             "code = argmax latent, L0 = 1")
 class ArgmaxSAE(_SAEMethod):
     def __init__(self, n_latents: int = 200, l1_coef: float = 0.1, epochs: int = 6, batch_size: int = 512,
                  lr: float = 1e-2):

@@ -13,10 +13,9 @@ Shapes: ``X`` ``[n, d]``; stage ``s`` input ``[n, d]`` (s = 1) or
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from harness.autoencoder import encode, standardize, train_autoencoder
-from harness.protocols.clustering import ClusteringMethod
+from harness.protocols.clustering import ClusteringMethod, kmeans_labels
 from harness.registry import register_method
 
 
@@ -86,5 +85,4 @@ class StackedAutoencoderKMeans(ClusteringMethod):
 
     def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
         code = standardize(self.transform(X))
-        km = KMeans(n_clusters=n_clusters, n_init=self.n_init, random_state=self.seed)
-        return km.fit_predict(code).astype(np.int64)
+        return kmeans_labels(code, n_clusters, self.n_init, self.seed)

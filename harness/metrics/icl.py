@@ -45,7 +45,7 @@ def spd(pred_a: np.ndarray, pred_b: np.ndarray, d: int, axis=None):
     return _reduce((pred_a - pred_b) ** 2 / d, axis)
 
 
-def implied_weights(x_query: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def implied_weights(x_query: np.ndarray, pred: np.ndarray, pinv: np.ndarray | None = None) -> np.ndarray:
     """The linear weights that best explain a predictor's outputs (Akyurek et al. Eq. 16).
 
     ``x_query [..., m, d]`` (the unlabeled probe inputs of one context, ``m >=
@@ -54,14 +54,16 @@ def implied_weights(x_query: np.ndarray, pred: np.ndarray) -> np.ndarray:
     maps ``x = 0`` to 0 in expectation).  For a linear predictor ``x -> w . x``
     and ``m >= d`` queries in general position this recovers ``w`` exactly.
     Leading axes of ``pred`` beyond those of ``x_query`` are broadcast (e.g.
-    ``x_query [B, m, d]`` with ``pred [B, K, m]`` gives ``[B, K, d]``).
+    ``x_query [B, m, d]`` with ``pred [B, K, m]`` gives ``[B, K, d]``).  ``pinv``: the
+    pseudo-inverse of ``x_query`` ``[..., d, m]`` when the caller already has it.
     """
     x_query = np.asarray(x_query, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     m, d = x_query.shape[-2:]
     if m < d:
         raise ValueError(f"implied weights need at least d = {d} queries per context, got {m}")
-    pinv = np.linalg.pinv(x_query)  # [..., d, m]
+    if pinv is None:
+        pinv = np.linalg.pinv(x_query)  # [..., d, m]
     if pred.ndim == x_query.ndim - 1:
         return np.einsum("...dm,...m->...d", pinv, pred)
     if pred.ndim == x_query.ndim:  # one extra axis (e.g. prefix length) after the context axes

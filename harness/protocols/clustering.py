@@ -7,6 +7,13 @@ import numpy as np
 from harness.method import Method
 
 
+def kmeans_labels(Z: np.ndarray, n_clusters: int, n_init: int, seed: int) -> np.ndarray:
+    """scikit-learn k-means of the rows of ``Z`` (``n_init`` restarts, seeded): int64 labels ``[n_samples]``."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(Z).astype(np.int64)
+
+
 class ClusteringMethod(Method):
     """A method that clusters rows of a feature matrix.
 

@@ -70,7 +70,6 @@ distractor loss by >= 0.5 nats (the distractor keeps non-circuit heads busy).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -85,8 +84,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.models.gpt import GPT, GPTConfig, HookedGPT, load_gpt, save_gpt
+from harness.models.gpt import GPT, GPT_JSON, GPTConfig, HookedGPT, is_gpt_dir, load_gpt, save_gpt
 from harness.models.tokenizer import WordTokenizer
+from harness.seeding import torch_threads
 from tasks.circuits import prompts as P
 
 Head = tuple[int, int]
@@ -381,16 +381,6 @@ def induction_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tenso
 
 
 # --------------------------------------------------------------------- training
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _record_z(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
     """``z`` ``[b, s, L, H, d_head]`` of a run (no gradients)."""
     zs: list[torch.Tensor] = []
@@ -535,7 +525,7 @@ def train(spec: PlantedSpec, recipe: Recipe | None = None, log: Callable[[str], 
     weights = dict(r.weights)
     tail = (r.n_layers, r.n_heads, config.d_head)
 
-    with _threads(r.threads):
+    with torch_threads(r.threads):
         torch.manual_seed(r.init_seed)
         model = GPT(config)
         model.train()
@@ -687,20 +677,20 @@ def verify(model: HookedGPT, spec: PlantedSpec, recipe: Recipe | None = None, n_
     ``n_prompts`` (default: the recipe's 512) may be lowered for a quick re-check.
     """
     r = recipe or spec.recipe
-    with _threads(r.threads):
+    with torch_threads(r.threads):
         L, H = model.n_layers, model.n_heads
         n = int(n_prompts or r.verify_prompts)
         split = _split(model, spec.task, n, r.verify_seed)
         source = _split(model, spec.task, n, r.verify_seed + 1)
-        logits = model.logits(split.clean)[:, -1]
-        acc, positive = _accuracy(spec.task, split, logits)
+        clean_logits = model.logits(split.clean)  # one clean run for the accuracy and the clean metric
+        acc, positive = _accuracy(spec.task, split, clean_logits[:, -1])
         metric = split.metric
         ids = metric.token_ids
         singles = torch.zeros(L * H, L, H, dtype=torch.bool)
         for i in range(L * H):
             singles[i, i // H, i % H] = True
 
-        clean_metric = float(metric.from_logits(model.logits(split.clean)))
+        clean_metric = float(metric.from_logits(clean_logits))
 
         def drops(replacement) -> list[list[float]]:
             out = model.ablate_many(split.clean, singles, replacement, token_ids=ids)
@@ -709,14 +699,15 @@ def verify(model: HookedGPT, spec: PlantedSpec, recipe: Recipe | None = None, n_
 
         _, z_source = model.run_with_cache(source.clean)
         _, z_corrupt = model.run_with_cache(split.corrupted)
+        mean_corrupt = model.mean_z(split.corrupted)
         resample = drops(z_source)
         corrupted_patch = drops(z_corrupt)
-        mean_abl = drops(model.mean_z(split.corrupted))
+        mean_abl = drops(mean_corrupt)
 
         # faithfulness of the designated circuit (task evaluation: others mean-ablated over corrupted prompts)
         circuit = _circuit_mask(spec, r)
         masks = torch.stack([~circuit, torch.ones_like(circuit), torch.zeros_like(circuit)])
-        out = model.ablate_many(split.clean, masks, model.mean_z(split.corrupted), token_ids=ids)
+        out = model.ablate_many(split.clean, masks, mean_corrupt, token_ids=ids)
         m_c, m_e, m_f = (float(x) for x in metric.per_prompt_fn(out).mean(-1))
         faith = (m_c - m_e) / (m_f - m_e) if m_f != m_e else float("nan")
 
@@ -910,7 +901,7 @@ def build_models(
     for name in names or list(PLANTED):
         spec = _spec(name)
         target = out / name
-        if (target / "gpt.json").is_file() and not force:
+        if is_gpt_dir(target) and not force:
             if log:
                 log(f"[{name}] exists at {target}; pass force=True (--force) to rebuild")
             paths.append(target)
@@ -934,7 +925,7 @@ def load_planted(
     """
     spec = _spec(name)
     candidates = [COMMITTED_DIR / name] + ([Path(cache_dir) / name] if cache_dir is not None else [])
-    path = next((p for p in candidates if (p / "gpt.json").is_file()), None)
+    path = next((p for p in candidates if is_gpt_dir(p)), None)
     if path is None:
         if cache_dir is None:
             raise HarnessError(f"planted model {name!r} is not built; run `harness models build --name {name}`")
@@ -992,7 +983,7 @@ def check_reproduction(
     try:
         for name in names or list(PLANTED):
             ref = ref_root / name
-            if not (ref / "gpt.json").is_file():
+            if not is_gpt_dir(ref):
                 raise HarnessError(f"no committed model {name!r} at {ref} to compare with")
             new = build_models(tmp, [name], force=True, log=log)[0]
             a, b = load_file(str(ref / "model.safetensors")), load_file(str(new / "model.safetensors"))
@@ -1000,8 +991,8 @@ def check_reproduction(
                 max_diff = float("inf")
             else:
                 max_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-            ca = json.loads((ref / "gpt.json").read_text())
-            cb = json.loads((new / "gpt.json").read_text())
+            ca = json.loads((ref / GPT_JSON).read_text())
+            cb = json.loads((new / GPT_JSON).read_text())
             diffs = compare_cards(ca, cb, atol)
             report[name] = {
                 "identical": bool(max_diff <= atol and not diffs),

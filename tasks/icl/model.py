@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.io import atomic_write_text
 from harness.models.gpt import Block, GPTConfig, gpt2_init_
+from harness.seeding import torch_threads
 
 ICL_JSON = "icl.json"
 ICL_WEIGHTS = "model.safetensors"
@@ -403,9 +405,7 @@ def train_icl_model(spec: ICLModelSpec, log: Callable[[str], None] | None = None
                     log_every: int = 500) -> tuple[InContextRegressor, dict]:
     """Train ``spec`` deterministically on CPU; returns the model (eval mode) and its model card."""
     arch, r = spec.arch, spec.recipe
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(r.threads)
-    try:
+    with torch_threads(r.threads):
         torch.manual_seed(r.seed)
         model = InContextRegressor(arch)
         gen = torch.Generator().manual_seed(r.seed + 1)
@@ -443,8 +443,6 @@ def train_icl_model(spec: ICLModelSpec, log: Callable[[str], None] | None = None
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         model.eval()
         curve, bayes = error_curve(model, r.eval_tasks, r.noise_std, r.eval_seed)
-    finally:
-        torch.set_num_threads(prev_threads)
     card = {
         "name": spec.name,
         "description": spec.description,
@@ -480,9 +478,7 @@ def save_icl_model(model: InContextRegressor, card: dict, directory: str | Path)
     save_file(tensors, str(tmp), metadata={"format": ICL_FORMAT})
     tmp.chmod(0o644)
     tmp.replace(directory / ICL_WEIGHTS)
-    tmp = directory / (ICL_JSON + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(directory / ICL_JSON)
+    atomic_write_text(directory / ICL_JSON, text + "\n")
     return directory
 
 
@@ -515,23 +511,6 @@ def untrained_model(arch: ICLArch, seed: int = 0) -> InContextRegressor:
     return InContextRegressor(arch).eval()
 
 
-# ---------------------------------------------------------------- threads
-class torch_threads:
-    """Context manager fixing torch's intra-op threads (results then do not depend on the machine's core count)."""
-
-    def __init__(self, n: int):
-        self.n, self.prev = n, None
-
-    def __enter__(self):
-        self.prev = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.prev)
-        return False
-
-
 # ---------------------------------------------------------------- the learner handed to predictors
 class TransformerLearner:
     """numpy-in / numpy-out wrapper of a trained :class:`InContextRegressor` (the ``InContextLearner`` protocol).
@@ -546,7 +525,6 @@ class TransformerLearner:
         self.card = dict(card or {})
         self.model_id = model_id
         self.d, self.n_points = model.arch.d, model.arch.n_points
-        self.n_layers = model.arch.n_layers
         self.chunk, self.threads = chunk, threads
 
     @torch.no_grad()

@@ -18,7 +18,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-REFERENCE_ORDER = ("transformer", "ols", "ridge_bayes", "ridge", "gd_1step", "gd_multistep", "knn3", "averaging", "zero")
+from harness.protocols.icl import REFERENCE_PREDICTORS
+
+#: The references every predictor is compared with, in table order (as the tasks define them).
+REFERENCE_ORDER = ("transformer",) + REFERENCE_PREDICTORS
 
 
 def _mean_metrics(records: Iterable[Mapping]) -> dict[str, dict[str, dict[str, float]]]:

@@ -33,8 +33,8 @@ import numpy as np
 
 from harness.context import RunContext
 from harness.errors import InvalidOutputError
-from harness.metrics.icl import ilwd, normalized_squared_error, r2_score, spd
-from harness.protocols.icl import REFERENCE_PREDICTORS, ICLProblem, reference_predictions
+from harness.metrics.icl import ilwd, implied_weights, normalized_squared_error, r2_score, spd
+from harness.protocols.icl import REFERENCE_PREDICTORS, ICLProblem, reference_predictions, ridge_weights
 from harness.registry import register_task
 from harness.task import MetricSpec, Task
 from tasks.icl.model import TransformerLearner, control_model, get_spec, load_icl_model
@@ -87,7 +87,15 @@ class ICLPredictorData:
     ref_weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def implied(self, preds: np.ndarray) -> np.ndarray:
-        return np.einsum("bdm,bkm->bkd", self.pinv_query, preds)
+        """Implied weights ``[B, n + 1, d]`` of predictions ``[B, n + 1, m]`` (with the cached pseudo-inverse)."""
+        return implied_weights(self.x_query, preds, pinv=self.pinv_query)
+
+
+def problem_of(model_name: str, learner: TransformerLearner | None = None) -> ICLProblem:
+    """The regression problem a named learner was trained on (w ~ N(0, I): prior std 1)."""
+    spec = get_spec(model_name)
+    return ICLProblem(d=spec.arch.d, n_points=spec.arch.n_points, noise_std=spec.recipe.noise_std,
+                      prior_std=1.0, learner=learner)
 
 
 def sample_contexts(rng: np.random.Generator, n_contexts: int, n: int, m: int, d: int, noise_std: float):
@@ -125,15 +133,10 @@ class ICLPredictorTask(Task):
     main_metric = "err_final"
     leaderboard_metrics = ("err_mean", "spd_transformer", "ilwd_transformer", "spd_ols", "spd_ridge")
 
-    def _problem(self, config: Mapping[str, Any], learner: TransformerLearner | None) -> ICLProblem:
-        spec = get_spec(config["model"])
-        return ICLProblem(d=spec.arch.d, n_points=spec.arch.n_points, noise_std=spec.recipe.noise_std,
-                          prior_std=1.0, learner=learner)
-
     def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> ICLPredictorData:
         model, card, _ = load_icl_model(config["model"], ctx.cache_dir)
         learner = TransformerLearner(model, card, model_id=config["model"])
-        problem = self._problem(config, learner)
+        problem = problem_of(config["model"], learner)
         d, n, m = problem.d, problem.n_points, int(config["n_queries"])
         if m < d:
             raise ValueError(f"n_queries must be >= d = {d} (ILWD fits d implied weights), got {m}")
@@ -225,8 +228,6 @@ class ICLProbeTask(Task):
                            "selectivity_xty", "best_layer_w", "r2_w_bayes")
 
     def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> ICLProbeData:
-        from harness.protocols.icl import ridge_weights
-
         name = config["model"]
         spec = get_spec(name)
         model, card, _ = load_icl_model(name, ctx.cache_dir)
@@ -239,7 +240,7 @@ class ICLProbeTask(Task):
         pos = config["position"]
         H = {"trained": trained.hidden(xs, ys, xq[:, 0], pos), "control": control.hidden(xs, ys, xq[:, 0], pos)}
         targets = {"w": w, "xty": np.einsum("bnd,bn->bd", xs, ys)}
-        bayes = ridge_weights(xs[n_train:], ys[n_train:], spec.recipe.noise_std**2)
+        bayes = ridge_weights(xs[n_train:], ys[n_train:], problem_of(name).bayes_ridge_lambda)
         return ICLProbeData(H=H, targets=targets, n_train=n_train, n_layers=spec.arch.n_layers,
                             r2_w_bayes=r2_score(w[n_train:], bayes))
 

@@ -8,16 +8,13 @@ cached (:mod:`.cache`); scored on a held-out split (:mod:`.base`).
 :func:`plot_fidelity_vs_l0` draws fidelity against L0 per method.
 """
 
+from harness.plots import register_plotter
 from tasks.reconstruction import definitions  # noqa: F401  (registers the tasks)
 from tasks.reconstruction.base import ReconstructionData, ReconstructionOutput, ReconstructionTask
 from tasks.reconstruction.plot import FIGURE_NAME, plot_fidelity_vs_l0, write_fidelity_plots
 
-try:  # the fidelity-against-L0 figure is written next to the leaderboard (results/plots/)
-    from harness.plots import register_plotter
-except ImportError:  # pragma: no cover - older harness without family plotters
-    pass
-else:
-    register_plotter("reconstruction", write_fidelity_plots)
+# the fidelity-against-L0 figure is written next to the leaderboard (results/plots/)
+register_plotter("reconstruction", write_fidelity_plots)
 
 __all__ = [
     "FIGURE_NAME",

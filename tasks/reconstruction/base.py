@@ -156,11 +156,3 @@ class ReconstructionTask(Task):
         }
         metrics.update(data.source.downstream(x_hat))
         return metrics
-
-    # ---------------------------------------------------------------- figures
-    @classmethod
-    def write_figures(cls, records, out_dir) -> list:
-        """Fidelity-against-L0 plots of the family's records, written into ``out_dir``."""
-        from tasks.reconstruction.plot import write_fidelity_plots
-
-        return write_fidelity_plots(records, out_dir)

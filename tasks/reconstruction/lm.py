@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.models.gpt import GPT, GPTConfig, HookedGPT, is_gpt_dir, load_gpt, save_gpt
+from harness.models.gpt import GPT, GPT_JSON, GPTConfig, HookedGPT, is_gpt_dir, load_gpt, save_gpt
+from harness.seeding import torch_threads
 from harness.models.tokenizer import WordTokenizer
 from tasks.reconstruction import corpus
 
@@ -121,9 +122,7 @@ def build_docstring_gpt(directory: str | Path, steps: int | None = None, progres
     val_w = windows(encode_stream(split["val"], tok), r["n_ctx"])
     sae_w = windows(encode_stream(split["sae"], tok), r["n_ctx"])
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(r["threads"])
-    try:
+    with torch_threads(r["threads"]):
         torch.manual_seed(r["seed"])
         gen = torch.Generator().manual_seed(r["seed"])
         cfg = GPTConfig(n_layers=r["n_layers"], n_heads=r["n_heads"], d_model=r["d_model"], d_mlp=r["d_mlp"],
@@ -154,8 +153,6 @@ def build_docstring_gpt(directory: str | Path, steps: int | None = None, progres
         train_s = time.perf_counter() - t_train
         model.eval()
         val_ce = mean_ce(model, val_w)
-    finally:
-        torch.set_num_threads(threads)
     card = {
         "name": NAME,
         "description": "small GPT trained on the Python standard library's docstrings and pydoc topics",
@@ -193,7 +190,7 @@ def _usable(directory: Path) -> bool:
     import json
 
     try:
-        card = json.loads((directory / "gpt.json").read_text()).get("card", {})
+        card = json.loads((directory / GPT_JSON).read_text()).get("card", {})
     except (OSError, ValueError):
         return False
     return card.get("recipe", {}).get("recipe_version") == RECIPE["recipe_version"]
@@ -241,7 +238,7 @@ def verify_build(directory: str | Path = COMMITTED_DIR, work_dir: str | Path | N
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    card = json.loads((directory / "gpt.json").read_text())["card"]
+    card = json.loads((directory / GPT_JSON).read_text())["card"]
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         rebuilt = build_docstring_gpt(Path(tmp) / NAME)
         a, b = load_file(str(directory / "model.safetensors")), load_file(str(Path(tmp) / NAME / "model.safetensors"))
