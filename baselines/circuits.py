@@ -118,10 +118,18 @@ def eap_scores(model: HookedModel, data: CircuitData) -> np.ndarray:
     forward on the corrupted ones.  The metric is the mean over prompts, so the
     sum over the batch estimates the mean effect.
     """
+    z_clean, z_corr, grad = _clean_corrupt_grad(model, data)
+    return _to_numpy(torch.einsum("bslhd,bslhd->lh", z_clean - z_corr, grad))
+
+
+def _clean_corrupt_grad(model: HookedModel, data: CircuitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(z_clean, z_corrupt, dM/dz at the clean run)``, each ``[b, s, L, H, d_head]`` (the gradient a fresh
+    tensor): one forward + backward on the clean prompts and one forward on the corrupted ones, the common
+    part of EAP and EAP-IG."""
     z_clean, grad = model.head_gradients(data.clean, data.metric.from_logits)
     with torch.no_grad():
-        z_corr = model.run_with_cache(data.corrupted, return_logits=False)[1]
-    return _to_numpy(torch.einsum("bslhd,bslhd->lh", z_clean - z_corr.to(z_clean.dtype), grad))
+        z_corr = model.run_with_cache(data.corrupted, return_logits=False)[1].to(z_clean.dtype)
+    return z_clean, z_corr, grad
 
 
 def eap_ig_scores(model: HookedModel, data: CircuitData, steps: int = 5) -> np.ndarray:
@@ -136,10 +144,7 @@ def eap_ig_scores(model: HookedModel, data: CircuitData, steps: int = 5) -> np.n
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     L, H = model.n_layers, model.n_heads
-    z_clean, grad_sum = model.head_gradients(data.clean, data.metric.from_logits)  # alpha = 1
-    grad_sum = grad_sum.clone()
-    with torch.no_grad():
-        z_corr = model.run_with_cache(data.corrupted, return_logits=False)[1].to(z_clean.dtype)
+    z_clean, z_corr, grad_sum = _clean_corrupt_grad(model, data)  # the alpha = 1 gradient, summed into in place
     diff = z_clean - z_corr
     for k in range(1, steps):
         alpha = k / steps

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.sae.kernels import LatentPattern, sparse_decode, sparse_rowdot, topk_select
+from harness.sae.kernels import LatentPattern, sparse_decode, sparse_rowdot, topk_relu, topk_select
 
 
 class _TopKSAE(torch.autograd.Function):
@@ -25,14 +25,7 @@ class _TopKSAE(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc.t())
-        if select_scale is None:
-            vals, idx = topk_select(pre, k)
-        else:
-            score = pre.clamp_min(0).mul_(select_scale)
-            _, idx = topk_select(score, k)
-            vals = pre.gather(1, idx)
-        idx, order = idx.sort(dim=1)
-        vals = vals.gather(1, order).clamp_min_(0)
+        vals, idx = topk_relu(pre, k, select_scale)
         x_hat = sparse_decode(idx, vals, W_dec, b_dec)
         if dead_idx is not None and k_aux > 0 and dead_idx.numel() > 0:
             ka = min(k_aux, dead_idx.numel())

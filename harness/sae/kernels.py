@@ -67,6 +67,21 @@ def topk_select(scores: torch.Tensor, k: int, group: int | None = -1) -> tuple[t
     return values, indices
 
 
+def topk_relu(pre: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` ``[N, k]`` of ``relu(topk(pre))``, indices sorted within each row.
+
+    ``scale`` ``[N, n]`` (optional, positive): latents are *selected* by
+    ``relu(pre) * scale`` but keep their value ``relu(pre)`` (gradient-TopK).
+    """
+    if scale is None:
+        vals, idx = topk_select(pre, k)
+    else:
+        _, idx = topk_select(pre.clamp_min(0).mul_(scale), k)
+        vals = pre.gather(1, idx)
+    idx, order = idx.sort(dim=1)
+    return vals.gather(1, order).clamp_min_(0), idx
+
+
 @torch.no_grad()
 def topk_encode(
     x: torch.Tensor,
@@ -95,15 +110,8 @@ def topk_encode(
             xs = xs - b_dec
         pre = buf[: xs.shape[0]]
         torch.addmm(b_enc, xs, Wt, out=pre)
-        if select_scale_fn is None:
-            v, ix = topk_select(pre, k)
-        else:
-            score = pre.clamp_min(0).mul_(select_scale_fn(slice(i, i + xs.shape[0])))
-            _, ix = topk_select(score, k)
-            v = pre.gather(1, ix)
-        ix, order = ix.sort(dim=1)
-        values[i : i + xs.shape[0]] = v.gather(1, order).clamp_min_(0)
-        indices[i : i + xs.shape[0]] = ix
+        scale = None if select_scale_fn is None else select_scale_fn(slice(i, i + xs.shape[0]))
+        values[i : i + xs.shape[0]], indices[i : i + xs.shape[0]] = topk_relu(pre, k, scale)
     return values, indices
 
 
