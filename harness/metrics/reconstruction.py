@@ -90,16 +90,20 @@ def _activity(codes: Any):
     return code_activity(validate_codes(codes, len(codes)))
 
 
+def activity_stats(per_row: torch.Tensor, fired: torch.Tensor) -> tuple[float, float]:
+    """``(l0, dead_fraction)`` from :func:`~harness.protocols.reconstruction.code_activity`'s output:
+    mean non-zero latents per row, and the fraction of latents zero on every row."""
+    return float(per_row.double().mean()), float(1.0 - fired.double().mean())
+
+
 def l0(codes: Any) -> float:
     """Mean number of non-zero latents per row (dense codes or :class:`SparseCodes`)."""
-    per_row, _ = _activity(codes)
-    return float(per_row.double().mean())
+    return activity_stats(*_activity(codes))[0]
 
 
 def dead_latent_fraction(codes: Any) -> float:
     """Fraction of the ``n_latents`` latents that are zero on every row of ``codes``."""
-    _, fired = _activity(codes)
-    return float(1.0 - fired.double().mean())
+    return activity_stats(*_activity(codes))[1]
 
 
 def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from harness.context import RunContext
 from harness.errors import ConfigError, InvalidOutputError
 from harness.metrics.reconstruction import (
+    activity_stats,
     fvu,
     mean_cosine_similarity,
     normalized_mse,
@@ -134,9 +135,9 @@ class ReconstructionTask(Task):
         x_hat = method.decode(codes)
         t3 = time.perf_counter()
         x_hat = validate_reconstruction(x_hat, tuple(data.test.shape))
-        per_row, fired = code_activity(codes)
+        l0, dead_fraction = activity_stats(*code_activity(codes))
         return ReconstructionOutput(
-            x_hat=x_hat, l0=float(per_row.double().mean()), dead_fraction=float(1.0 - fired.double().mean()),
+            x_hat=x_hat, l0=l0, dead_fraction=dead_fraction,
             n_latents=n_latents_of(codes), fit_s=t1 - t0, encode_s=t2 - t1, decode_s=t3 - t2,
         )
 
