@@ -58,7 +58,7 @@ def main() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
-    from baselines.circuits import single_head_masks
+    from harness.baselines.circuits import single_head_masks
     from harness.models.hf_gpt2 import HFGPT2
 
     hf_logging.set_verbosity_error()
@@ -127,7 +127,7 @@ def main() -> None:
 
 def embedded(args) -> None:
     """Batched vs per-head-loop patching on an embedded-size GPT (3 layers x 4 heads, width 64)."""
-    from baselines.circuits import single_head_masks
+    from harness.baselines.circuits import single_head_masks
     from harness.models import GPT, GPTConfig, HookedGPT, WordTokenizer
 
     torch.manual_seed(0)

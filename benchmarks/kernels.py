@@ -4,7 +4,7 @@ Each :class:`Kernel` has a list of realistic sizes (``params``) and a
 ``setup(param) -> fn`` that builds seeded inputs and returns a zero-argument
 callable doing one unit of work.  ``benchmarks/benchmarks.py`` turns them into
 asv ``time_*`` / ``peakmem_*`` benchmarks; ``harness speed`` times
-``fn`` under the code of two commits in one run (``harness.speed``).
+``fn`` under the code of two commits in one run (``harness.tracking.speed``).
 
 Inputs are random (seeded) and small enough for a laptop CPU: nothing is
 downloaded; the models are randomly initialised GPTs of the harness's own
@@ -93,7 +93,7 @@ def setup_ablate_many(size: str) -> Callable[[], Any]:
     """Batched activation patching: every head patched alone (resampled ``z``), metric at the last token."""
     import torch
 
-    from baselines.circuits import patch_replacement, single_head_masks
+    from harness.baselines.circuits import patch_replacement, single_head_masks
 
     data = _circuit_data(size)
     model = data.model
@@ -109,7 +109,7 @@ def setup_ablate_many(size: str) -> Callable[[], Any]:
 
 def setup_eap(size: str) -> Callable[[], Any]:
     """Attribution patching: one forward + backward on the clean prompts, one forward on the corrupted."""
-    from baselines.circuits import eap_scores
+    from harness.baselines.circuits import eap_scores
 
     data = _circuit_data(size)
     return lambda: eap_scores(data.model, data)
@@ -133,7 +133,7 @@ def setup_kmeans_digits(n_init: int) -> Callable[[], Any]:
     from sklearn.datasets import load_digits
     from sklearn.preprocessing import StandardScaler
 
-    from baselines.clustering import KMeansRaw
+    from harness.baselines.clustering import KMeansRaw
 
     X = StandardScaler().fit_transform(load_digits().data)
     method = KMeansRaw(n_init=n_init)

@@ -15,7 +15,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from harness import registry
+from harness.core import registry
 
 FAMILIES = ("circuits", "clustering", "icl", "reconstruction")
 #: Pinned asv versions (bump when the tracked cells change meaning, e.g. a new seed or config).
@@ -25,7 +25,7 @@ VERSION = "1"
 def _quick_cells(family: str) -> list[str]:
     """``task|method`` labels of the quick suite's cells of a family (task names start with ``family/``),
     as the runner expands ``harness run --suite quick``."""
-    from harness.runner import SUITES, RunSpec, expand
+    from harness.core.runner import SUITES, RunSpec, expand
 
     registry.load_builtin()
     cells = expand(RunSpec(seeds=SUITES["quick"]))
@@ -33,7 +33,7 @@ def _quick_cells(family: str) -> list[str]:
 
 
 def _run_family(family: str) -> dict[str, float]:
-    from harness.runner import SUITES, RunSpec, run
+    from harness.core.runner import SUITES, RunSpec, run
 
     tasks = sorted({c.split("|")[0] for c in _quick_cells(family)})
     with tempfile.TemporaryDirectory() as tmp:

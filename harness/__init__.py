@@ -1,7 +1,7 @@
 """Benchmark and evaluation harness for interpretability and representation-learning methods.
 
-Public entry points: :mod:`harness.registry` (register tasks and methods),
-:mod:`harness.runner` (run cells), :mod:`harness.records` (result records),
+Public entry points: :mod:`harness.core.registry` (register tasks and methods),
+:mod:`harness.core.runner` (run cells), :mod:`harness.core.records` (result records),
 and the ``harness`` command line (:mod:`harness.cli`).
 """
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from harness import registry
+from harness.core import registry
 from harness.errors import HarnessError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_tables, render_markdown
-    from harness.runner import SUITES, RunSpec, run
+    from harness.report.leaderboard import build_tables, render_markdown
+    from harness.core.runner import SUITES, RunSpec, run
 
     overrides = _parse_assignments(args.overrides, "--set", multi=False)
     if args.model:
@@ -173,9 +173,9 @@ def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path |
                                  tables: list | None = None) -> Path:
     """LEADERBOARD.md (or csv, or html with the history of ``asv_results``) from every record in
     ``results_dir`` (or the ``records`` / ``tables`` the caller already has), with the families' plots in plots/."""
-    from harness.leaderboard import build_tables, write_leaderboard
-    from harness.plots import plot_main_metric, write_plots
-    from harness.records import Store
+    from harness.report.leaderboard import build_tables, write_leaderboard
+    from harness.report.plots import plot_main_metric, write_plots
+    from harness.core.records import Store
 
     if records is None:
         records = Store(results_dir).load_all()
@@ -185,7 +185,7 @@ def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path |
     if fmt in ("md", "html"):
         plots = plot_main_metric(tables, results_dir / "plots") + write_plots(records, results_dir / "plots")
     if fmt == "html":
-        from harness.html_report import DEFAULT_ASV_RESULTS, read_asv_history, write_html
+        from harness.report.html import DEFAULT_ASV_RESULTS, read_asv_history, write_html
 
         asv_results = asv_results or DEFAULT_ASV_RESULTS
         return write_html(out or results_dir / "leaderboard.html", tables, plots, read_asv_history(asv_results),
@@ -206,8 +206,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_tables, render_csv, render_markdown
-    from harness.records import Store
+    from harness.report.leaderboard import build_tables, render_csv, render_markdown
+    from harness.core.records import Store
 
     records = Store(args.results_dir).load_all()  # read once: printed and written from the same records
     if args.format == "html":  # the page is the output: print only where it is
@@ -221,8 +221,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare
-    from harness.records import Store
+    from harness.report.compare import compare
+    from harness.core.records import Store
 
     c = compare(Store(args.results_dir).load_all(), args.method_a, args.method_b, args.task, args.metric)
     rows = [[s, a, b, a - b] for s, a, b in zip(c.seeds, c.a, c.b)]
@@ -232,8 +232,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from harness.check import check, read_reference
-    from harness.records import Store
+    from harness.report.check import check, read_reference
+    from harness.core.records import Store
 
     reference = read_reference(args.reference)
     findings = check(Store(args.results_dir).load_all(), reference)
@@ -257,8 +257,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from harness.check import build_reference, write_reference
-    from harness.records import Store
+    from harness.report.check import build_reference, write_reference
+    from harness.core.records import Store
 
     records = Store(args.results_dir).load_all()
     if args.tasks:
@@ -274,7 +274,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from harness.builders import builder_for, builders
+    from harness.embedded.registry import builder_for, builders
 
     if args.models_command == "list":
         print(tabulate([[n, b.family, b.description] for b in builders() for n in b.names()],
@@ -301,7 +301,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from harness.speed import compare_speed, render_report, write_report_json
+    from harness.tracking.speed import compare_speed, render_report, write_report_json
 
     report = compare_speed(args.base, args.head, args.kernels, args.kernels_file, rounds=args.rounds,
                            repeat=args.repeat, sample_s=args.sample_seconds, factor=args.factor, alpha=args.alpha,

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can import toy_plugin
 
-from harness import registry  # noqa: E402
+from harness.core import registry  # noqa: E402
 
 registry.load_builtin()
 import toy_plugin  # noqa: E402,F401  (registers the toy family)

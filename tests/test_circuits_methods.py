@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import circuits as bc
-from harness import registry
-from harness.context import RunContext
+from harness.baselines import circuits as bc
+from harness.core import registry
+from harness.core.context import RunContext
 from harness.metrics import faithfulness, pr_auc, roc_auc, roc_curve, set_metrics, top_k_mask
 from harness.models.gpt import GPT, GPTConfig, HookedGPT
 from harness.models.tokenizer import WordTokenizer
 from harness.protocols.circuits import CircuitData, LastTokenMetric, PassCounter
-from methods.discrete_sae import _Adam, unique_positive_codes
+from harness.methods.discrete_sae import _Adam, unique_positive_codes
 
 CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae"]
 

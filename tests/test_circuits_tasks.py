@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness import registry
-from harness.context import RunContext
+from harness.core import registry
+from harness.core.context import RunContext
 from harness.errors import HarnessError, InvalidOutputError
 from harness.protocols.circuits import CircuitMethod
-from tasks.circuits import data as D
-from tasks.circuits import ground_truth as G
-from tasks.circuits import prompts as P
-from tasks.circuits.task import CircuitTaskData, clear_model_cache, get_model
+from harness.tasks.circuits import data as D
+from harness.tasks.circuits import ground_truth as G
+from harness.tasks.circuits import prompts as P
+from harness.tasks.circuits.task import CircuitTaskData, clear_model_cache, get_model
 
 
 def ctx(tmp_path: Path, seed: int = 0) -> RunContext:
@@ -375,9 +375,9 @@ def test_bring_your_own_model_from_the_cli(tiny_gpt2_dir, tmp_path, capsys):
 
 
 def test_records_keep_head_scores_and_the_roc_plot_reads_them(tmp_path):
-    from harness.records import Store
-    from harness.runner import RunSpec, run
-    from tasks.circuits.plots import plot_circuit_rocs
+    from harness.core.records import Store
+    from harness.core.runner import RunSpec, run
+    from harness.tasks.circuits.plots import plot_circuit_rocs
 
     spec = RunSpec(tasks=["circuits/ioi"], methods=["random", "act-patch-mean"], seeds=[0, 1],
                    results_dir=tmp_path / "res", cache_dir=tmp_path / "cache", progress=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from harness.cli import main
-from harness.records import Store
+from harness.core.records import Store
 
 
 def test_run_twice_second_does_no_work_and_check_passes(capsys, results_dir, tmp_path):

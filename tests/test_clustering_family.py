@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import harness.registry as registry
-from harness.context import RunContext
+import harness.core.registry as registry
+from harness.core.context import RunContext
 from harness.errors import InvalidOutputError
-from tasks.clustering.base import ClusteringData, validate_labels
-from tasks.clustering.multispectral import make_scene
+from harness.tasks.clustering.base import ClusteringData, validate_labels
+from harness.tasks.clustering.multispectral import make_scene
 
 registry.load_builtin()
 

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from harness import registry
-from harness.check import build_reference, check, read_reference, write_reference
+from harness.core import registry
+from harness.report.check import build_reference, check, read_reference, write_reference
 from harness.cli import main
-from harness.compare import compare
+from harness.report.compare import compare
 from harness.errors import DuplicateNameError, RecordError, UnknownNameError
-from harness.leaderboard import build_tables, render_csv, render_markdown
-from harness.method import Method
-from harness.records import Store, read_record, validate, write_record
-from harness.runner import RunSpec, expand, run
+from harness.report.leaderboard import build_tables, render_csv, render_markdown
+from harness.core.method import Method
+from harness.core.records import Store, read_record, validate, write_record
+from harness.core.runner import RunSpec, expand, run
 from toy_plugin import toy_spec
-from harness.stats import mean_ci, paired_difference
+from harness.report.stats import mean_ci, paired_difference
 
 
 # ---------------------------------------------------------------- registry
@@ -46,8 +46,8 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     pkg = tmp_path / "site"
     (pkg / "tiny_plugin").mkdir(parents=True)
     (pkg / "tiny_plugin" / "__init__.py").write_text(textwrap.dedent("""
-        from harness.method import Method
-        from harness.registry import register_method
+        from harness.core.method import Method
+        from harness.core.registry import register_method
 
         @register_method("tiny-plugin-method", family="toy", version="3", description="from a plugin")
         class TinyPlugin(Method):

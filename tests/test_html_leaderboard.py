@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.html_report import ASV_COMMAND, plot_family, read_asv_history, render_html, write_html
-from harness.leaderboard import Row, Table, build_tables
-from harness.plots import plot_main_metric
-from harness.records import Store
-from harness.runner import RunSpec, run
+from harness.report.html import ASV_COMMAND, plot_family, read_asv_history, render_html, write_html
+from harness.report.leaderboard import Row, Table, build_tables
+from harness.report.plots import plot_main_metric
+from harness.core.records import Store
+from harness.core.runner import RunSpec, run
 from toy_plugin import toy_spec
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

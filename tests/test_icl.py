@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import registry
-from harness.context import RunContext
+from harness.core import registry
+from harness.core.context import RunContext
 from harness.errors import InvalidOutputError
 from harness.metrics.icl import ilwd, implied_weights, normalized_squared_error, r2_score, spd
 from harness.protocols.icl import (
@@ -24,7 +24,7 @@ from harness.protocols.icl import (
     reference_predictions,
     ridge_weights,
 )
-from tasks.icl.model import (
+from harness.tasks.icl.model import (
     ICLArch,
     ICLModelSpec,
     ICLRecipe,
@@ -326,7 +326,7 @@ def test_probe_task_end_to_end(tmp_path):
 
 
 def test_plots_and_summary(tmp_path):
-    from tasks.icl.plots import plot_icl, summarize_icl
+    from harness.tasks.icl.plots import plot_icl, summarize_icl
 
     recs = []
     for seed in (0, 1):
@@ -351,14 +351,14 @@ def test_plots_and_summary(tmp_path):
 
 
 def test_icl_models_are_in_the_model_builder_registry(capsys, monkeypatch):
-    from harness.builders import builder_for
+    from harness.embedded.registry import builder_for
     from harness.cli import main
-    from tasks.icl import model as icl_model
+    from harness.tasks.icl import model as icl_model
 
     def no_training(*args, **kwargs):
         raise AssertionError("a build without --force retrained a committed model (its recipe changed?)")
 
-    monkeypatch.setattr(icl_model, "build_icl_model", no_training)  # never overwrite tasks/icl/models here
+    monkeypatch.setattr(icl_model, "build_icl_model", no_training)  # never overwrite harness/tasks/icl/models here
     builder = builder_for("icl-d5")
     assert builder.family == "icl" and builder.names() == ["icl-d5", "icl-d8-noisy"]
     # the committed models match their recipes, so a build without --force trains nothing

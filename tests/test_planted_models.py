@@ -1,7 +1,7 @@
 """Embedded planted-circuit models: committed models load and verify, failures are refused, training runs.
 
 No test retrains a real model (that takes minutes; `harness models build`
-and :func:`tasks.circuits.planted.check_reproduction` do); the training loop
+and :func:`harness.tasks.circuits.planted.check_reproduction` do); the training loop
 is smoke-tested on a tiny recipe whose model must fail verification.
 """
 
@@ -18,9 +18,9 @@ import torch
 
 from harness.errors import HarnessError
 from harness.models.gpt import load_gpt, save_gpt
-from tasks.circuits import cli_hooks, planted
-from tasks.circuits import prompts as P
-from tasks.circuits.task import clear_model_cache, get_model
+from harness.tasks.circuits import cli_hooks, planted
+from harness.tasks.circuits import prompts as P
+from harness.tasks.circuits.task import clear_model_cache, get_model
 
 NAMES = list(planted.PLANTED)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import registry
-from harness.context import RunContext
+from harness.core import registry
+from harness.core.context import RunContext
 from harness.errors import HarnessError, InvalidOutputError
 from harness.metrics.reconstruction import (
     dead_latent_fraction,
@@ -341,7 +341,7 @@ def test_hooks_on_a_tiny_hf_gpt2():
 
 
 def test_loss_recovered_is_one_for_identity_and_zero_for_zero_ablation():
-    from tasks.reconstruction.sources import HookedLMSource
+    from harness.tasks.reconstruction.sources import HookedLMSource
 
     model = tiny_gpt(dtype=torch.float32)  # the float32 activations the source stores splice back exactly
     g = torch.Generator().manual_seed(3)
@@ -369,7 +369,7 @@ def test_registered_tasks_and_default_suite():
 
 
 def test_committed_embedded_model_card():
-    from tasks.reconstruction import lm
+    from harness.tasks.reconstruction import lm
 
     assert lm._usable(lm.COMMITTED_DIR), "the committed docstring-gpt is missing or of another recipe"
     card = json.loads((lm.COMMITTED_DIR / "gpt.json").read_text())["card"]
@@ -382,7 +382,7 @@ def test_committed_embedded_model_card():
 def test_embedded_lm_build_is_deterministic_and_reproduces_the_committed_tokens(tmp_path):
     from safetensors.torch import load_file
 
-    from tasks.reconstruction import corpus, lm
+    from harness.tasks.reconstruction import corpus, lm
 
     a = lm.build_docstring_gpt(tmp_path / "a", steps=2)
     b = lm.build_docstring_gpt(tmp_path / "b", steps=2)
@@ -404,7 +404,7 @@ def test_embedded_task_end_to_end(tmp_path):
     c = ctx(tmp_path)
     data = task.build(config, 0, c)
     assert data.train.shape == (40 * 64, 96) and data.test.shape == (8 * 64, 96)
-    from tasks.reconstruction import cache as activation_cache
+    from harness.tasks.reconstruction import cache as activation_cache
 
     activation_cache._MEMO.clear()  # the second build must read the file the first one wrote, not memory
     assert task.build(config, 1, c).info["activations_cached"]
@@ -445,7 +445,7 @@ def test_gpt2_task_fails_clearly_without_weights(tmp_path, monkeypatch):
 
 
 def test_plot_fidelity_vs_l0(tmp_path):
-    from tasks.reconstruction import plot_fidelity_vs_l0
+    from harness.tasks.reconstruction import plot_fidelity_vs_l0
 
     records = []
     for method_name, baseline, pts in (("topk-sae", False, [(8, 0.9), (16, 0.95)]), ("pca", True, [(8, 0.6)])):

@@ -1,4 +1,4 @@
-"""Speed gate (harness.speed): the decision rule, and end to end on two toy trees with a planted slowdown."""
+"""Speed gate (harness.tracking.speed): the decision rule, and end to end on two toy trees with a planted slowdown."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import ConfigError
-from harness.speed import compare_speed, judge, render_report
+from harness.tracking.speed import compare_speed, judge, render_report
 
 KERNELS_FILE = '''
 from dataclasses import dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from harness.errors import InvalidOutputError
-from harness.method import Method
-from harness.registry import register_method, register_task
-from harness.task import MetricSpec, Task
+from harness.core.method import Method
+from harness.core.registry import register_method, register_task
+from harness.core.task import MetricSpec, Task
 
 
 @register_task("toy/vector", family="toy", version="1", description="copy a random vector")
@@ -80,7 +80,7 @@ class BadType(Method):
 
 def toy_spec(results_dir, methods, seeds=(0, 1, 2), **kw):
     """A run spec of the toy task on the CPU, no progress bar."""
-    from harness.runner import RunSpec
+    from harness.core.runner import RunSpec
 
     return RunSpec(tasks=["toy/vector"], methods=methods, seeds=list(seeds), results_dir=results_dir,
                    device="cpu", progress=False, **kw)

@@ -46,11 +46,11 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import circuits as bc
+from harness.baselines import circuits as bc
 from benchmarks.kernels import _circuit_data
-from harness.context import RunContext
+from harness.core.context import RunContext
 from harness.protocols.circuits import CircuitData
-from methods.discrete_sae import DiscreteSAE
+from harness.methods.discrete_sae import DiscreteSAE
 
 pytest.importorskip("pytest_benchmark")
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.method import Method
+from harness.core.method import Method
 from harness.models.base import HookedModel
 
 

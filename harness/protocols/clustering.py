@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.method import Method
+from harness.core.method import Method
 
 
 def kmeans_labels(Z: np.ndarray, n_clusters: int, n_init: int, seed: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from harness.method import Method
+from harness.core.method import Method
 
 
 # ---------------------------------------------------------------- data types

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from harness.errors import InvalidOutputError
-from harness.method import Method
+from harness.core.method import Method
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,334 @@
+"""Reference circuit-finding methods every circuit method is measured against (DESIGN.md section 2).
+
+All score attention heads, ``[n_layers, n_heads]``, higher = more likely in the
+circuit, from the task's *fit* prompts only (``data.clean`` / ``data.corrupted``,
+paired row by row) and its metric (``data.metric``, a
+:class:`~harness.protocols.circuits.LastTokenMetric`: the mean over prompts of
+a per-prompt quantity read at the last position, higher = task done better).
+
+- ``act-patch-mean`` / ``act-patch-resample``: single-head activation patching
+  (the expensive reference), batched through :meth:`HookedModel.ablate_many`;
+  :func:`act_patch_loop` is the plain per-head loop it must agree with.
+- ``eap``: attribution patching at node level, 2 forward + 1 backward passes.
+- ``eap-ig``: integrated-gradients attribution patching (EAP-IG), on each
+  layer's head outputs (see :class:`EAPIG` for how and why this differs from
+  Hanna et al.'s input-embedding interpolation).
+- ``acdc``: ACDC-style greedy pruning of heads (node level), with its own circuit.
+- ``random``: seeded random scores, the chance line.
+
+Signs: the *signed effect* of head ``h`` is ``m(clean) - m(clean with h patched)``
+(positive = the head helps the task).  Ground-truth circuits contain heads that
+hurt the task too (negative name movers in IOI), so by default every method
+ranks heads by the magnitude of their effect (``absolute=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.models.base import HookedModel
+from harness.protocols.circuits import CircuitData, CircuitMethod
+from harness.core.registry import register_method
+
+REPLACEMENTS = ("mean", "resample")
+#: Largest ablate_many output (sets x prompts x logit columns) produced at once: 256 MB in float32.
+MAX_OUTPUT_ELEMENTS = 2**26
+
+
+# --------------------------------------------------------------------- helpers
+def _to_numpy(scores: torch.Tensor) -> np.ndarray:
+    return scores.detach().to("cpu", torch.float64).numpy()
+
+
+def single_head_masks(n_layers: int, n_heads: int, device=None) -> torch.Tensor:
+    """One mask per head, ``[n_layers * n_heads, n_layers, n_heads]`` (set ``i`` = head ``divmod(i, n_heads)``)."""
+    n = n_layers * n_heads
+    return torch.eye(n, dtype=torch.bool, device=device).reshape(n, n_layers, n_heads)
+
+
+@torch.no_grad()
+def patch_replacement(model: HookedModel, data: CircuitData, kind: str) -> torch.Tensor:
+    """The ``z`` a patched head gets: ``"mean"``: :meth:`~HookedModel.mean_z` over the clean and
+    corrupted fit prompts, ``[seq, L, H, d_head]``; ``"resample"``: the ``z`` of the corrupted
+    run, ``[batch, seq, L, H, d_head]`` (row i patched from corrupted row i)."""
+    if kind == "mean":
+        return model.mean_z(torch.cat([data.clean, data.corrupted], dim=0))
+    if kind == "resample":
+        return model.run_with_cache(data.corrupted, return_logits=False)[1]
+    raise ValueError(f"unknown replacement {kind!r}; use one of {REPLACEMENTS}")
+
+
+@torch.no_grad()
+def act_patch_batched(model: HookedModel, data: CircuitData, replacement) -> np.ndarray:
+    """Signed single-head patching effects ``m(clean) - m(head patched)``, ``[L, H]`` float64.
+
+    One :meth:`~HookedModel.ablate_many` call over ``L * H`` one-head masks plus an
+    empty mask (which yields the clean metric from the same cached clean run);
+    only the last position and the metric's ``token_ids`` columns are unembedded.
+    Split into several calls only when the output would exceed
+    :data:`MAX_OUTPUT_ELEMENTS` (full-vocabulary metrics on large models).
+    """
+    L, H = model.n_layers, model.n_heads
+    masks = torch.cat([torch.zeros(1, L, H, dtype=torch.bool), single_head_masks(L, H)], dim=0)
+    ids, b = data.metric.token_ids, data.clean.shape[0]
+    # ablate_many returns last-position logits [n_sets, batch, k]; with a full-vocabulary metric
+    # (token_ids None, e.g. greater-than's probabilities) that would be 145 x 100 x 50257 floats
+    # for GPT-2 small, so the sets go in groups whose output stays under MAX_OUTPUT_ELEMENTS
+    # (each extra group redoes the clean run).
+    parts, rest = [], masks
+    if ids is None:
+        clean_last = model.ablate_many(data.clean, masks[:1], replacement, position=-1)  # [1, b, vocab]
+        parts.append(data.metric.from_last(clean_last))
+        rest, k = masks[1:], clean_last.shape[-1]
+    else:
+        k = len(ids)
+    per_call = max(1, MAX_OUTPUT_ELEMENTS // (b * k))
+    for group in rest.split(per_call):
+        parts.append(data.metric.from_last(model.ablate_many(data.clean, group, replacement, position=-1, token_ids=ids)))
+    m = torch.cat(parts)  # [1 + L*H]
+    return _to_numpy((m[0] - m[1:]).reshape(L, H))
+
+
+@torch.no_grad()
+def act_patch_loop(model: HookedModel, data: CircuitData, replacement) -> np.ndarray:
+    """Reference for :func:`act_patch_batched`: a plain Python loop, one full
+    :meth:`~HookedModel.run_with_heads_replaced` run (all positions, full vocabulary) per head.
+
+    Returns the signed effects ``m(clean) - m(head patched)``, ``[L, H]`` float64.
+    """
+    L, H = model.n_layers, model.n_heads
+    m_clean = data.metric.from_logits(model.logits(data.clean))
+    out = torch.empty(L, H, dtype=torch.float64)
+    for layer in range(L):
+        for head in range(H):
+            mask = torch.zeros(L, H, dtype=torch.bool)
+            mask[layer, head] = True
+            m = data.metric.from_logits(model.run_with_heads_replaced(data.clean, mask, replacement))
+            out[layer, head] = float(m_clean - m)
+    return out.numpy()
+
+
+def eap_scores(model: HookedModel, data: CircuitData) -> np.ndarray:
+    """Signed node-level attribution patching, ``[L, H]`` float64.
+
+    ``sum_{batch, pos, d} (z_clean - z_corrupt) * dM/dz |_clean``: the first-order
+    estimate of ``m(clean) - m(head patched from corrupted)``.  One forward +
+    backward on the clean prompts (:meth:`~HookedModel.head_gradients`) and one
+    forward on the corrupted ones.  The metric is the mean over prompts, so the
+    sum over the batch estimates the mean effect.
+    """
+    z_clean, z_corr, grad = _clean_corrupt_grad(model, data)
+    return _to_numpy(torch.einsum("bslhd,bslhd->lh", z_clean - z_corr, grad))
+
+
+def _clean_corrupt_grad(model: HookedModel, data: CircuitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(z_clean, z_corrupt, dM/dz at the clean run)``, each ``[b, s, L, H, d_head]`` (the gradient a fresh
+    tensor): one forward + backward on the clean prompts and one forward on the corrupted ones, the common
+    part of EAP and EAP-IG."""
+    z_clean, grad = model.head_gradients(data.clean, data.metric.from_logits)
+    with torch.no_grad():
+        z_corr = model.run_with_cache(data.corrupted, return_logits=False)[1].to(z_clean.dtype)
+    return z_clean, z_corr, grad
+
+
+def eap_ig_scores(model: HookedModel, data: CircuitData, steps: int = 5) -> np.ndarray:
+    """Signed EAP-IG on each layer's head outputs, ``[L, H]`` float64 (see :class:`EAPIG`).
+
+    ``(z_clean - z_corrupt) . (1/steps) sum_{k=1..steps} dM/dz_l`` where the gradient
+    for layer ``l``'s heads is taken at ``z_l = z_corrupt + (k/steps)(z_clean - z_corrupt)``
+    with every other layer computed normally (total derivative through later layers).
+    The ``k = steps`` point is the clean run itself, so ``steps=1`` is exactly EAP.
+    """
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    L, H = model.n_layers, model.n_heads
+    z_clean, z_corr, grad_sum = _clean_corrupt_grad(model, data)  # the alpha = 1 gradient, summed into in place
+    diff = z_clean - z_corr
+    for k in range(1, steps):
+        alpha = k / steps
+        interp = (z_corr + alpha * diff).detach()
+        for layer in range(L):
+            mask = torch.zeros(L, H, dtype=torch.bool)
+            mask[layer] = True
+            g = model.replacement_gradient(data.clean, mask, interp, data.metric.from_logits)
+            grad_sum[:, :, layer] += g[:, :, layer]
+    return _to_numpy(torch.einsum("bslhd,bslhd->lh", diff, grad_sum / steps))
+
+
+# ------------------------------------------------------------------ baselines
+class _ActPatch(CircuitMethod):
+    replacement_kind = "resample"
+
+    def __init__(self, absolute: bool = True):
+        self.absolute = absolute
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        effects = act_patch_batched(model, data, patch_replacement(model, data, self.replacement_kind))
+        return np.abs(effects) if self.absolute else effects
+
+
+@register_method(
+    "act-patch-mean",
+    family="circuits",
+    version="1",
+    baseline=True,
+    description="single-head activation patching, mean ablation (mean z over clean + corrupted fit prompts); "
+    "score = |m(clean) - m(head mean-ablated)|",
+)
+class ActPatchMean(_ActPatch):
+    """Single-head mean ablation: each head's ``z`` replaced by its mean over the clean and
+    corrupted fit prompts (per position), all heads in one batched ``ablate_many`` call.
+    ``absolute``: rank by ``|effect|`` (default) or by the signed effect."""
+
+    replacement_kind = "mean"
+
+
+@register_method(
+    "act-patch-resample",
+    family="circuits",
+    version="1",
+    baseline=True,
+    description="single-head activation patching from the corrupted run (resample ablation); "
+    "score = |m(clean) - m(head patched)|",
+)
+class ActPatchResample(_ActPatch):
+    """Single-head resample ablation: each head's ``z`` on clean prompt ``i`` replaced by its
+    ``z`` on corrupted prompt ``i``, all heads in one batched ``ablate_many`` call.
+    ``absolute``: rank by ``|effect|`` (default) or by the signed effect."""
+
+    replacement_kind = "resample"
+
+
+@register_method(
+    "eap",
+    family="circuits",
+    version="1",
+    baseline=True,
+    description="attribution patching at node level: |sum (z_clean - z_corrupt) . dM/dz| per head "
+    "(2 forward + 1 backward)",
+)
+class EAP(CircuitMethod):
+    """Attribution patching (Nanda 2023; Syed et al. 2023) at node level.
+
+    Score of head ``h``: ``|sum_{batch, pos, d} (z_clean - z_corrupt) * dM/dz_h|``, the
+    linear estimate of the effect of patching ``h`` from the corrupted run, its magnitude
+    by default (``absolute=True``) because ground-truth circuits include heads whose
+    effect is negative; ``absolute=False`` gives the signed estimate (positive = helps).
+    """
+
+    def __init__(self, absolute: bool = True):
+        self.absolute = absolute
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        s = eap_scores(model, data)
+        return np.abs(s) if self.absolute else s
+
+
+@register_method(
+    "eap-ig",
+    family="circuits",
+    version="1",
+    baseline=True,
+    description="EAP with integrated gradients (Hanna et al. 2024) adapted to nodes; interpolates each "
+    "layer's head outputs between corrupted and clean (IG on activations), steps=5",
+)
+class EAPIG(CircuitMethod):
+    """EAP-IG (Hanna et al. 2024) at node level, integrated on the activations.
+
+    Hanna et al. interpolate the *input embeddings* between the corrupted and the
+    clean prompt and average ``dM/dz`` over ``steps`` points (one forward + backward
+    per step gives every node's gradient).  The public :class:`HookedModel` interface
+    has no hook on the input embeddings (only on the heads' ``z``), so this
+    implementation integrates on the heads' outputs instead ("IG on activations",
+    as in Marks et al. 2024 and the EAP-IG code's activation variant): for layer
+    ``l`` the gradient is taken with layer ``l``'s ``z`` set to ``z_corrupt + a (z_clean
+    - z_corrupt)``, ``a = k/steps`` for ``k = 1..steps``, and every other layer computed
+    normally.  Each layer's heads need their own pass, so this costs
+    ``L * (steps - 1) + 1`` forward + backward passes (Hanna et al.: ``steps``).
+    ``a = 1`` is the clean run, so ``steps=1`` is exactly EAP; as ``steps`` grows,
+    the scores of one layer's heads add up to ``m(clean) - m(layer patched from
+    corrupted)`` (completeness).  ``absolute`` as in :class:`EAP`.
+    """
+
+    def __init__(self, steps: int = 5, absolute: bool = True):
+        self.steps = steps
+        self.absolute = absolute
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        s = eap_ig_scores(model, data, self.steps)
+        return np.abs(s) if self.absolute else s
+
+
+@register_method(
+    "acdc",
+    family="circuits",
+    version="1",
+    baseline=True,
+    description="ACDC-style greedy node pruning: heads visited last layer first, resample-ablated "
+    "for good if the normalised metric change stays below tau",
+)
+class ACDC(CircuitMethod):
+    """ACDC (Conmy et al. 2023) at node level, with the task metric instead of KL.
+
+    Start with every head in the circuit.  Visit heads from the last layer to the
+    first (within a layer, head 0 first).  For each, patch it from the corrupted
+    run *on top of* the heads already removed and measure
+    ``effect = |m(current) - m(current with the head also patched)| / |m(clean) - m(corrupted)|``
+    (the corrupted metric is that of the unpatched model on the corrupted prompts;
+    a gap below 1e-12 normalises by 1).  If ``effect < tau`` the head is removed
+    for good.  Score of a head = its ``effect`` when visited (so kept heads, with
+    ``effect >= tau``, rank above removed ones); :meth:`select_heads` returns the kept
+    heads.  ``L * H`` sequential forward passes.
+    """
+
+    def __init__(self, tau: float = 0.02):
+        self.tau = tau
+        self._selected: tuple[int, np.ndarray] | None = None
+
+    @torch.no_grad()
+    def _run(self, model: HookedModel, data: CircuitData) -> tuple[np.ndarray, np.ndarray]:
+        L, H = model.n_layers, model.n_heads
+        metric = data.metric
+        logits_corr, z_corr = model.run_with_cache(data.corrupted)
+        m_clean = float(metric.from_logits(model.logits(data.clean)))
+        gap = abs(m_clean - float(metric.from_logits(logits_corr)))
+        gap = gap if gap > 1e-12 else 1.0
+        removed = torch.zeros(L, H, dtype=torch.bool)
+        scores = np.zeros((L, H), dtype=np.float64)
+        m_cur = m_clean
+        for layer in reversed(range(L)):
+            for head in range(H):
+                cand = removed.clone()
+                cand[layer, head] = True
+                m_new = float(metric.from_logits(model.run_with_heads_replaced(data.clean, cand, z_corr)))
+                effect = abs(m_cur - m_new) / gap
+                scores[layer, head] = effect
+                if effect < self.tau:
+                    removed, m_cur = cand, m_new
+        return scores, (~removed).numpy()
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        scores, kept = self._run(model, data)
+        self._selected = (id(data), kept)
+        return scores
+
+    def select_heads(self, model: HookedModel, data: CircuitData, scores: np.ndarray) -> np.ndarray | None:
+        if self._selected is None or self._selected[0] != id(data):
+            self.score_heads(model, data)
+        return self._selected[1].copy()
+
+
+@register_method(
+    "random",
+    family="circuits",
+    version="1",
+    baseline=True,
+    description="seeded uniform random head scores (the chance line)",
+)
+class RandomScores(CircuitMethod):
+    """Uniform random scores from ``numpy.random.default_rng(seed)``; no model passes."""
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        return np.random.default_rng(self.seed).random((model.n_layers, model.n_heads))

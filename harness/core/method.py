@@ -1,0 +1,74 @@
+"""Base class of every method and baseline."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+
+from harness.core.context import RunContext
+from harness.errors import ConfigError
+
+
+class Method:
+    """A named, versioned algorithm implementing its family's protocol.
+
+    Hyper-parameters are keyword arguments of ``__init__`` with defaults, as in
+    scikit-learn; :meth:`get_params` reads them back.  The runner calls
+    :meth:`setup` before the task uses the method, which sets ``seed`` and
+    ``device``.  ``name``, ``family``, ``version``, ``description`` and
+    ``baseline`` are set by :func:`harness.core.registry.register_method`.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    baseline: ClassVar[bool] = False
+    #: False for methods that need user input to run (e.g. a path to the user's own SAE):
+    #: runs without --methods skip them; naming them runs them.
+    in_default_suite: ClassVar[bool] = True
+
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {
+            name: sig.parameters[name].default
+            for name in cls.param_names()
+            if sig.parameters[name].default is not inspect.Parameter.empty
+        }
+
+    @classmethod
+    def create(cls, params: dict[str, Any] | None = None) -> "Method":
+        """Instantiate with ``params``; unknown parameter names are a :class:`ConfigError`."""
+        params = dict(params or {})
+        known = cls.param_names()
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"method {cls.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(known) or '(none)'}"
+            )
+        return cls(**params)
+
+    def get_params(self) -> dict[str, Any]:
+        """Current hyper-parameters (attributes named like the ``__init__`` arguments)."""
+        return {name: getattr(self, name) for name in self.param_names() if hasattr(self, name)}
+
+    def setup(self, ctx: RunContext) -> None:
+        """Called by the runner before use: sets ``seed`` and ``device``."""
+        self.seed = ctx.seed
+        self.device = ctx.device

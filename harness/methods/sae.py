@@ -1,0 +1,162 @@
+"""Sparse autoencoders for the reconstruction family (fit / encode / decode).
+
+- ``topk-sae``: TopK SAE (Gao et al. 2024) with AuxK against dead latents;
+  sparse-backward training (:mod:`harness.sae.autograd`), embedding-bag decode.
+- ``g-sae``: gradient-TopK SAE (Olmo et al. 2024): latents selected by
+  ``z + beta * z * |W_dec^T grad_x L|`` (gradients from the task, globally
+  rescaled so that ``E|g|^2 = d``); the same TopK machinery otherwise.  With
+  ``grad_at_encode=False`` held-out tokens are encoded as a plain TopK SAE
+  (no label-dependent gradient at inference).
+- ``relu-sae``: ReLU SAE with an L1 penalty (its L0 follows ``l1_coef``).
+- ``argmax-sae``: the argmax-code idea of the circuits method's discrete SAE
+  (O'Neill & Bui 2024): a ReLU + L1 SAE with few latents whose code of a token
+  is its single largest latent (L0 = 1).  It is trained by the harness's ReLU-SAE
+  trainer (:func:`harness.sae.model.train_relu_sae`), not by the ``discrete-sae``
+  circuit method's own loop, whose initialisation, L1 schedule and optimiser differ.
+- ``user-sae``: a user's own SAE from a directory (``path=...``) holding
+  ``sae.safetensors`` + ``sae.json``; see :mod:`harness.sae.model` for the
+  format.  Nothing is fitted.
+
+``n_latents`` defaults to ``expansion * d`` and ``k`` to ``d // 12``
+(:func:`harness.protocols.reconstruction.default_k`, shared with the
+baselines).  Every method trains on ``self.device``.
+"""
+
+from __future__ import annotations
+
+from harness.errors import ConfigError, HarnessError
+from harness.protocols.reconstruction import ReconstructionMethod, default_k
+from harness.core.registry import register_method
+from harness.sae.model import SAE, load_sae, train_relu_sae, train_topk_sae
+
+
+class _SAEMethod(ReconstructionMethod):
+    sae: SAE | None = None
+    last_train_stats = None
+
+    def _n_latents(self, d: int) -> int:
+        n = self.n_latents if getattr(self, "n_latents", None) else int(self.expansion) * d
+        if n < 1:
+            raise ConfigError(f"n_latents must be >= 1, got {n}")
+        return int(n)
+
+    def _need(self) -> SAE:
+        if self.sae is None:
+            raise HarnessError(f"{self.name}: call fit() before encode() / decode()")
+        return self.sae
+
+    def encode(self, acts, grads=None):
+        return self._need().encode(acts.to(self.device))
+
+    def decode(self, codes):
+        return self._need().decode(codes).cpu()
+
+
+@register_method("topk-sae", family="reconstruction", version="1",
+                 description="TopK SAE with AuxK (Gao et al. 2024); sparse backward, embedding-bag decode")
+class TopKSAE(_SAEMethod):
+    def __init__(self, k: int | None = None, expansion: int = 4, n_latents: int | None = None, epochs: int = 6,
+                 batch_size: int = 512, lr: float = 5e-3, auxk_coef: float = 1 / 32):
+        self.k, self.expansion, self.n_latents = k, expansion, n_latents
+        self.epochs, self.batch_size, self.lr, self.auxk_coef = epochs, batch_size, lr, auxk_coef
+
+    def fit(self, acts, grads=None):
+        self.sae, self.last_train_stats = train_topk_sae(
+            acts.to(self.device), self._n_latents(acts.shape[1]), default_k(acts.shape[1], self.k),
+            epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed,
+            auxk_coef=float(self.auxk_coef),
+        )
+        return self
+
+
+@register_method("g-sae", family="reconstruction", version="1",
+                 description="gradient-TopK SAE (Olmo et al. 2024): TopK over z + beta*z*|W_dec^T grad L|")
+class GradientTopKSAE(_SAEMethod):
+    uses_gradients = True
+
+    def __init__(self, k: int | None = None, beta: float = 1.0, expansion: int = 4, n_latents: int | None = None,
+                 epochs: int = 6, batch_size: int = 512, lr: float = 5e-3, auxk_coef: float = 1 / 32,
+                 grad_at_encode: bool = True):
+        self.k, self.beta, self.expansion, self.n_latents = k, beta, expansion, n_latents
+        self.epochs, self.batch_size, self.lr, self.auxk_coef = epochs, batch_size, lr, auxk_coef
+        self.grad_at_encode = grad_at_encode
+
+    def fit(self, acts, grads=None):
+        if grads is None:
+            raise HarnessError("g-sae needs downstream-loss gradients, and this task provides none")
+        self.sae, self.last_train_stats = train_topk_sae(
+            acts.to(self.device), self._n_latents(acts.shape[1]), default_k(acts.shape[1], self.k),
+            epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed,
+            auxk_coef=float(self.auxk_coef), grads=grads.to(self.device), grad_beta=float(self.beta),
+        )
+        return self
+
+    def encode(self, acts, grads=None):
+        sae = self._need()
+        if not self.grad_at_encode:
+            beta, sae.grad_beta = sae.grad_beta, 0.0
+            try:
+                return sae.encode(acts.to(self.device))
+            finally:
+                sae.grad_beta = beta
+        if grads is None:
+            raise HarnessError("g-sae encodes with gradients (grad_at_encode=True) but got none")
+        return sae.encode(acts.to(self.device), grads.to(self.device))
+
+
+@register_method("relu-sae", family="reconstruction", version="1",
+                 description="ReLU SAE with an L1 penalty (L0 set by l1_coef)")
+class ReLUSAE(_SAEMethod):
+    def __init__(self, l1_coef: float = 0.1, expansion: int = 4, n_latents: int | None = None, epochs: int = 6,
+                 batch_size: int = 512, lr: float = 1e-2):
+        self.l1_coef, self.expansion, self.n_latents = l1_coef, expansion, n_latents
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+
+    def fit(self, acts, grads=None):
+        self.sae, self.last_train_stats = train_relu_sae(
+            acts.to(self.device), self._n_latents(acts.shape[1]), l1_coef=float(self.l1_coef),
+            epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed,
+        )
+        return self
+
+
+@register_method("argmax-sae", family="reconstruction", version="1",
+                 description="argmax-code ReLU SAE after O'Neill & Bui 2024 (harness trainer, not discrete-sae's): "
+                             "code = argmax latent, L0 = 1")
+class ArgmaxSAE(_SAEMethod):
+    def __init__(self, n_latents: int = 200, l1_coef: float = 0.1, epochs: int = 6, batch_size: int = 512,
+                 lr: float = 1e-2):
+        self.n_latents, self.l1_coef = n_latents, l1_coef
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+
+    def fit(self, acts, grads=None):
+        self.sae, self.last_train_stats = train_relu_sae(
+            acts.to(self.device), int(self.n_latents), l1_coef=float(self.l1_coef), epochs=int(self.epochs),
+            batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed, activation="argmax",
+        )
+        return self
+
+
+@register_method("user-sae", family="reconstruction", version="1",
+                 description="your own SAE: path=DIR with sae.safetensors (W_enc, b_enc, W_dec, b_dec) + sae.json")
+class UserSAE(_SAEMethod):
+    """Evaluate a pretrained SAE without writing code: ``--methods user-sae --param path=DIR``.
+
+    ``k`` (optional) overrides the JSON's ``k`` of a topk SAE (so ``--grid k=...``
+    sweeps a TopK SAE's sparsity at inference).
+    """
+
+    in_default_suite = False
+
+    def __init__(self, path: str | None = None, k: int | None = None):
+        self.path, self.k = path, k
+
+    def fit(self, acts, grads=None):
+        if not self.path:
+            raise ConfigError("user-sae needs path=DIR (a directory with sae.safetensors and sae.json)")
+        sae = load_sae(self.path, k=self.k).to(self.device)
+        if sae.d_in != acts.shape[1]:
+            raise HarnessError(f"the SAE at {self.path} reads d_in = {sae.d_in} but this task's activations have "
+                               f"d = {acts.shape[1]}")
+        self.sae = sae
+        return self

@@ -1,0 +1,345 @@
+"""The circuits tasks: ``circuits/ioi`` and ``circuits/greater_than``.
+
+Per cell (DESIGN.md section 2, "circuits"):
+
+- :meth:`CircuitTask.build` loads the model (cached per process), generates a
+  *fit* split (``n_fit`` clean / corrupted prompt pairs, handed to the method
+  as a :class:`~harness.protocols.circuits.CircuitData`) and a held-out *eval*
+  split (``n_eval`` pairs, for faithfulness), and the ground-truth head mask.
+  Fit prompts come from seed ``2 * seed``, eval prompts from ``2 * seed + 1``.
+- :meth:`CircuitTask.apply` wraps the model in a
+  :class:`~harness.protocols.circuits.PassCounter`, calls ``score_heads`` and
+  ``select_heads`` and validates their outputs.
+- :meth:`CircuitTask.evaluate` scores the head scores against the ground
+  truth (ROC-AUC, PR-AUC), the selected set (the method's own, else the
+  top-|ground truth| heads by score: precision, recall, F1), and the selected
+  circuit's faithfulness on the eval split: every head *not* in the circuit
+  is mean-ablated (mean ``z`` over the eval split's corrupted prompts, per
+  position), ``f = (m(C) - m(empty)) / (m(model) - m(empty))`` with
+  ``m(empty)`` = every head mean-ablated and ``m`` the mean task metric over
+  the eval prompts.
+
+Models (config ``model``): the embedded planted-circuit model of the task
+(``planted-ioi`` / ``planted-greater-than``, see :mod:`harness.tasks.circuits.planted`),
+``gpt2`` (from the local Hugging Face cache), or a local directory (a harness
+GPT written by ``save_gpt`` or a GPT-2-family ``save_pretrained`` directory).
+Ground truth: a JSON file of ``[layer, head]`` pairs when ``ground_truth`` is
+set, else the planted model's card, else GPT-2 small's published heads for
+``gpt2``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from harness.core.context import RunContext
+from harness.errors import ConfigError, HarnessError, InvalidOutputError
+from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
+from harness.models.base import HookedModel
+from harness.protocols.circuits import CircuitData, PassCounter
+from harness.core.registry import register_task
+from harness.core.task import MetricSpec, Task
+from harness.tasks.circuits import data as D
+from harness.tasks.circuits import planted
+from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
+
+
+# ------------------------------------------------------------------ model cache
+_MODELS: dict[tuple[str, str, str], HookedModel] = {}
+_LOCK = threading.Lock()
+
+
+def get_model(spec: str, device: torch.device | str = "cpu", cache_dir: Path | None = None) -> HookedModel:
+    """Load (once per process) the model named by ``spec``: a planted model name, ``gpt2``, or a directory."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"config 'model' must be a model name or directory, got {spec!r}")
+    device = torch.device(device)
+    resolved = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
+    key = (resolved, str(device), str(cache_dir) if spec in planted.PLANTED else "")
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            if spec in planted.PLANTED:
+                model = planted.load_planted(spec, cache_dir=cache_dir, device=device)
+            else:
+                from harness.models.loading import load_model
+
+                model = load_model(spec, device)
+                card = getattr(model, "card", None)
+                if isinstance(card, dict) and "verification" in card:
+                    planted.check_card(card, where=spec)  # a planted model saved elsewhere: refuse if it failed
+            inner = getattr(model, "model", None)
+            if isinstance(inner, torch.nn.Module):  # analysis only: no parameter gradients (as HFGPT2 does)
+                inner.eval()
+                inner.requires_grad_(False)
+            _MODELS[key] = model
+    return model
+
+
+def clear_model_cache() -> None:
+    with _LOCK:
+        _MODELS.clear()
+
+
+# ----------------------------------------------------------------- data objects
+@dataclass
+class CircuitTaskData:
+    """Everything one circuits cell needs; methods only ever see :attr:`fit`."""
+
+    fit: CircuitData  # what the method gets (model, fit prompts, metric)
+    eval: D.Split  # held-out prompts for faithfulness
+    fit_split: D.Split
+    truth: np.ndarray  # bool [n_layers, n_heads]
+    model: HookedModel
+    dropped_candidates: int
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    ground_truth_source: str = ""
+    _faith_cache: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.model.n_layers, self.model.n_heads)
+
+
+@dataclass
+class CircuitOutput:
+    """A method's validated output and the passes it used."""
+
+    scores: np.ndarray  # float64 [L, H]
+    selection: np.ndarray | None  # bool [L, H] or None (then the task takes the top-|truth| heads)
+    forward_passes: int
+    backward_passes: int
+
+
+# --------------------------------------------------------------------- the task
+class CircuitTask(Task):
+    """Shared build / apply / evaluate; subclasses set :attr:`task_key` and the default model."""
+
+    task_key: ClassVar[str] = ""  # "ioi" or "greater_than"
+    metrics = (
+        MetricSpec("roc_auc", True, "ROC-AUC of head scores against the ground-truth heads", abs_tol=0.05),
+        MetricSpec("pr_auc", True, "average precision of head scores against the ground-truth heads", abs_tol=0.05),
+        MetricSpec("precision", True, "precision of the selected heads (own selection, else top-|truth|)", abs_tol=0.1),
+        MetricSpec("recall", True, "recall of the selected heads", abs_tol=0.1),
+        MetricSpec("f1", True, "F1 of the selected heads", abs_tol=0.1),
+        MetricSpec(
+            "faithfulness", True,
+            "(m(C) - m(empty)) / (m(model) - m(empty)) on the eval prompts, heads outside C mean-ablated",
+            abs_tol=0.1,
+        ),
+        MetricSpec("forward_passes", False, "model passes over the fit batch used by the method", gated=False),
+        MetricSpec("backward_passes", False, "backward passes used by the method", gated=False),
+        MetricSpec(
+            "dropped_candidates", False,
+            "task candidate words (names, places, objects / nouns, years) that are not single tokens of the model",
+            gated=False,
+        ),
+    )
+    main_metric = "roc_auc"
+
+    # subclass hooks
+    def vocabulary(self, model: HookedModel) -> D.Vocabulary:
+        raise NotImplementedError
+
+    def make_split(self, model: HookedModel, n: int, seed: int, vocab: D.Vocabulary) -> D.Split:
+        raise NotImplementedError
+
+    # config -----------------------------------------------------------------
+    def _check_config(self, config: Mapping[str, Any]) -> None:
+        for key in ("n_fit", "n_eval"):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ConfigError(f"task {self.name!r}: {key} must be an integer >= 2, got {value!r}")
+        gt = config.get("ground_truth")
+        if gt is not None and not isinstance(gt, (str, Path)):
+            raise ConfigError(f"task {self.name!r}: ground_truth must be a path to a JSON file or None, got {gt!r}")
+
+    def ground_truth(self, config: Mapping[str, Any], model: HookedModel) -> tuple[np.ndarray, str]:
+        shape = (model.n_layers, model.n_heads)
+        spec = str(config["model"])
+        if config.get("ground_truth"):
+            path = str(config["ground_truth"])
+            return load_ground_truth_file(path, shape), f"file:{path}"
+        card = getattr(model, "card", None)
+        if isinstance(card, dict) and card.get("task") == self.task_key and card.get("circuit_heads"):
+            return heads_to_mask(card["circuit_heads"], shape, where=f"model card of {spec}"), "model card"
+        if spec == "gpt2":
+            if shape != GPT2_SMALL_SHAPE:
+                raise HarnessError(f"model 'gpt2' has shape {shape}, not GPT-2 small's {GPT2_SMALL_SHAPE}")
+            return heads_to_mask(GPT2_HEADS[self.task_key], shape), "GPT-2 small published heads"
+        raise HarnessError(
+            f"task {self.name!r} knows no ground-truth circuit for model {spec!r}; pass one with "
+            f"--set ground_truth=FILE (a JSON list of [layer, head] pairs, e.g. [[0, 1], [2, 0]])"
+        )
+
+    # the three steps ----------------------------------------------------------
+    def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> CircuitTaskData:
+        self._check_config(config)
+        cache_dir = Path(ctx.cache_dir) / "models" if ctx is not None else None
+        device = ctx.device if ctx is not None else torch.device("cpu")
+        model = get_model(str(config["model"]), device, cache_dir)
+        truth, source = self.ground_truth(config, model)
+        vocab = self.vocabulary(model)
+        fit = self.make_split(model, int(config["n_fit"]), 2 * int(seed), vocab)
+        ev = self.make_split(model, int(config["n_eval"]), 2 * int(seed) + 1, vocab)
+        circuit_data = CircuitData(model=model, clean=fit.clean, corrupted=fit.corrupted, metric=fit.metric, task=self.name)
+        return CircuitTaskData(
+            fit=circuit_data, eval=ev, fit_split=fit, truth=truth, model=model,
+            dropped_candidates=vocab.dropped_candidates, dropped=vocab.dropped_summary(), ground_truth_source=source,
+        )
+
+    def apply(self, method: Any, data: CircuitTaskData, ctx: RunContext) -> CircuitOutput:
+        name = getattr(method, "name", type(method).__name__)
+        if not callable(getattr(method, "score_heads", None)):
+            raise InvalidOutputError(f"method {name!r} has no score_heads(model, data); it does not speak the circuits protocol")
+        counter = PassCounter(data.model)
+        fit = CircuitData(
+            model=counter, clean=data.fit.clean.clone(), corrupted=data.fit.corrupted.clone(),
+            metric=data.fit.metric, task=data.fit.task,
+        )
+        scores = validate_scores(method.score_heads(counter, fit), data.shape, name)
+        selection = None
+        select = getattr(method, "select_heads", None)
+        if callable(select):
+            selection = select(counter, fit, scores.copy())
+            if selection is not None:
+                selection = validate_selection(selection, data.shape, name)
+        return CircuitOutput(scores, selection, int(counter.forward), int(counter.backward))
+
+    def evaluate(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, float]:
+        truth = data.truth
+        selected = output.selection if output.selection is not None else top_k_mask(output.scores, int(truth.sum()))
+        out = {"roc_auc": roc_auc(output.scores, truth), "pr_auc": pr_auc(output.scores, truth)}
+        out.update(set_metrics(selected, truth))
+        out["faithfulness"] = circuit_faithfulness(data, selected)
+        out["forward_passes"] = float(output.forward_passes)
+        out["backward_passes"] = float(output.backward_passes)
+        out["dropped_candidates"] = float(data.dropped_candidates)
+        return out
+
+    def artifacts(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, Any]:
+        """Head scores and the ground truth ``[L, H]`` (for the ROC curves next to the leaderboard)."""
+        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist()}
+
+
+# ------------------------------------------------------------------- validation
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def validate_scores(scores: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
+    """Head scores must be a real numeric array ``[n_layers, n_heads]`` of finite values; returns float64."""
+    scores = _to_numpy(scores)
+    if not isinstance(scores, np.ndarray):
+        raise InvalidOutputError(
+            f"{method}: score_heads must return a numpy array (or torch tensor) of shape {list(shape)}, "
+            f"got {type(scores).__name__}"
+        )
+    if scores.shape != tuple(shape):
+        raise InvalidOutputError(f"{method}: score_heads must return shape {list(shape)} [n_layers, n_heads], got {list(scores.shape)}")
+    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)
+            or scores.dtype == np.bool_):
+        raise InvalidOutputError(f"{method}: head scores must be real numbers, got dtype {scores.dtype}")
+    scores = scores.astype(np.float64)
+    if not np.isfinite(scores).all():
+        bad = np.argwhere(~np.isfinite(scores))[:3].tolist()
+        raise InvalidOutputError(f"{method}: head scores contain NaN or infinite values (e.g. at [layer, head] {bad})")
+    return scores
+
+
+def validate_selection(selection: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
+    """A selected head set must be a bool (or 0/1 integer) array ``[n_layers, n_heads]``; returns bool."""
+    selection = _to_numpy(selection)
+    if not isinstance(selection, np.ndarray):
+        raise InvalidOutputError(
+            f"{method}: select_heads must return None or a bool array of shape {list(shape)}, got {type(selection).__name__}"
+        )
+    if selection.shape != tuple(shape):
+        raise InvalidOutputError(f"{method}: select_heads must return shape {list(shape)}, got {list(selection.shape)}")
+    if selection.dtype != np.bool_:
+        if not np.issubdtype(selection.dtype, np.integer) or not np.isin(selection, (0, 1)).all():
+            raise InvalidOutputError(f"{method}: select_heads must return a bool array (or 0/1 integers), got dtype {selection.dtype}")
+        selection = selection.astype(bool)
+    return selection.copy()
+
+
+# ----------------------------------------------------------------- faithfulness
+@torch.no_grad()
+def circuit_metrics(model: HookedModel, split: D.Split, circuit: np.ndarray) -> tuple[float, float, float]:
+    """``(m(C), m(empty), m(model))`` on ``split``: heads outside ``circuit`` mean-ablated (corrupted-prompt mean)."""
+    c = torch.as_tensor(np.asarray(circuit, dtype=bool), device=model.device)
+    masks = torch.stack([~c, torch.ones_like(c), torch.zeros_like(c)])
+    mean = model.mean_z(split.corrupted)
+    out = model.ablate_many(split.clean, masks, mean, token_ids=split.metric.token_ids)
+    m = split.metric.per_prompt_fn(out).mean(dim=-1)
+    return float(m[0]), float(m[1]), float(m[2])
+
+
+def circuit_faithfulness(data: CircuitTaskData, selected: np.ndarray) -> float:
+    key = np.asarray(selected, dtype=bool).tobytes().hex()
+    if key not in data._faith_cache:
+        m_c, m_e, m_f = circuit_metrics(data.model, data.eval, selected)
+        try:
+            data._faith_cache[key] = faithfulness(m_c, m_e, m_f)
+        except ValueError as e:
+            raise HarnessError(f"faithfulness on the eval prompts: {e}") from None
+    return data._faith_cache[key]
+
+
+# ------------------------------------------------------------------ registered
+@register_task(
+    "circuits/ioi",
+    family="circuits",
+    version="1",
+    description=(
+        "indirect object identification (Wang et al.): 'When A and B went to the PLACE, B gave a OBJECT to' -> A; "
+        "ABBA/BABA, corrupted = ABC; metric logit(IO) - logit(S); heads scored against the planted or published circuit"
+    ),
+)
+class IOITask(CircuitTask):
+    task_key = "ioi"
+    default_config: Mapping[str, Any] = {
+        "model": "planted-ioi",
+        "ground_truth": None,
+        "n_fit": 32,
+        "n_eval": 128,
+    }
+
+    def vocabulary(self, model: HookedModel) -> D.Vocabulary:
+        return D.ioi_vocabulary(model)
+
+    def make_split(self, model, n, seed, vocab) -> D.Split:
+        return D.ioi_split(model, n, seed, vocab)
+
+
+@register_task(
+    "circuits/greater_than",
+    family="circuits",
+    version="1",
+    description=(
+        "greater-than (Hanna et al.): 'The NOUN lasted from the year XXYY to the year XX' -> any YY' > YY; "
+        "corrupted YY = 01; metric P(YY' > YY) - P(YY' <= YY); heads scored against the planted or published circuit"
+    ),
+)
+class GreaterThanTask(CircuitTask):
+    task_key = "greater_than"
+    default_config: Mapping[str, Any] = {
+        "model": "planted-greater-than",
+        "ground_truth": None,
+        "n_fit": 32,
+        "n_eval": 128,
+    }
+
+    def vocabulary(self, model: HookedModel) -> D.Vocabulary:
+        return D.greater_than_vocabulary(model)
+
+    def make_split(self, model, n, seed, vocab) -> D.Split:
+        return D.greater_than_split(model, n, seed, vocab)

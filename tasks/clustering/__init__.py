@@ -1,3 +1,0 @@
-"""Clustering family: cluster a data set's rows; score against its true classes."""
-
-from tasks.clustering import datasets  # noqa: F401  (registers the tasks)
