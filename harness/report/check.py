@@ -21,7 +21,7 @@ from harness.core import registry
 from harness.errors import HarnessError, UnknownNameError
 from harness.core.io import atomic_write_text
 from harness.core.provenance import git_state
-from harness.core.runner import method_label
+from harness.core.records import method_label
 from harness.report.grouping import group
 from harness.core.task import tolerance
 
@@ -40,7 +40,7 @@ def build_reference(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     entries = []
     for (task, tversion, model, tcfg), rows in group(records).items():
         try:
-            task_obj = registry.get_task(task).cls()
+            task_obj = registry.get_task(task).create()
         except UnknownNameError:
             continue
         for (label, mversion, mcfg), recs in rows.items():

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from harness.errors import HarnessError
 from harness.report.leaderboard import direction
-from harness.core.runner import method_label
+from harness.core.records import method_label
 from harness.report.grouping import table_key
 from harness.report.stats import PairedDifference, paired_difference
 

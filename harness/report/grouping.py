@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
-from harness.core.runner import method_label
+from harness.core.records import method_label
 
 
 def table_key(r: dict[str, Any]) -> tuple[str, str, str, str]:

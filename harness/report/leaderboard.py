@@ -61,7 +61,7 @@ def shown_metrics(task: str, names: list[str]) -> list[str]:
     """The metric columns of ``task``'s Markdown / HTML table: its ``leaderboard_metrics`` that were
     recorded, in that order; all recorded metrics for tasks that choose none or are unregistered."""
     try:
-        chosen = registry.get_task(task).cls.leaderboard_metrics
+        chosen = registry.get_task(task).create().leaderboard_metrics
     except UnknownNameError:
         return list(names)
     return list(names) if chosen is None else [m for m in chosen if m in names]
@@ -81,11 +81,11 @@ def hidden_metrics(table: Table) -> list[str]:
 def direction(task: str, metric: str) -> bool:
     """True when higher is better; metrics of unregistered tasks are assumed higher-is-better."""
     try:
-        cls = registry.get_task(task).cls
+        task_obj = registry.get_task(task).create()
     except UnknownNameError:
         return True
     try:
-        return cls().metric_spec(metric).higher_is_better
+        return task_obj.metric_spec(metric).higher_is_better
     except KeyError:
         return True
 

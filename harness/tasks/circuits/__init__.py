@@ -4,10 +4,11 @@
 - :mod:`harness.tasks.circuits.data`: task metrics and tokenised splits for any hooked model;
 - :mod:`harness.tasks.circuits.ground_truth`: GPT-2 small's published heads, user JSON files;
 - :mod:`harness.tasks.circuits.planted`: the embedded planted-circuit models (build, verify, load);
-- :mod:`harness.tasks.circuits.task`: the registered tasks ``circuits/ioi`` and ``circuits/greater_than``.
+- :mod:`harness.tasks.circuits.task`: the circuit task (build, apply, evaluate) and its config;
+- :mod:`harness.tasks.circuits.variants`: the registered tasks ``circuits/ioi`` and ``circuits/greater_than``.
 """
 
-from harness.tasks.circuits import task  # noqa: F401  (registers the tasks)
+from harness.tasks.circuits import variants  # noqa: F401  (registers the tasks)
 
 
 def _register_builder() -> None:

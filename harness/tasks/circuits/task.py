@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -42,8 +42,7 @@ from harness.core.context import RunContext
 from harness.errors import ConfigError, HarnessError, InvalidOutputError
 from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
 from harness.models.base import HookedModel
-from harness.protocols.circuits import CircuitData, PassCounter
-from harness.core.registry import register_task
+from harness.protocols.circuits import CircuitData, PassCounter, validate_scores, validate_selection
 from harness.core.task import MetricSpec, Task
 from harness.tasks.circuits import data as D
 from harness.tasks.circuits import planted
@@ -118,10 +117,29 @@ class CircuitOutput:
 
 
 # --------------------------------------------------------------------- the task
-class CircuitTask(Task):
-    """Shared build / apply / evaluate; subclasses set :attr:`task_key` and the default model."""
+@dataclass(frozen=True)
+class CircuitConfig:
+    """``model``: a planted model name, ``gpt2`` or a directory; ``ground_truth``: a JSON file of
+    ``[layer, head]`` pairs (None: the model card's or GPT-2's published heads); ``n_fit`` / ``n_eval``:
+    prompt pairs handed to the method / held out for faithfulness."""
 
-    task_key: ClassVar[str] = ""  # "ioi" or "greater_than"
+    model: str = ""
+    ground_truth: Optional[str] = None
+    n_fit: int = 32
+    n_eval: int = 128
+
+
+class CircuitTask(Task):
+    """Build / apply / evaluate of every circuit task; a variant sets ``task_key``, ``vocabulary``, ``split``
+    and the default model."""
+
+    family: ClassVar[str] = "circuits"
+    Config: ClassVar[type] = CircuitConfig
+    task_key: str = ""  # "ioi" or "greater_than": the key of the ground truth in model cards and GPT2_HEADS
+    #: ``vocabulary(model) -> Vocabulary`` of the task's candidate words that are single tokens of the model
+    vocabulary: Callable[[HookedModel], D.Vocabulary] | None = None
+    #: ``split(model, n, seed, vocab) -> Split``: ``n`` clean / corrupted prompt pairs
+    split: Callable[..., D.Split] | None = None
     metrics = (
         MetricSpec("roc_auc", True, "ROC-AUC of head scores against the ground-truth heads", abs_tol=0.05),
         MetricSpec("pr_auc", True, "average precision of head scores against the ground-truth heads", abs_tol=0.05),
@@ -143,28 +161,18 @@ class CircuitTask(Task):
     )
     main_metric = "roc_auc"
 
-    # subclass hooks
-    def vocabulary(self, model: HookedModel) -> D.Vocabulary:
-        raise NotImplementedError
-
-    def make_split(self, model: HookedModel, n: int, seed: int, vocab: D.Vocabulary) -> D.Split:
-        raise NotImplementedError
-
     # config -----------------------------------------------------------------
-    def _check_config(self, config: Mapping[str, Any]) -> None:
+    def _check_config(self, config: CircuitConfig) -> None:
         for key in ("n_fit", "n_eval"):
-            value = config[key]
+            value = getattr(config, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ConfigError(f"task {self.name!r}: {key} must be an integer >= 2, got {value!r}")
-        gt = config.get("ground_truth")
-        if gt is not None and not isinstance(gt, (str, Path)):
-            raise ConfigError(f"task {self.name!r}: ground_truth must be a path to a JSON file or None, got {gt!r}")
 
-    def ground_truth(self, config: Mapping[str, Any], model: HookedModel) -> tuple[np.ndarray, str]:
+    def ground_truth(self, config: CircuitConfig, model: HookedModel) -> tuple[np.ndarray, str]:
         shape = (model.n_layers, model.n_heads)
-        spec = str(config["model"])
-        if config.get("ground_truth"):
-            path = str(config["ground_truth"])
+        spec = str(config.model)
+        if config.ground_truth:
+            path = str(config.ground_truth)
             return load_ground_truth_file(path, shape), f"file:{path}"
         card = getattr(model, "card", None)
         if isinstance(card, dict) and card.get("task") == self.task_key and card.get("circuit_heads"):
@@ -179,15 +187,13 @@ class CircuitTask(Task):
         )
 
     # the three steps ----------------------------------------------------------
-    def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> CircuitTaskData:
+    def build(self, config: CircuitConfig, ctx: RunContext) -> CircuitTaskData:
         self._check_config(config)
-        cache_dir = Path(ctx.cache_dir) / "models" if ctx is not None else None
-        device = ctx.device if ctx is not None else torch.device("cpu")
-        model = get_model(str(config["model"]), device, cache_dir)
+        model = get_model(str(config.model), ctx.device, Path(ctx.cache_dir) / "models")
         truth, source = self.ground_truth(config, model)
         vocab = self.vocabulary(model)
-        fit = self.make_split(model, int(config["n_fit"]), 2 * int(seed), vocab)
-        ev = self.make_split(model, int(config["n_eval"]), 2 * int(seed) + 1, vocab)
+        fit = self.split(model, int(config.n_fit), 2 * int(ctx.seed), vocab)
+        ev = self.split(model, int(config.n_eval), 2 * int(ctx.seed) + 1, vocab)
         circuit_data = CircuitData(model=model, clean=fit.clean, corrupted=fit.corrupted, metric=fit.metric, task=self.name)
         return CircuitTaskData(
             fit=circuit_data, eval=ev, fit_split=fit, truth=truth, model=model,
@@ -228,49 +234,6 @@ class CircuitTask(Task):
         return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist()}
 
 
-# ------------------------------------------------------------------- validation
-def _to_numpy(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return x
-
-
-def validate_scores(scores: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
-    """Head scores must be a real numeric array ``[n_layers, n_heads]`` of finite values; returns float64."""
-    scores = _to_numpy(scores)
-    if not isinstance(scores, np.ndarray):
-        raise InvalidOutputError(
-            f"{method}: score_heads must return a numpy array (or torch tensor) of shape {list(shape)}, "
-            f"got {type(scores).__name__}"
-        )
-    if scores.shape != tuple(shape):
-        raise InvalidOutputError(f"{method}: score_heads must return shape {list(shape)} [n_layers, n_heads], got {list(scores.shape)}")
-    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)
-            or scores.dtype == np.bool_):
-        raise InvalidOutputError(f"{method}: head scores must be real numbers, got dtype {scores.dtype}")
-    scores = scores.astype(np.float64)
-    if not np.isfinite(scores).all():
-        bad = np.argwhere(~np.isfinite(scores))[:3].tolist()
-        raise InvalidOutputError(f"{method}: head scores contain NaN or infinite values (e.g. at [layer, head] {bad})")
-    return scores
-
-
-def validate_selection(selection: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
-    """A selected head set must be a bool (or 0/1 integer) array ``[n_layers, n_heads]``; returns bool."""
-    selection = _to_numpy(selection)
-    if not isinstance(selection, np.ndarray):
-        raise InvalidOutputError(
-            f"{method}: select_heads must return None or a bool array of shape {list(shape)}, got {type(selection).__name__}"
-        )
-    if selection.shape != tuple(shape):
-        raise InvalidOutputError(f"{method}: select_heads must return shape {list(shape)}, got {list(selection.shape)}")
-    if selection.dtype != np.bool_:
-        if not np.issubdtype(selection.dtype, np.integer) or not np.isin(selection, (0, 1)).all():
-            raise InvalidOutputError(f"{method}: select_heads must return a bool array (or 0/1 integers), got dtype {selection.dtype}")
-        selection = selection.astype(bool)
-    return selection.copy()
-
-
 # ----------------------------------------------------------------- faithfulness
 @torch.no_grad()
 def circuit_metrics(model: HookedModel, split: D.Split, circuit: np.ndarray) -> tuple[float, float, float]:
@@ -292,54 +255,3 @@ def circuit_faithfulness(data: CircuitTaskData, selected: np.ndarray) -> float:
         except ValueError as e:
             raise HarnessError(f"faithfulness on the eval prompts: {e}") from None
     return data._faith_cache[key]
-
-
-# ------------------------------------------------------------------ registered
-@register_task(
-    "circuits/ioi",
-    family="circuits",
-    version="1",
-    description=(
-        "indirect object identification (Wang et al.): 'When A and B went to the PLACE, B gave a OBJECT to' -> A; "
-        "ABBA/BABA, corrupted = ABC; metric logit(IO) - logit(S); heads scored against the planted or published circuit"
-    ),
-)
-class IOITask(CircuitTask):
-    task_key = "ioi"
-    default_config: Mapping[str, Any] = {
-        "model": "planted-ioi",
-        "ground_truth": None,
-        "n_fit": 32,
-        "n_eval": 128,
-    }
-
-    def vocabulary(self, model: HookedModel) -> D.Vocabulary:
-        return D.ioi_vocabulary(model)
-
-    def make_split(self, model, n, seed, vocab) -> D.Split:
-        return D.ioi_split(model, n, seed, vocab)
-
-
-@register_task(
-    "circuits/greater_than",
-    family="circuits",
-    version="1",
-    description=(
-        "greater-than (Hanna et al.): 'The NOUN lasted from the year XXYY to the year XX' -> any YY' > YY; "
-        "corrupted YY = 01; metric P(YY' > YY) - P(YY' <= YY); heads scored against the planted or published circuit"
-    ),
-)
-class GreaterThanTask(CircuitTask):
-    task_key = "greater_than"
-    default_config: Mapping[str, Any] = {
-        "model": "planted-greater-than",
-        "ground_truth": None,
-        "n_fit": 32,
-        "n_eval": 128,
-    }
-
-    def vocabulary(self, model: HookedModel) -> D.Vocabulary:
-        return D.greater_than_vocabulary(model)
-
-    def make_split(self, model, n, seed, vocab) -> D.Split:
-        return D.greater_than_split(model, n, seed, vocab)

@@ -2,13 +2,13 @@
 
 - :mod:`harness.tasks.icl.model` -- the in-context learner (our GPT blocks, linear read-in / read-out), its
   deterministic training, committed weights and cache;
-- :mod:`harness.tasks.icl.tasks` -- the tasks ``icl/linear-d5``, ``icl/linear-d8-noisy`` (predictors)
+- :mod:`harness.tasks.icl.task` / :mod:`harness.tasks.icl.variants` -- the tasks ``icl/linear-d5``, ``icl/linear-d8-noisy`` (predictors)
   and ``icl/probe-d5``, ``icl/probe-d8-noisy`` (probes);
 - :mod:`harness.tasks.icl.plots` -- error curves and probe R^2 by layer from result records.
 """
 
 from harness.report.plots import register_plotter
-from harness.tasks.icl import tasks  # noqa: F401  (registers the tasks)
+from harness.tasks.icl import variants  # noqa: F401  (registers the tasks)
 from harness.tasks.icl.plots import plot_icl
 
 # error curves and probe R^2 by layer, written next to the leaderboard (results/plots/)

@@ -27,15 +27,14 @@ little without the same probe's score on the untrained one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 from harness.core.context import RunContext
 from harness.errors import InvalidOutputError
 from harness.metrics.icl import ilwd, implied_weights, normalized_squared_error, r2_score, spd
-from harness.protocols.icl import REFERENCE_PREDICTORS, ICLProblem, reference_predictions, ridge_weights
-from harness.core.registry import register_task
+from harness.protocols.icl import REFERENCE_PREDICTORS, ICLProblem, reference_predictions, ridge_weights, validate_array
 from harness.core.task import MetricSpec, Task
 from harness.tasks.icl.model import TransformerLearner, control_model, get_spec, load_icl_model
 
@@ -46,22 +45,6 @@ REFERENCES = ("transformer",) + REFERENCE_PREDICTORS
 def _rng(seed: int, salt: str) -> np.random.Generator:
     """A generator that depends on the seed and the task (never on anything else)."""
     return np.random.default_rng([int(seed), *salt.encode()])
-
-
-# ---------------------------------------------------------------- validation
-def validate_array(out: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A method's output: a numpy float array of ``shape`` with finite entries (float64 copy)."""
-    if not isinstance(out, np.ndarray):
-        raise InvalidOutputError(f"{what} must return a numpy array, got {type(out).__name__}")
-    if out.shape != tuple(shape):
-        raise InvalidOutputError(f"{what} must return shape {tuple(shape)}, got {out.shape}")
-    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)):
-        raise InvalidOutputError(f"{what} must return real numbers, got dtype {out.dtype}")
-    out = out.astype(np.float64)
-    if not np.isfinite(out).all():
-        bad = int((~np.isfinite(out)).sum())
-        raise InvalidOutputError(f"{what} returned {bad} non-finite values (NaN or inf)")
-    return out
 
 
 # ---------------------------------------------------------------- predictor tasks
@@ -126,21 +109,31 @@ def predictor_metrics(n: int) -> tuple[MetricSpec, ...]:
     return tuple(specs)
 
 
-class ICLPredictorTask(Task):
-    """Shared evaluation of the predictor tasks; subclasses set ``model_name`` and ``metrics``."""
+@dataclass(frozen=True)
+class ICLPredictorConfig:
+    """``model``: the in-context learner; ``n_contexts`` fresh regression tasks, ``n_queries`` queries each."""
 
-    model_name: ClassVar[str] = ""
+    model: str = ""
+    n_contexts: int = 500
+    n_queries: int = 10
+
+
+class ICLPredictorTask(Task):
+    """The predictor tasks; a variant sets ``metrics`` (they depend on the number of examples) and defaults."""
+
+    family: ClassVar[str] = "icl"
+    Config: ClassVar[type] = ICLPredictorConfig
     main_metric = "err_final"
     leaderboard_metrics = ("err_mean", "spd_transformer", "ilwd_transformer", "spd_ols", "spd_ridge")
 
-    def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> ICLPredictorData:
-        model, card, _ = load_icl_model(config["model"], ctx.cache_dir)
-        learner = TransformerLearner(model, card, model_id=config["model"])
-        problem = problem_of(config["model"], learner)
-        d, n, m = problem.d, problem.n_points, int(config["n_queries"])
+    def build(self, config: ICLPredictorConfig, ctx: RunContext) -> ICLPredictorData:
+        model, card, _ = load_icl_model(config.model, ctx.cache_dir)
+        learner = TransformerLearner(model, card, model_id=config.model)
+        problem = problem_of(config.model, learner)
+        d, n, m = problem.d, problem.n_points, int(config.n_queries)
         if m < d:
             raise ValueError(f"n_queries must be >= d = {d} (ILWD fits d implied weights), got {m}")
-        xs, ys, w, xq, yq = sample_contexts(_rng(seed, self.name), int(config["n_contexts"]), n, m, d,
+        xs, ys, w, xq, yq = sample_contexts(_rng(ctx.seed, self.name), int(config.n_contexts), n, m, d,
                                             problem.noise_std)
         data = ICLPredictorData(problem, xs, ys, w, xq, yq, np.linalg.pinv(xq))
         data.refs["transformer"] = learner.predict_prefixes(xs, ys, xq)
@@ -175,28 +168,6 @@ class ICLPredictorTask(Task):
         return metrics
 
 
-def _predictor_task(name: str, model_name: str, description: str, version: str = "1"):
-    spec = get_spec(model_name)
-
-    @register_task(name, family="icl", version=version, description=description)
-    class _Task(ICLPredictorTask):
-        metrics = predictor_metrics(spec.arch.n_points)
-        default_config = {"model": model_name, "n_contexts": 500, "n_queries": 2 * spec.arch.d}
-
-    _Task.__name__ = _Task.__qualname__ = "Task_" + name.replace("/", "_").replace("-", "_")
-    return _Task
-
-
-LinearD5 = _predictor_task(
-    "icl/linear-d5", "icl-d5",
-    "in-context linear regression, d = 5, noiseless, up to 11 examples: error curve, SPD / ILWD to the "
-    "trained transformer and to OLS, ridge, GD, 3-NN, averaging, zero")
-LinearD8Noisy = _predictor_task(
-    "icl/linear-d8-noisy", "icl-d8-noisy",
-    "in-context linear regression, d = 8, noise std 0.5 (Bayes: ridge lambda 0.25), up to 17 examples: "
-    "error curve, SPD / ILWD to the trained transformer and classical predictors")
-
-
 # ---------------------------------------------------------------- probe tasks
 PROBE_TARGETS = ("w", "xty")
 PROBE_MODELS = ("trained", "control")
@@ -220,24 +191,37 @@ class ICLProbeData:
     r2_w_bayes: float
 
 
+@dataclass(frozen=True)
+class ICLProbeConfig:
+    """``model``: the learner; ``n_train`` / ``n_test`` contexts; ``position``: query, example or mean."""
+
+    model: str = ""
+    n_train: int = 1500
+    n_test: int = 500
+    position: str = "query"
+
+
 class ICLProbeTask(Task):
-    """Shared probe evaluation; subclasses set ``metrics`` and ``default_config``."""
+    """The probe tasks; a variant sets ``metrics`` (they depend on the number of layers) and defaults."""
+
+    family: ClassVar[str] = "icl-probe"
+    Config: ClassVar[type] = ICLProbeConfig
 
     main_metric = "r2_w_best"
     leaderboard_metrics = ("r2_xty_best", "r2_w_best_control", "r2_xty_best_control", "selectivity_w",
                            "selectivity_xty", "best_layer_w", "r2_w_bayes")
 
-    def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> ICLProbeData:
-        name = config["model"]
+    def build(self, config: ICLProbeConfig, ctx: RunContext) -> ICLProbeData:
+        name = config.model
         spec = get_spec(name)
         model, card, _ = load_icl_model(name, ctx.cache_dir)
         trained = TransformerLearner(model, card, model_id=name)
         control = TransformerLearner(control_model(name), model_id=name + ":untrained")
         d, n = spec.arch.d, spec.arch.n_points
-        n_train, n_test = int(config["n_train"]), int(config["n_test"])
+        n_train, n_test = int(config.n_train), int(config.n_test)
         N = n_train + n_test
-        xs, ys, w, xq, _ = sample_contexts(_rng(seed, self.name), N, n, 1, d, spec.recipe.noise_std)
-        pos = config["position"]
+        xs, ys, w, xq, _ = sample_contexts(_rng(ctx.seed, self.name), N, n, 1, d, spec.recipe.noise_std)
+        pos = config.position
         H = {"trained": trained.hidden(xs, ys, xq[:, 0], pos), "control": control.hidden(xs, ys, xq[:, 0], pos)}
         targets = {"w": w, "xty": np.einsum("bnd,bn->bd", xs, ys)}
         bayes = ridge_weights(xs[n_train:], ys[n_train:], problem_of(name).bayes_ridge_lambda)
@@ -305,26 +289,3 @@ def probe_metrics(n_layers: int) -> tuple[MetricSpec, ...]:
                                     f"held-out R^2 for {target} at layer {layer}, untrained control",
                                     abs_tol=0.03, gated=False))
     return tuple(specs)
-
-
-def _probe_task(name: str, model_name: str, description: str, version: str = "1", in_default: bool = True):
-    spec = get_spec(model_name)
-
-    @register_task(name, family="icl-probe", version=version, description=description)
-    class _Task(ICLProbeTask):
-        metrics = probe_metrics(spec.arch.n_layers)
-        default_config = {"model": model_name, "n_train": 1500, "n_test": 500, "position": "query"}
-        in_default_suite = in_default
-
-    _Task.__name__ = _Task.__qualname__ = "Task_" + name.replace("/", "_").replace("-", "_")
-    return _Task
-
-
-ProbeD5 = _probe_task(
-    "icl/probe-d5", "icl-d5",
-    "per-layer probes decoding w and X^T y from the query token of the d = 5 learner (held-out R^2), "
-    "trained model vs its untrained initialisation")
-ProbeD8Noisy = _probe_task(
-    "icl/probe-d8-noisy", "icl-d8-noisy",
-    "per-layer probes decoding w and X^T y from the query token of the d = 8 noisy learner, "
-    "trained model vs its untrained initialisation")

@@ -1,17 +1,20 @@
-"""Shared evaluation of the clustering family."""
+"""The clustering task: cluster a data set's rows into as many clusters as it has classes; score them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from harness.core.context import RunContext
+from harness.core.task import MetricSpec, Task
 from harness.errors import InvalidOutputError
 from harness.metrics import adjusted_rand_index, clustering_accuracy, normalized_mutual_info
-from harness.protocols.clustering import ClusteringMethod
-from harness.core.task import MetricSpec, Task
+from harness.protocols.clustering import ClusteringMethod, validate_labels
+
+#: ``loader(config, seed) -> (X [n, d], y [n])``: a data set, deterministic in (config, seed).
+Loader = Callable[[Any, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -29,21 +32,19 @@ class ClusteringData:
 
 
 class ClusteringTask(Task):
-    """Subclasses implement :meth:`load` returning ``(X, y)``; the rest is shared."""
+    """One data set per variant: the registration sets ``loader`` (and ``Config`` when it has settings)."""
 
+    family: ClassVar[str] = "clustering"
     metrics = (
         MetricSpec("acc", True, "accuracy after Hungarian matching of clusters to classes", abs_tol=0.03),
         MetricSpec("nmi", True, "normalised mutual information (arithmetic mean)", abs_tol=0.03),
         MetricSpec("ari", True, "adjusted Rand index", abs_tol=0.04),
     )
     main_metric = "acc"
+    loader: Loader | None = None
 
-    def load(self, config: Mapping[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``[n, d]`` and labels ``[n]``; deterministic in (config, seed)."""
-        raise NotImplementedError
-
-    def build(self, config: Mapping[str, Any], seed: int, ctx: RunContext) -> ClusteringData:
-        X, y = self.load(config, seed)
+    def build(self, config: Any, ctx: RunContext) -> ClusteringData:
+        X, y = self.loader(config, ctx.seed)
         X = np.ascontiguousarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
         return ClusteringData(X=X, y=y, n_clusters=int(len(np.unique(y))))
@@ -60,20 +61,3 @@ class ClusteringTask(Task):
             "nmi": normalized_mutual_info(data.y, output),
             "ari": adjusted_rand_index(data.y, output),
         }
-
-
-def validate_labels(labels: Any, n_samples: int, n_clusters: int) -> np.ndarray:
-    """Check a method's labels: 1-D integers, one per sample, in ``[0, n_clusters)``."""
-    if hasattr(labels, "detach"):  # a torch tensor
-        labels = labels.detach().cpu().numpy()
-    if not isinstance(labels, np.ndarray):
-        raise InvalidOutputError(f"fit_predict must return a numpy array of labels, got {type(labels).__name__}")
-    if labels.shape != (n_samples,):
-        raise InvalidOutputError(f"fit_predict must return labels of shape ({n_samples},), got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InvalidOutputError(f"labels must be integers, got dtype {labels.dtype}")
-    if n_samples and (labels.min() < 0 or labels.max() >= n_clusters):
-        raise InvalidOutputError(
-            f"labels must lie in [0, {n_clusters}), got range [{labels.min()}, {labels.max()}]"
-        )
-    return labels.astype(np.int64)

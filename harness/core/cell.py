@@ -1,0 +1,155 @@
+"""What to run and the cells it expands to: a cell's identity is computed here, once.
+
+A :class:`RunSpec` (tasks x methods x seeds, config overrides, a method-parameter grid) expands into
+:class:`Cell` objects in run order.  Each cell holds its task instance, its typed task config, its method
+instance (created once, with the explicit parameters) and its :class:`CellIdentity`: the config record
+``{"task": ..., "method": <every method parameter>}``, its hash, the model id and the cell key.  The
+runner, the store and every executor read the identity from the cell and never recompute it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from harness.core import registry
+from harness.core.method import Method
+from harness.core.records import canonical_json, cell_key, config_hash, method_label
+from harness.core.task import Task, config_dict
+from harness.errors import ConfigError, HarnessError
+
+DEFAULT_SEEDS = (0, 1, 2)
+SUITES: dict[str, tuple[int, ...]] = {"default": DEFAULT_SEEDS, "quick": (0,)}
+
+
+@dataclass
+class RunSpec:
+    """What to run.  ``methods=None`` means every method of each task's family."""
+
+    tasks: Sequence[str] | None = None
+    methods: Sequence[str] | None = None
+    seeds: Sequence[int] = DEFAULT_SEEDS
+    task_overrides: Mapping[str, Any] = field(default_factory=dict)
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    device: str = "auto"
+    results_dir: Path = Path("results")
+    cache_dir: Path | None = None
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class CellIdentity:
+    """Everything that makes two cells the same experiment (see :func:`harness.core.records.cell_key`)."""
+
+    config: dict[str, Any]  # {"task": task config, "method": every method parameter}, JSON-safe
+    config_hash: str
+    task_config_hash: str  # the task's inputs alone: cells sharing it share built data
+    model: str
+    key: str
+
+
+@dataclass
+class Cell:
+    """One (task, task config, method, method parameters, seed)."""
+
+    task_entry: registry.Entry
+    task: Task
+    config: Any  # the task's typed Config
+    method_entry: registry.Entry
+    method_params: dict[str, Any]  # explicit (non-default) parameters, e.g. from --grid
+    seed: int
+    method: Method | None  # None when the parameters are invalid: then ``error`` says why
+    error: str | None
+    identity: CellIdentity
+
+    @property
+    def label(self) -> str:
+        return f"{self.task_entry.name} | {method_label(self.method_entry.name, self.method_params)} | seed {self.seed}"
+
+
+def json_safe(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON round trip of ``value`` (non-JSON values become strings, as in the config hash)."""
+    return json.loads(canonical_json(dict(value)))
+
+
+def make_cell(task_entry: registry.Entry, task: Task, config: Any, method_entry: registry.Entry,
+              params: Mapping[str, Any], seed: int) -> Cell:
+    """Create the method once and compute the cell's identity once."""
+    params = dict(params)
+    method, error, full_params = None, None, params
+    try:
+        method = method_entry.create(params)
+        full_params = method.get_params()
+    except HarnessError as exc:  # bad parameters: the runner records the error
+        error = f"{type(exc).__name__}: {exc}"
+    task_config = config_dict(config)
+    ident_config = {"task": task_config, "method": json_safe(full_params)}
+    cfg_hash = config_hash(ident_config)
+    model = task.model_id(config)
+    key = cell_key(task_entry.name, task_entry.version, method_entry.name, method_entry.version, cfg_hash,
+                   int(seed), model)
+    identity = CellIdentity(ident_config, cfg_hash, config_hash(task_config), model, key)
+    return Cell(task_entry, task, config, method_entry, params, int(seed), method, error, identity)
+
+
+def _grid_points(grid: Mapping[str, Sequence[Any]], accepted: set[str]) -> list[dict[str, Any]]:
+    keys = [k for k in grid if k in accepted]
+    if not keys:
+        return [{}]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _select(spec: RunSpec) -> tuple[list[registry.Entry], list[registry.Entry] | None]:
+    if spec.tasks:
+        task_entries = [registry.get_task(n) for n in spec.tasks]
+    else:
+        task_entries = [t for t in registry.tasks() if t.in_default_suite]
+    if not task_entries:
+        raise ConfigError("no tasks selected")
+    method_entries = [registry.get_method(n) for n in spec.methods] if spec.methods is not None else None
+    if not spec.seeds:
+        raise ConfigError("no seeds given; pass e.g. --seeds 0 1 2")
+    families = {t.family for t in task_entries}
+    for m in method_entries or []:
+        if m.family not in families:
+            raise ConfigError(
+                f"method {m.name!r} (family {m.family!r}) fits none of the selected tasks "
+                f"(families: {', '.join(sorted(families))})"
+            )
+    return task_entries, method_entries
+
+
+def expand(spec: RunSpec) -> list[Cell]:
+    """Cells in run order: task, then seed, then method (so task data is built once per seed)."""
+    task_entries, method_entries = _select(spec)
+    used_overrides: set[str] = set()
+    used_grid: set[str] = set()
+    cells: list[Cell] = []
+    for t in task_entries:
+        task: Task = t.create()
+        overrides = {k: v for k, v in spec.task_overrides.items() if k in task.config_keys()}
+        used_overrides |= set(overrides)
+        config = task.resolve_config(overrides)
+        if method_entries is not None:
+            candidates = [m for m in method_entries if m.family == t.family]
+        else:
+            candidates = [m for m in registry.methods(t.family) if m.in_default_suite]
+        points = []
+        for m in candidates:
+            accepted = set(m.cls.param_names())
+            used_grid |= accepted & set(spec.grid)
+            points.append((m, _grid_points(spec.grid, accepted)))
+        for seed in spec.seeds:
+            for m, grid_points in points:
+                cells.extend(make_cell(t, task, config, m, params, seed) for params in grid_points)
+    unused = sorted(set(spec.task_overrides) - used_overrides)
+    if unused:
+        raise ConfigError(f"no selected task has the config key(s) {', '.join(map(repr, unused))}")
+    unused_grid = sorted(set(spec.grid) - used_grid)
+    if unused_grid:
+        raise ConfigError(f"no selected method has the parameter(s) {', '.join(map(repr, unused_grid))}")
+    return cells

@@ -1,0 +1,32 @@
+"""The registered icl tasks, one registration per variant: predictors and probes on the d = 5 and d = 8 learners."""
+
+from __future__ import annotations
+
+from harness.core.registry import add_task
+from harness.tasks.icl.model import get_spec
+from harness.tasks.icl.task import ICLPredictorTask, ICLProbeTask, predictor_metrics, probe_metrics
+
+
+def _predictor(name: str, model: str, description: str) -> None:
+    arch = get_spec(model).arch
+    add_task(name, ICLPredictorTask, version="1", description=description, metrics=predictor_metrics(arch.n_points),
+             defaults={"model": model, "n_queries": 2 * arch.d})
+
+
+def _probe(name: str, model: str, description: str) -> None:
+    add_task(name, ICLProbeTask, version="1", description=description,
+             metrics=probe_metrics(get_spec(model).arch.n_layers), defaults={"model": model})
+
+
+_predictor("icl/linear-d5", "icl-d5",
+           "in-context linear regression, d = 5, noiseless, up to 11 examples: error curve, SPD / ILWD to the "
+           "trained transformer and to OLS, ridge, GD, 3-NN, averaging, zero")
+_predictor("icl/linear-d8-noisy", "icl-d8-noisy",
+           "in-context linear regression, d = 8, noise std 0.5 (Bayes: ridge lambda 0.25), up to 17 examples: "
+           "error curve, SPD / ILWD to the trained transformer and classical predictors")
+_probe("icl/probe-d5", "icl-d5",
+       "per-layer probes decoding w and X^T y from the query token of the d = 5 learner (held-out R^2), "
+       "trained model vs its untrained initialisation")
+_probe("icl/probe-d8-noisy", "icl-d8-noisy",
+       "per-layer probes decoding w and X^T y from the query token of the d = 8 noisy learner, "
+       "trained model vs its untrained initialisation")

@@ -1,0 +1,313 @@
+"""Shared build / apply / evaluate of the reconstruction family.
+
+Per cell: ``build`` loads the source model (memoised per process) and the
+gathered activations (cached on disk, see :mod:`.cache`); ``apply`` fits the
+method on the train split, encodes and decodes the held-out split (each
+timed); ``evaluate`` scores the reconstruction of the held-out split and,
+spliced back into the model, its downstream fidelity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from harness.core.context import RunContext
+from harness.errors import ConfigError, InvalidOutputError
+from harness.metrics.reconstruction import (
+    activity_stats,
+    fvu,
+    mean_cosine_similarity,
+    normalized_mse,
+    tokens_per_second,
+)
+from harness.protocols.reconstruction import (
+    code_activity,
+    n_latents_of,
+    validate_codes,
+    validate_reconstruction,
+)
+from harness.core.task import MetricSpec, Task
+from harness.tasks.reconstruction.cache import load_or_gather
+from harness.tasks.reconstruction.sources import MINILM_ID, HookedLMSource, MiniLMSource, Source
+
+
+@dataclass
+class ReconstructionData:
+    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients)."""
+
+    source: Source
+    train: torch.Tensor
+    test: torch.Tensor
+    train_grads: torch.Tensor | None
+    test_grads: torch.Tensor | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReconstructionOutput:
+    x_hat: torch.Tensor
+    l0: float
+    dead_fraction: float
+    n_latents: int
+    fit_s: float
+    encode_s: float
+    decode_s: float
+
+
+COMMON_METRICS = (
+    MetricSpec("explained_variance", True, "1 - FVU on held-out tokens (pooled, centred)", abs_tol=0.02),
+    MetricSpec("fvu", False, "fraction of variance unexplained: sum|x - x_hat|^2 / sum|x - mean(x)|^2", abs_tol=0.02),
+    MetricSpec("nmse", False, "normalised MSE: sum|x - x_hat|^2 / sum|x|^2 (not centred)", abs_tol=0.02),
+    MetricSpec("cosine", True, "mean cosine similarity of x and x_hat per token", abs_tol=0.01),
+    MetricSpec("l0", False, "mean number of active latents per held-out token", abs_tol=1.0, rel_tol=0.25),
+    MetricSpec("dead_fraction", False, "fraction of latents never active on the held-out tokens", abs_tol=0.05),
+    MetricSpec("n_latents", False, "dictionary size (code width)", gated=False),
+    MetricSpec("train_tokens_per_s", True, "train-split tokens / fit seconds", unit="tok/s", gated=False),
+    MetricSpec("encode_tokens_per_s", True, "held-out tokens / encode seconds", unit="tok/s", gated=False),
+)
+
+LM_METRICS = (
+    MetricSpec("loss_recovered", True,
+               "(CE_zero_abl - CE_recon) / (CE_zero_abl - CE_clean), reconstruction spliced in", abs_tol=0.02),
+    MetricSpec("kl_recovered", True, "(KL_zero_abl - KL_recon) / KL_zero_abl, KL from the clean next-token distribution",
+               abs_tol=0.02),
+    MetricSpec("ce_delta", False, "CE_recon - CE_clean (nats per token)", abs_tol=0.02, rel_tol=0.1),
+    MetricSpec("kl_div", False, "mean KL(clean || recon) per token (nats)", abs_tol=0.02, rel_tol=0.1),
+)
+
+EMBEDDING_METRICS = (
+    MetricSpec("embedding_cosine", True, "cosine of clean and spliced sentence embeddings (held-out sentences)",
+               abs_tol=0.01),
+)
+
+
+class ReconstructionTask(Task):
+    """Subclasses (one per kind of activation source) set ``metrics``, ``main_metric``, ``Config`` and implement
+    :meth:`make_source`; a variant sets ``hook``."""
+
+    family: ClassVar[str] = "reconstruction"
+    hook: str = "resid"
+
+    def make_source(self, config: Any, ctx: RunContext) -> Source:
+        raise NotImplementedError
+
+    @staticmethod
+    def _positive_int(config: Any, key: str) -> int:
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config {key!r} must be a positive integer, got {value!r}")
+        return value
+
+    def build(self, config: Any, ctx: RunContext) -> ReconstructionData:
+        source = self.make_source(config, ctx)
+        t0 = time.perf_counter()
+        acts, cached = load_or_gather(source, ctx.cache_dir)
+        gather_s = time.perf_counter() - t0
+        source.reference()
+        return ReconstructionData(
+            source=source, train=acts.train, test=acts.test, train_grads=acts.train_grads,
+            test_grads=acts.test_grads,
+            info={"activations_cached": cached, "gather_s": gather_s, "d_in": source.d_in,
+                  "n_train": int(acts.train.shape[0]), "n_test": int(acts.test.shape[0])},
+        )
+
+    def apply(self, method: Any, data: ReconstructionData, ctx: RunContext) -> ReconstructionOutput:
+        for name in ("fit", "encode", "decode"):
+            if not callable(getattr(method, name, None)):
+                raise InvalidOutputError(f"method {method.name!r} has no {name}(); the reconstruction protocol is "
+                                         "fit(acts) -> self, encode(acts) -> codes, decode(codes) -> acts")
+        grads = bool(getattr(method, "uses_gradients", False))
+        train, test = data.train.clone(), data.test.clone()
+        t0 = time.perf_counter()
+        if grads:
+            method.fit(train, grads=None if data.train_grads is None else data.train_grads.clone())
+        else:
+            method.fit(train)
+        t1 = time.perf_counter()
+        if grads:
+            codes = method.encode(test, grads=None if data.test_grads is None else data.test_grads.clone())
+        else:
+            codes = method.encode(test)
+        t2 = time.perf_counter()
+        codes = validate_codes(codes, test.shape[0])
+        x_hat = method.decode(codes)
+        t3 = time.perf_counter()
+        x_hat = validate_reconstruction(x_hat, tuple(data.test.shape))
+        l0, dead_fraction = activity_stats(*code_activity(codes))
+        return ReconstructionOutput(
+            x_hat=x_hat, l0=l0, dead_fraction=dead_fraction,
+            n_latents=n_latents_of(codes), fit_s=t1 - t0, encode_s=t2 - t1, decode_s=t3 - t2,
+        )
+
+    def evaluate(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
+        x, x_hat = data.test, output.x_hat
+        f = fvu(x, x_hat)
+        metrics = {
+            "explained_variance": 1.0 - f,
+            "fvu": f,
+            "nmse": normalized_mse(x, x_hat),
+            "cosine": mean_cosine_similarity(x, x_hat),
+            "l0": output.l0,
+            "dead_fraction": output.dead_fraction,
+            "n_latents": float(output.n_latents),
+            "train_tokens_per_s": tokens_per_second(data.train.shape[0], output.fit_s),
+            "encode_tokens_per_s": tokens_per_second(x.shape[0], output.encode_s),
+        }
+        metrics.update(data.source.downstream(x_hat))
+        return metrics
+
+
+_MODELS: dict[tuple, Any] = {}  # loaded models, per process (3 seeds x 2 hooks share one)
+_SOURCES: dict[tuple, Source] = {}  # sources keep the clean downstream reference
+
+
+def _split(n_pool: int, n_train: int, n_test: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed permutation of the pool: the first ``n_test`` items are the test split, the next ``n_train`` train."""
+    if n_train + n_test > n_pool:
+        raise ConfigError(f"n_train + n_test = {n_train + n_test} exceeds the {n_pool} {what} available")
+    perm = torch.randperm(n_pool, generator=torch.Generator().manual_seed(1234))
+    return perm[n_test : n_test + n_train], perm[:n_test]
+
+
+def _memo_source(key: tuple, make) -> Source:
+    if key not in _SOURCES:
+        if len(_SOURCES) > 8:
+            _SOURCES.clear()
+        _SOURCES[key] = make()
+    return _SOURCES[key]
+
+
+@dataclass(frozen=True)
+class EmbeddedLMConfig:
+    """The embedded docstring LM: ``layer`` (block index), ``n_train`` / ``n_test`` 64-token windows."""
+
+    model: str = "docstring-gpt"
+    layer: int = 1
+    n_train: int = 256
+    n_test: int = 64
+
+
+@dataclass(frozen=True)
+class MiniLMConfig:
+    """all-MiniLM-L6-v2: ``layer``, ``n_train`` / ``n_test`` sentences, each cut at ``max_tokens`` tokens."""
+
+    model: str = MINILM_ID
+    layer: int = 3
+    n_train: int = 400
+    n_test: int = 150
+    max_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    """GPT-2 from the local Hugging Face cache: ``layer``, ``n_train`` / ``n_test`` windows of ``seq_len`` tokens."""
+
+    model: str = "gpt2"
+    layer: int = 6
+    n_train: int = 256
+    n_test: int = 64
+    seq_len: int = 64
+
+
+# ====================================================================== embedded LM
+class EmbeddedLMTask(ReconstructionTask):
+    metrics = COMMON_METRICS + LM_METRICS
+    main_metric = "loss_recovered"
+    Config = EmbeddedLMConfig
+
+    def make_source(self, config: Any, ctx: RunContext) -> Source:
+        from harness.tasks.reconstruction import lm
+
+        if config.model != lm.NAME:
+            raise ConfigError(f"task {self.name!r} reads the embedded model {lm.NAME!r}; got model {config['model']!r}")
+        n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
+        layer = int(config.layer)
+        mkey = ("docstring-gpt", str(ctx.cache_dir), str(ctx.device))
+        if mkey not in _MODELS:
+            model, windows, directory = lm.load_docstring_gpt(ctx.cache_dir, device=ctx.device)
+            fingerprint = _file_hash(directory / "model.safetensors")
+            _MODELS[mkey] = (model, windows, fingerprint)
+        model, windows, fingerprint = _MODELS[mkey]
+        tr, te = _split(windows.shape[0], n_train, n_test, "64-token windows of the held-out docstrings")
+        return _memo_source(
+            (mkey, self.hook, layer, n_train, n_test),
+            lambda: HookedLMSource(model, windows[tr], windows[te], layer, self.hook, fingerprint),
+        )
+
+
+# ====================================================================== MiniLM
+class MiniLMTask(ReconstructionTask):
+    metrics = COMMON_METRICS + EMBEDDING_METRICS
+    main_metric = "explained_variance"
+    Config = MiniLMConfig
+
+    def make_source(self, config: Any, ctx: RunContext) -> Source:
+        from harness.tasks.reconstruction import corpus
+        from harness.tasks.reconstruction.sources import load_minilm
+
+        if config.model != MINILM_ID:
+            raise ConfigError(f"task {self.name!r} reads {MINILM_ID!r}; got model {config['model']!r}")
+        n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
+        max_tokens = self._positive_int(config, "max_tokens")
+        layer = int(config.layer)
+        mkey = ("minilm", str(ctx.device))
+        if mkey not in _MODELS:
+            _MODELS[mkey] = load_minilm(ctx.device)
+        model, tokenizer, fingerprint = _MODELS[mkey]
+        sents = corpus.sentences()
+        tr, te = _split(len(sents), n_train, n_test, "sentences of the pydoc language reference")
+        # sentences sorted by length inside each split: batches need little padding
+        train = sorted((sents[i] for i in tr.tolist()), key=lambda t: (len(t), t))
+        test = sorted((sents[i] for i in te.tolist()), key=lambda t: (len(t), t))
+        return _memo_source(
+            (mkey, self.hook, layer, n_train, n_test, max_tokens),
+            lambda: MiniLMSource(model, tokenizer, fingerprint, train, test, layer, self.hook, max_tokens=max_tokens),
+        )
+
+
+# ====================================================================== GPT-2 (when cached)
+class GPT2Task(ReconstructionTask):
+    metrics = COMMON_METRICS + LM_METRICS
+    main_metric = "loss_recovered"
+    Config = GPT2Config
+    in_default_suite = False  # needs GPT-2 weights in the local Hugging Face cache
+
+    def make_source(self, config: Any, ctx: RunContext) -> Source:
+        from harness.models.loading import load_model
+        from harness.tasks.reconstruction import corpus
+
+        n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
+        seq_len = self._positive_int(config, "seq_len")
+        layer = int(config.layer)
+        spec = str(config.model)
+        mkey = ("hf", spec, str(ctx.device))
+        if mkey not in _MODELS:
+            model = load_model(spec, device=ctx.device)  # HarnessError with instructions when not cached
+            if getattr(model, "tokenizer", None) is None:
+                raise ConfigError(f"model {spec!r} has no tokenizer; the GPT-2 tasks tokenise text")
+            text = "\n\n".join(d for d in corpus.documents() if corpus.split_of(d) == "sae")
+            ids = torch.tensor(model.tokenizer(text)["input_ids"], dtype=torch.long)
+            fingerprint = f"{model.model_id}:{sum(p.numel() for p in model.model.parameters())}:{corpus.text_hash([text])}"
+            _MODELS[mkey] = (model, ids, fingerprint)
+        model, ids, fingerprint = _MODELS[mkey]
+        n = ids.numel() // seq_len
+        windows = ids[: n * seq_len].view(n, seq_len)
+        tr, te = _split(n, n_train, n_test, f"{seq_len}-token windows of the held-out docstrings")
+        return _memo_source(
+            (mkey, self.hook, layer, n_train, n_test, seq_len),
+            lambda: HookedLMSource(model, windows[tr], windows[te], layer, self.hook, fingerprint, batch=16),
+        )
+
+
+def _file_hash(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
