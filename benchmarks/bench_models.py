@@ -42,7 +42,7 @@ def fmt(t: tuple[float, float]) -> str:
     return f"{t[0]:7.2f} s wall, {t[1]:7.2f} s CPU"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--seq", type=int, default=16)
@@ -51,7 +51,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-embedded", action="store_true", help="skip the embedded-size GPT comparison")
     ap.add_argument("--chunk-tokens", type=int, default=None, help="ablate_many chunk size in tokens")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 

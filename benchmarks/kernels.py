@@ -33,7 +33,7 @@ class Kernel:
 SAE_ROWS, SAE_D_IN, SAE_K = 2048, 512, 32
 
 
-def _sae_weights(d_sae: int):
+def sae_inputs(d_sae: int):
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -47,7 +47,7 @@ def setup_sae_encode(d_sae: int) -> Callable[[], Any]:
     """TopK encode of 2048 rows of width 512 (``(x - b_dec) W_enc^T + b_enc``, ReLU, TopK k = 32)."""
     from harness.sae.kernels import topk_encode
 
-    x, W_enc, b_enc, _, b_dec = _sae_weights(d_sae)
+    x, W_enc, b_enc, _, b_dec = sae_inputs(d_sae)
     return lambda: topk_encode(x, W_enc, b_enc, SAE_K, b_dec)
 
 
@@ -55,7 +55,7 @@ def setup_sae_sparse_decode(d_sae: int) -> Callable[[], Any]:
     """Sparse decode (embedding-bag gather of k = 32 rows) of 2048 TopK codes."""
     from harness.sae.kernels import sparse_decode, topk_encode
 
-    x, W_enc, b_enc, W_dec, b_dec = _sae_weights(d_sae)
+    x, W_enc, b_enc, W_dec, b_dec = sae_inputs(d_sae)
     values, indices = topk_encode(x, W_enc, b_enc, SAE_K, b_dec)
     return lambda: sparse_decode(indices, values, W_dec, b_dec)
 
@@ -68,7 +68,7 @@ GPT_SIZES = {
 }
 
 
-def _circuit_data(size: str | tuple[int, ...], seed: int = 0):
+def circuit_data(size: str | tuple[int, ...], seed: int = 0):
     """A random GPT of ``GPT_SIZES[size]`` (or the tuple itself) with clean / corrupted prompts and a
     two-token logit-difference metric at the last position (model seed ``seed``, prompts ``seed + 1``)."""
     import torch
@@ -95,7 +95,7 @@ def setup_ablate_many(size: str) -> Callable[[], Any]:
 
     from harness.baselines.circuits import patch_replacement, single_head_masks
 
-    data = _circuit_data(size)
+    data = circuit_data(size)
     model = data.model
     masks = single_head_masks(model.n_layers, model.n_heads)
     rep = patch_replacement(model, data, "resample")
@@ -111,7 +111,7 @@ def setup_eap(size: str) -> Callable[[], Any]:
     """Attribution patching: one forward + backward on the clean prompts, one forward on the corrupted."""
     from harness.baselines.circuits import eap_scores
 
-    data = _circuit_data(size)
+    data = circuit_data(size)
     return lambda: eap_scores(data.model, data)
 
 

@@ -47,7 +47,7 @@ import pytest
 import torch
 
 from harness.baselines import circuits as bc
-from benchmarks.kernels import _circuit_data
+from benchmarks.kernels import circuit_data
 from harness.core.context import RunContext
 from harness.protocols.circuits import CircuitData
 from harness.methods.discrete_sae import DiscreteSAE
@@ -70,7 +70,7 @@ def _threads() -> None:
 
 
 def _build(n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq, seed=0) -> CircuitData:
-    return _circuit_data((n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq), seed)
+    return circuit_data((n_layers, n_heads, d_model, d_mlp, vocab, n_prompts, seq), seed)
 
 
 def _gpt2_sized(n_prompts: int) -> CircuitData:

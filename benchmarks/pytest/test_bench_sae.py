@@ -37,7 +37,7 @@ from harness.sae.kernels import dense_decode, sparse_decode, topk_encode
 from benchmarks.kernels import SAE_D_IN as D_IN
 from benchmarks.kernels import SAE_K as K
 from benchmarks.kernels import SAE_ROWS as N
-from benchmarks.kernels import _sae_weights as _weights
+from benchmarks.kernels import sae_inputs as _weights
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "8192,32768").split(",")]
 STRICT = os.environ.get("BENCH_STRICT") == "1"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))

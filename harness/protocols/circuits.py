@@ -92,13 +92,25 @@ class CircuitMethod(Method):
         return None
 
 
+#: Model operations a :class:`PassCounter` counts: name -> (forward passes, backward passes) per call.
+COUNTED_CALLS: dict[str, tuple[int, int]] = {
+    "logits": (1, 0),
+    "run_with_cache": (1, 0),
+    "run_with_hooks": (1, 0),
+    "run_with_heads_replaced": (1, 0),
+    "mean_z": (1, 0),
+    "head_gradients": (1, 1),
+    "replacement_gradient": (1, 1),
+}
+
+
 class PassCounter:
     """Proxy around a :class:`HookedModel` that counts the model passes a method uses.
 
     ``forward`` counts runs of the model over the whole prompt batch (an
     ``ablate_many`` call counts one per head set plus the clean run, even
-    though it reuses cached layers); ``backward`` counts backward passes.
-    Everything else is delegated unchanged.
+    though it reuses cached layers); ``backward`` counts backward passes
+    (:data:`COUNTED_CALLS`).  Everything else is delegated unchanged.
     """
 
     def __init__(self, model: HookedModel):
@@ -107,33 +119,17 @@ class PassCounter:
         self.backward = 0
 
     def __getattr__(self, name: str):
-        return getattr(self._model, name)
+        attr = getattr(self._model, name)
+        if name not in COUNTED_CALLS:
+            return attr
+        n_forward, n_backward = COUNTED_CALLS[name]
 
-    def logits(self, tokens, *a, **k):
-        self.forward += 1
-        return self._model.logits(tokens, *a, **k)
+        def counted(*args, **kwargs):
+            self.forward += n_forward
+            self.backward += n_backward
+            return attr(*args, **kwargs)
 
-    def run_with_cache(self, tokens, *a, **k):
-        self.forward += 1
-        return self._model.run_with_cache(tokens, *a, **k)
-
-    def run_with_heads_replaced(self, tokens, *a, **k):
-        self.forward += 1
-        return self._model.run_with_heads_replaced(tokens, *a, **k)
-
-    def mean_z(self, tokens, *a, **k):
-        self.forward += 1
-        return self._model.mean_z(tokens, *a, **k)
-
-    def head_gradients(self, tokens, *a, **k):
-        self.forward += 1
-        self.backward += 1
-        return self._model.head_gradients(tokens, *a, **k)
-
-    def replacement_gradient(self, tokens, *a, **k):
-        self.forward += 1
-        self.backward += 1
-        return self._model.replacement_gradient(tokens, *a, **k)
+        return counted
 
     def ablate_many(self, tokens, masks, *a, **k):
         self.forward += 1 + int(masks.shape[0])

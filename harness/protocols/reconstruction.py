@@ -113,6 +113,15 @@ def _as_tensor(x: Any, what: str) -> torch.Tensor:
     return x.detach().cpu()
 
 
+def _finite_floats(x: torch.Tensor, what: str, holder: str) -> torch.Tensor:
+    """``x`` as float32 after checking that it holds floats and no NaN or inf."""
+    if not x.is_floating_point():
+        raise InvalidOutputError(f"{what} must be floats, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise InvalidOutputError(f"{holder} contains NaN or inf")
+    return x.float()
+
+
 def validate_codes(codes: Any, n_rows: int) -> Codes:
     """Check a method's codes; returns a float32 dense tensor or a :class:`SparseCodes` on CPU."""
     if isinstance(codes, SparseCodes):
@@ -135,11 +144,7 @@ def validate_codes(codes: Any, n_rows: int) -> Codes:
     dense = _as_tensor(codes, "encode's output")
     if dense.dim() != 2 or dense.shape[0] != n_rows:
         raise InvalidOutputError(f"encode must return codes of shape [{n_rows}, n_latents], got {list(dense.shape)}")
-    if not dense.is_floating_point():
-        raise InvalidOutputError(f"dense codes must be floats, got {dense.dtype}")
-    if not torch.isfinite(dense).all():
-        raise InvalidOutputError("codes contain NaN or inf")
-    return dense.float()
+    return _finite_floats(dense, "dense codes", "codes")
 
 
 def validate_reconstruction(x_hat: Any, shape: tuple[int, int]) -> torch.Tensor:
@@ -147,11 +152,7 @@ def validate_reconstruction(x_hat: Any, shape: tuple[int, int]) -> torch.Tensor:
     x_hat = _as_tensor(x_hat, "decode's output")
     if tuple(x_hat.shape) != tuple(shape):
         raise InvalidOutputError(f"decode must return shape {list(shape)}, got {list(x_hat.shape)}")
-    if not x_hat.is_floating_point():
-        raise InvalidOutputError(f"decode must return floats, got {x_hat.dtype}")
-    if not torch.isfinite(x_hat).all():
-        raise InvalidOutputError("the reconstruction contains NaN or inf")
-    return x_hat.float()
+    return _finite_floats(x_hat, "decode's output", "the reconstruction")
 
 
 def code_activity(codes: Codes, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

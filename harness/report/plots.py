@@ -20,6 +20,21 @@ def file_slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a 110-dpi PNG (via a temporary file, so a crash never leaves a
+    half-written image) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def register_plotter(family: str, fn: Plotter) -> Plotter:
     _PLOTTERS[family] = fn
     return fn
@@ -63,9 +78,5 @@ def plot_main_metric(tables: list, out_dir: Path) -> list[Path]:
         ax.set_yticks(range(len(rows)), [r.method for r in rows], fontsize=8)
         ax.set_xlabel(f"{t.main_metric} ({t.direction_label}); bars: mean, whiskers: 95% CI; grey = baseline", fontsize=8)
         ax.set_title(t.title, fontsize=9)
-        fig.tight_layout()
-        path = out_dir / f"main-{file_slug(f'{t.task}-{t.task_config[:8]}')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"main-{file_slug(f'{t.task}-{t.task_config[:8]}')}.png"))
     return written

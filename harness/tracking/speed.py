@@ -183,6 +183,69 @@ def load_kernel_table(kernels_file: Path) -> dict[str, Any]:
     return load_kernels(kernels_file, "speed_gate_kernel_table")
 
 
+def _trees(base: str, head: str | None, repo: Path, tmp: Path) -> dict[str, Path]:
+    """The source tree of each side: the working tree (None), a directory, or a git revision checked out."""
+    trees = {}
+    for side, spec in (("base", base), ("head", head)):
+        if spec is None:
+            trees[side] = repo
+        elif Path(spec).is_dir():
+            trees[side] = Path(spec).resolve()
+        else:
+            trees[side] = checkout_tree(spec, repo, tmp / side)
+    return trees
+
+
+def _note(table: dict[str, str], name: str, exc: Exception, what: str, progress: bool) -> None:
+    """Record a kernel that could not be compared (``table``: the report's errors or skipped)."""
+    table[name] = str(exc)
+    if progress:
+        print(f"  {name}: {what}: {str(exc).splitlines()[0]}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    rounds: int
+    repeat: int
+    sample_s: float
+    factor: float
+    alpha: float
+    confirm: bool
+    progress: bool
+
+
+def _compare_kernel(workers: dict, name: str, param: Any, report: SpeedReport, st: _Settings,
+                    rng: random.Random) -> None:
+    """Set up, time and judge one kernel on both sides; the verdict (or the error) goes into ``report``."""
+    try:
+        first = {"head": workers["head"].request(op="setup", kernel=name, param=param)["first_call_s"]}
+    except HarnessError as exc:
+        return _note(report.errors, name, exc, "ERROR on head", st.progress)
+    try:
+        first["base"] = workers["base"].request(op="setup", kernel=name, param=param)["first_call_s"]
+    except HarnessError as exc:
+        return _note(report.skipped, name, exc, "skipped, the base cannot run it", st.progress)
+    try:
+        probe = workers["head"].request(op="time", kernel=name, param=param, number=1, repeat=1)["times"][0]
+        number = max(1, math.ceil(st.sample_s / max(probe, 1e-9)))
+        comp = _measure(workers, name, param, number, st.rounds, st.repeat, rng, st.factor, st.alpha)
+        if comp.verdict == "slower" and st.confirm:
+            # a flag must survive a second, independent set of rounds: noise rarely repeats itself
+            again = _measure(workers, name, param, number, st.rounds, st.repeat, rng, st.factor, st.alpha)
+            comp.confirmation = {"ratio": again.ratio, "p_slower": again.p_slower, "verdict": again.verdict}
+            if again.verdict != "slower":
+                comp.verdict = "same"
+    except HarnessError as exc:
+        return _note(report.errors, name, exc, "ERROR", st.progress)
+    report.comparisons.append(comp)
+    if st.progress:
+        extra = f", confirmation ratio {comp.confirmation['ratio']:.3f}" if comp.confirmation else ""
+        print(f"  {name}[{param}]: base {_ms(statistics.median(comp.base))}, head "
+              f"{_ms(statistics.median(comp.head))}, ratio {comp.ratio:.3f}, p(slower) {comp.p_slower:.2g}"
+              f"{extra} -> {comp.verdict} (first calls {first['base']:.2f} / {first['head']:.2f} s)",
+              file=sys.stderr)
+
+
 def compare_speed(
     base: str,
     head: str | None = None,
@@ -209,16 +272,10 @@ def compare_speed(
     if rounds < 3:
         raise ConfigError("--rounds must be at least 3 (the significance test needs samples)")
     repo = _toplevel(Path(repo).resolve())
+    settings = _Settings(rounds, repeat, sample_s, factor, alpha, confirm, progress)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="harness-speed-")))
-        trees = {}
-        for side, spec in (("base", base), ("head", head)):
-            if spec is None:
-                trees[side] = repo
-            elif Path(spec).is_dir():
-                trees[side] = Path(spec).resolve()
-            else:
-                trees[side] = checkout_tree(spec, repo, tmp / side)
+        trees = _trees(base, head, repo, tmp)
         kfile = Path(kernels_file).resolve() if kernels_file else trees["head"] / DEFAULT_KERNELS_FILE
         table = load_kernel_table(kfile)
         names = list(kernels) if kernels else list(table)
@@ -233,43 +290,7 @@ def compare_speed(
             report.harness_files[side] = workers[side].harness_file
         rng = random.Random(seed)
         for name in names:
-            param = table[name].gate_param
-            try:
-                first = {"head": workers["head"].request(op="setup", kernel=name, param=param)["first_call_s"]}
-            except HarnessError as exc:
-                report.errors[name] = str(exc)
-                if progress:
-                    print(f"  {name}: ERROR on head: {str(exc).splitlines()[0]}", file=sys.stderr)
-                continue
-            try:
-                first["base"] = workers["base"].request(op="setup", kernel=name, param=param)["first_call_s"]
-            except HarnessError as exc:
-                report.skipped[name] = str(exc)
-                if progress:
-                    print(f"  {name}: skipped, the base cannot run it: {str(exc).splitlines()[0]}", file=sys.stderr)
-                continue
-            try:
-                probe = workers["head"].request(op="time", kernel=name, param=param, number=1, repeat=1)["times"][0]
-                number = max(1, math.ceil(sample_s / max(probe, 1e-9)))
-                comp = _measure(workers, name, param, number, rounds, repeat, rng, factor, alpha)
-                if comp.verdict == "slower" and confirm:
-                    # a flag must survive a second, independent set of rounds: noise rarely repeats itself
-                    again = _measure(workers, name, param, number, rounds, repeat, rng, factor, alpha)
-                    comp.confirmation = {"ratio": again.ratio, "p_slower": again.p_slower, "verdict": again.verdict}
-                    if again.verdict != "slower":
-                        comp.verdict = "same"
-            except HarnessError as exc:
-                report.errors[name] = str(exc)
-                if progress:
-                    print(f"  {name}: ERROR {str(exc).splitlines()[0]}", file=sys.stderr)
-                continue
-            report.comparisons.append(comp)
-            if progress:
-                extra = f", confirmation ratio {comp.confirmation['ratio']:.3f}" if comp.confirmation else ""
-                print(f"  {name}[{param}]: base {_ms(statistics.median(comp.base))}, head "
-                      f"{_ms(statistics.median(comp.head))}, ratio {comp.ratio:.3f}, p(slower) {comp.p_slower:.2g}"
-                      f"{extra} -> {comp.verdict} (first calls {first['base']:.2f} / {first['head']:.2f} s)",
-                      file=sys.stderr)
+            _compare_kernel(workers, name, table[name].gate_param, report, settings, rng)
         return report
 
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from harness.metrics.circuits import roc_curve
-from harness.report.plots import file_slug
+from harness.report.plots import file_slug, save_figure
 
 #: False-positive rates at which the per-seed curves are averaged (vertical averaging).
 FPR_GRID = np.linspace(0.0, 1.0, 201)
@@ -54,9 +54,5 @@ def plot_circuit_rocs(records: Iterable[Mapping[str, Any]], out_dir: Path) -> li
                title=f"{task} on {model}: ROC of head scores (mean over seeds)", xlim=(0, 1), ylim=(0, 1.02))
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = out_dir / f"circuits-roc-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"circuits-roc-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"))
     return written

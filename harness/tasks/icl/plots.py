@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from harness.protocols.icl import REFERENCE_PREDICTORS
+from harness.report.plots import save_figure
 
 #: The references every predictor is compared with, in table order (as the tasks define them).
 REFERENCE_ORDER = ("transformer",) + REFERENCE_PREDICTORS
@@ -73,11 +74,7 @@ def plot_icl(records: Iterable[Mapping], out_dir: str | Path) -> list[Path]:
             ax2.set_yscale("symlog", linthresh=1e-3)
             ax1.legend(fontsize=7)
             ax2.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"{_slug(task)}-curves.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_figure(fig, out_dir / f"{_slug(task)}-curves.png"))
         elif "r2_w_best" in any_metrics:
             fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
             for ax, target, title in zip(axes, ("w", "xty"), ("w", "X^T y")):
@@ -91,11 +88,7 @@ def plot_icl(records: Iterable[Mapping], out_dir: str | Path) -> list[Path]:
                 ax.set(title=f"{task}: decoding {title}", xlabel="layer (0 = read-in)", ylabel="held-out R^2")
                 ax.set_ylim(-0.1, 1.02)
             axes[0].legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"{_slug(task)}-probes.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_figure(fig, out_dir / f"{_slug(task)}-probes.png"))
     return written
 
 

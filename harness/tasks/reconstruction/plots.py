@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.report.plots import save_figure
+
 FIGURE_NAME = "reconstruction_fidelity_vs_l0.png"
 #: parameters that move a method along its sparsity curve; any other explicit
 #: parameter (e.g. ``g-sae[grad_at_encode=False]``) makes a curve of its own
@@ -94,14 +96,7 @@ def plot_fidelity_vs_l0(records: Iterable[dict[str, Any]], out_path: str | Path)
         ax.legend(fontsize=8, loc="lower right")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def write_fidelity_plots(records: Iterable[dict[str, Any]], out_dir: str | Path) -> list[Path]:

@@ -182,34 +182,27 @@ def _memo_source(key: tuple, make) -> Source:
 
 
 @dataclass(frozen=True)
-class EmbeddedLMConfig:
-    """The embedded docstring LM: ``layer`` (block index), ``n_train`` / ``n_test`` 64-token windows."""
+class SourceConfig:
+    """Which model and layer the activations come from, and how many train / test items (windows or
+    sentences) to gather; each kind of source sets its defaults (``defaults``) and may add fields."""
 
-    model: str = "docstring-gpt"
-    layer: int = 1
+    model: str = ""
+    layer: int = 0
     n_train: int = 256
     n_test: int = 64
 
 
 @dataclass(frozen=True)
-class MiniLMConfig:
-    """all-MiniLM-L6-v2: ``layer``, ``n_train`` / ``n_test`` sentences, each cut at ``max_tokens`` tokens."""
+class MiniLMConfig(SourceConfig):
+    """all-MiniLM-L6-v2: sentences cut at ``max_tokens`` tokens."""
 
-    model: str = MINILM_ID
-    layer: int = 3
-    n_train: int = 400
-    n_test: int = 150
     max_tokens: int = 64
 
 
 @dataclass(frozen=True)
-class GPT2Config:
-    """GPT-2 from the local Hugging Face cache: ``layer``, ``n_train`` / ``n_test`` windows of ``seq_len`` tokens."""
+class GPT2Config(SourceConfig):
+    """GPT-2 from the local Hugging Face cache: windows of ``seq_len`` tokens."""
 
-    model: str = "gpt2"
-    layer: int = 6
-    n_train: int = 256
-    n_test: int = 64
     seq_len: int = 64
 
 
@@ -217,7 +210,8 @@ class GPT2Config:
 class EmbeddedLMTask(ReconstructionTask):
     metrics = COMMON_METRICS + LM_METRICS
     main_metric = "loss_recovered"
-    Config = EmbeddedLMConfig
+    Config = SourceConfig
+    defaults = {"model": "docstring-gpt", "layer": 1}
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         from harness.tasks.reconstruction import lm
@@ -244,6 +238,7 @@ class MiniLMTask(ReconstructionTask):
     metrics = COMMON_METRICS + EMBEDDING_METRICS
     main_metric = "explained_variance"
     Config = MiniLMConfig
+    defaults = {"model": MINILM_ID, "layer": 3, "n_train": 400, "n_test": 150}
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         from harness.tasks.reconstruction import corpus
@@ -274,6 +269,7 @@ class GPT2Task(ReconstructionTask):
     metrics = COMMON_METRICS + LM_METRICS
     main_metric = "loss_recovered"
     Config = GPT2Config
+    defaults = {"model": "gpt2", "layer": 6}
     in_default_suite = False  # needs GPT-2 weights in the local Hugging Face cache
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:

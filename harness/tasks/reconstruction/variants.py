@@ -18,15 +18,14 @@ from __future__ import annotations
 from harness.core.registry import add_task
 from harness.tasks.reconstruction.task import EmbeddedLMTask, GPT2Task, MiniLMTask
 
-add_task("reconstruction/embedded-resid", EmbeddedLMTask, version="1", hook="resid",
-         description="SAE fidelity on docstring-gpt's residual stream after block 1 (d=96)")
-add_task("reconstruction/embedded-z", EmbeddedLMTask, version="1", hook="z",
-         description="SAE fidelity on docstring-gpt's concatenated head outputs z of block 1 (d=96)")
-add_task("reconstruction/minilm-resid", MiniLMTask, version="1", hook="resid",
-         description="SAE fidelity on all-MiniLM-L6-v2's hidden state after layer 3 (d=384), real sentences")
-add_task("reconstruction/minilm-z", MiniLMTask, version="1", hook="z",
-         description="SAE fidelity on all-MiniLM-L6-v2's concatenated head outputs of layer 3 (d=384)")
-add_task("reconstruction/gpt2-resid", GPT2Task, version="1", hook="resid",
-         description="SAE fidelity on GPT-2 small's residual stream after block 6 (needs GPT-2 cached)")
-add_task("reconstruction/gpt2-z", GPT2Task, version="1", hook="z",
-         description="SAE fidelity on GPT-2 small's concatenated head outputs of block 6 (needs GPT-2 cached)")
+HOOKS = {"resid": "residual stream after", "z": "concatenated head outputs z of"}
+SOURCES = (  # (task prefix, task class, what the activations are, where)
+    ("embedded", EmbeddedLMTask, "docstring-gpt's {what} block 1 (d=96)"),
+    ("minilm", MiniLMTask, "all-MiniLM-L6-v2's {what} layer 3 (d=384), real sentences"),
+    ("gpt2", GPT2Task, "GPT-2 small's {what} block 6 (d=768; needs GPT-2 cached)"),
+)
+
+for prefix, task_cls, where in SOURCES:
+    for hook, what in HOOKS.items():
+        add_task(f"reconstruction/{prefix}-{hook}", task_cls, version="1", hook=hook,
+                 description="SAE fidelity on " + where.format(what=what))
