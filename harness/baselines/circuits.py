@@ -171,7 +171,6 @@ class _ActPatch(CircuitMethod):
 
 @register_method(
     "act-patch-mean",
-    family="circuits",
     version="1",
     baseline=True,
     description="single-head activation patching, mean ablation (mean z over clean + corrupted fit prompts); "
@@ -187,7 +186,6 @@ class ActPatchMean(_ActPatch):
 
 @register_method(
     "act-patch-resample",
-    family="circuits",
     version="1",
     baseline=True,
     description="single-head activation patching from the corrupted run (resample ablation); "
@@ -203,7 +201,6 @@ class ActPatchResample(_ActPatch):
 
 @register_method(
     "eap",
-    family="circuits",
     version="1",
     baseline=True,
     description="attribution patching at node level: |sum (z_clean - z_corrupt) . dM/dz| per head "
@@ -228,7 +225,6 @@ class EAP(CircuitMethod):
 
 @register_method(
     "eap-ig",
-    family="circuits",
     version="1",
     baseline=True,
     description="EAP with integrated gradients (Hanna et al. 2024) adapted to nodes; interpolates each "
@@ -263,7 +259,6 @@ class EAPIG(CircuitMethod):
 
 @register_method(
     "acdc",
-    family="circuits",
     version="1",
     baseline=True,
     description="ACDC-style greedy node pruning: heads visited last layer first, resample-ablated "
@@ -322,7 +317,6 @@ class ACDC(CircuitMethod):
 
 @register_method(
     "random",
-    family="circuits",
     version="1",
     baseline=True,
     description="seeded uniform random head scores (the chance line)",

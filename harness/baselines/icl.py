@@ -35,14 +35,14 @@ def _noise_var(method: ICLPredictor) -> float:
     return 0.0 if method.problem is None else float(method.problem.noise_std**2)
 
 
-@register_method("ols", family="icl", version="1", baseline=True,
+@register_method("ols", version="1", baseline=True,
                  description="ordinary least squares, minimum-norm when under-determined (X^+ y)")
 class OLS(ICLPredictor):
     def predict(self, xs, ys, x_query):
         return linear_predict(ols_weights(xs, ys), x_query)
 
 
-@register_method("ridge", family="icl", version="1", baseline=True,
+@register_method("ridge", version="1", baseline=True,
                  description=f"ridge regression with a fixed penalty (default lam = {DEFAULT_RIDGE_LAMBDA})")
 class Ridge(ICLPredictor):
     def __init__(self, lam: float = DEFAULT_RIDGE_LAMBDA):
@@ -52,7 +52,7 @@ class Ridge(ICLPredictor):
         return linear_predict(ridge_weights(xs, ys, self.lam), x_query)
 
 
-@register_method("ridge-bayes", family="icl", version="1", baseline=True,
+@register_method("ridge-bayes", version="1", baseline=True,
                  description="ridge with the Bayes-optimal penalty noise_var / prior_var (posterior mean; OLS when noiseless)")
 class RidgeBayes(ICLPredictor):
     def predict(self, xs, ys, x_query):
@@ -61,7 +61,7 @@ class RidgeBayes(ICLPredictor):
         return linear_predict(ridge_weights(xs, ys, self.problem.bayes_ridge_lambda), x_query)
 
 
-@register_method("gd-1step", family="icl", version="1", baseline=True,
+@register_method("gd-1step", version="1", baseline=True,
                  description="one gradient-descent step from w = 0 (w = eta X^T y), eta risk-optimal per k unless given")
 class GDOneStep(ICLPredictor):
     def __init__(self, lr: float | str = "risk-optimal"):
@@ -71,7 +71,7 @@ class GDOneStep(ICLPredictor):
         return linear_predict(gd_weights(xs, ys, 1, self.lr, _noise_var(self)), x_query)
 
 
-@register_method("gd-multistep", family="icl", version="1", baseline=True,
+@register_method("gd-multistep", version="1", baseline=True,
                  description=f"{DEFAULT_GD_STEPS} full-batch gradient-descent steps from w = 0, step 1 / lambda_max(X^T X)")
 class GDMultiStep(ICLPredictor):
     def __init__(self, n_steps: int = DEFAULT_GD_STEPS, lr: float | str = "lipschitz"):
@@ -81,7 +81,7 @@ class GDMultiStep(ICLPredictor):
         return linear_predict(gd_weights(xs, ys, self.n_steps, self.lr, _noise_var(self)), x_query)
 
 
-@register_method("knn-3", family="icl", version="1", baseline=True,
+@register_method("knn-3", version="1", baseline=True,
                  description="uniform 3-nearest-neighbour average of the in-context labels")
 class KNN3(ICLPredictor):
     def __init__(self, n_neighbors: int = 3):
@@ -91,20 +91,20 @@ class KNN3(ICLPredictor):
         return knn_predict(xs, ys, x_query, self.n_neighbors)
 
 
-@register_method("averaging", family="icl", version="1", baseline=True,
+@register_method("averaging", version="1", baseline=True,
                  description="Garg et al.'s averaging estimator w = mean_i y_i x_i")
 class Averaging(ICLPredictor):
     def predict(self, xs, ys, x_query):
         return linear_predict(averaging_weights(xs, ys), x_query)
 
 
-@register_method("zero", family="icl", version="1", baseline=True, description="predicts 0 (the prior mean)")
+@register_method("zero", version="1", baseline=True, description="predicts 0 (the prior mean)")
 class Zero(ICLPredictor):
     def predict(self, xs, ys, x_query):
         return zero_predict(xs, ys, x_query)
 
 
-@register_method("mean-probe", family="icl-probe", version="1", baseline=True,
+@register_method("mean-probe", version="1", baseline=True,
                  description="predicts the training mean of the target (R^2 floor)")
 class MeanProbe(ICLProbe):
     def fit(self, H, T):

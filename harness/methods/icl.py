@@ -17,7 +17,7 @@ from harness.core.registry import register_method
 from harness.core.seeding import torch_threads
 
 
-@register_method("icl-transformer", family="icl", version="1",
+@register_method("icl-transformer", version="1",
                  description="the task's trained in-context learner (small GPT), every prefix in one pass")
 class ICLTransformer(ICLPredictor):
     def predict_prefixes(self, xs, ys, x_query):
@@ -36,7 +36,7 @@ def _standardise(H: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarr
     return H.mean(axis=0), H.std(axis=0) + eps
 
 
-@register_method("ridge-probe", family="icl-probe", version="1",
+@register_method("ridge-probe", version="1",
                  description="linear probe: ridge on standardised hidden states, penalty by exact leave-one-out CV")
 class RidgeProbe(ICLProbe):
     """Ridge with an intercept on standardised ``H``; one penalty for all target dimensions, chosen from
@@ -90,7 +90,7 @@ class _MLP(torch.nn.Module):
         return self.skip(h) + self.fc2(torch.nn.functional.gelu(self.fc1(h)))
 
 
-@register_method("mlp-probe", family="icl-probe", version="1",
+@register_method("mlp-probe", version="1",
                  description="MLP probe: ridge probe + one GELU hidden layer, full-batch AdamW, best epoch on a 15% validation split")
 class MLPProbe(ICLProbe):
     """A probe at least as good as the linear one on its validation split: the skip path starts at the

@@ -82,16 +82,39 @@ def mean_cosine_similarity(x: Any, x_hat: Any, eps: float = 1e-12) -> float:
     return float(torch.where(den > eps, num / den.clamp_min(eps), torch.zeros_like(num)).mean())
 
 
-def _activity(codes: Any):
-    from harness.protocols.reconstruction import SparseCodes, code_activity, validate_codes
+def code_activity(codes: Any, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(active_per_row [N] int64, fired [n_latents] bool)`` of codes.
 
-    if not isinstance(codes, SparseCodes):
+    A latent is active in a row when its (summed) value there is non-zero.  ``codes``: a dense tensor
+    ``[N, n_latents]`` or sparse codes (anything with ``indices`` / ``values`` ``[N, k]`` and ``n_latents``,
+    such as :class:`~harness.protocols.reconstruction.SparseCodes`).
+    """
+    if hasattr(codes, "n_latents"):
+        n, n_lat = codes.shape
+        per_row = torch.empty(n, dtype=torch.long)
+        fired = torch.zeros(n_lat, dtype=torch.bool)
+        for i in range(0, n, chunk_rows):
+            dense = torch.zeros(min(chunk_rows, n - i), n_lat).scatter_add_(
+                1, codes.indices[i : i + chunk_rows], codes.values[i : i + chunk_rows]
+            )
+            active = dense != 0
+            per_row[i : i + chunk_rows] = active.sum(1)
+            fired |= active.any(0)
+        return per_row, fired
+    active = codes != 0
+    return active.sum(1), active.any(0)
+
+
+def _activity(codes: Any):
+    if not hasattr(codes, "n_latents"):
         codes = _t64(codes).float()
-    return code_activity(validate_codes(codes, len(codes)))
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be [N, n_latents], got shape {list(codes.shape)}")
+    return code_activity(codes)
 
 
 def activity_stats(per_row: torch.Tensor, fired: torch.Tensor) -> tuple[float, float]:
-    """``(l0, dead_fraction)`` from :func:`~harness.protocols.reconstruction.code_activity`'s output:
+    """``(l0, dead_fraction)`` from :func:`code_activity`'s output:
     mean non-zero latents per row, and the fraction of latents zero on every row."""
     return float(per_row.double().mean()), float(1.0 - fired.double().mean())
 

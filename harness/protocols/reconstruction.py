@@ -45,6 +45,7 @@ import torch
 
 from harness.errors import InvalidOutputError
 from harness.core.method import Method
+from harness.metrics.reconstruction import code_activity  # noqa: F401 (part of the protocol's API)
 
 
 @dataclass(frozen=True)
@@ -153,27 +154,6 @@ def validate_reconstruction(x_hat: Any, shape: tuple[int, int]) -> torch.Tensor:
     if tuple(x_hat.shape) != tuple(shape):
         raise InvalidOutputError(f"decode must return shape {list(shape)}, got {list(x_hat.shape)}")
     return _finite_floats(x_hat, "decode's output", "the reconstruction")
-
-
-def code_activity(codes: Codes, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(active_per_row [N] int64, fired [n_latents] bool)`` of validated codes.
-
-    A latent is active in a row when its (summed) value there is non-zero.
-    """
-    if isinstance(codes, SparseCodes):
-        n, n_lat = codes.shape
-        per_row = torch.empty(n, dtype=torch.long)
-        fired = torch.zeros(n_lat, dtype=torch.bool)
-        for i in range(0, n, chunk_rows):
-            dense = torch.zeros(min(chunk_rows, n - i), n_lat).scatter_add_(
-                1, codes.indices[i : i + chunk_rows], codes.values[i : i + chunk_rows]
-            )
-            active = dense != 0
-            per_row[i : i + chunk_rows] = active.sum(1)
-            fired |= active.any(0)
-        return per_row, fired
-    active = codes != 0
-    return active.sum(1), active.any(0)
 
 
 def n_latents_of(codes: Codes) -> int:
