@@ -43,7 +43,7 @@ def minilm_dir() -> Path:
     return path
 
 
-def load_minilm(device: torch.device | str = "cpu"):
+def load_minilm(device: torch.device | str = "cpu") -> tuple[Any, Any, str]:
     """``(BertModel in eval mode with frozen parameters, tokenizer, fingerprint)``, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = minilm_dir()
