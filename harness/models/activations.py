@@ -1,16 +1,16 @@
-"""Read and replace activations of a :class:`~harness.models.base.HookedModel` at a hook point.
+"""Read and replace one layer's activation of a :class:`~harness.models.base.HookedModel`.
 
-Hook points (``hook``) of block ``layer``:
+The reconstruction tasks' two sites (``hook``) of block ``layer``, each one named
+hook point:
 
-- ``"resid"``: the residual stream *after* block ``layer`` (attention + MLP),
-  ``[b, s, d_model]``;
-- ``"z"``: the concatenated per-head outputs of block ``layer``'s attention
-  before the output projection (Kissane et al.), ``[b, s, n_heads * d_head]``
+- ``"resid"``: ``blocks.{layer}.hook_resid_post``, the residual stream *after*
+  block ``layer`` (attention + MLP), ``[b, s, d_model]``;
+- ``"z"``: ``blocks.{layer}.attn.hook_z`` flattened, the concatenated per-head
+  outputs before the output projection (Kissane et al.), ``[b, s, n_heads * d_head]``
   (head ``h`` is columns ``h * d_head : (h + 1) * d_head``).
 
-Everything is written with the adapter primitives (``_embed``, ``_attn``,
-``_mlp``, ``_block``, ``_unembed``), so it works for every adapter.  Runs
-follow the caller's grad mode except :func:`acts_and_grads`.
+Written with the public hook-point API only (``run_with_hooks``, ``run_from``),
+as an example of it. Runs follow the caller's grad mode except :func:`acts_and_grads`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from harness.models.base import HookedModel
 HOOKS = ("resid", "z")
 
 
-def _check(model: HookedModel, layer: int, hook: str) -> None:
+def check_hook(model: HookedModel, layer: int, hook: str) -> None:
+    """ValueError unless ``hook`` is one of :data:`HOOKS` and ``layer`` is a layer of ``model``."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}; use one of {', '.join(HOOKS)}")
     if not 0 <= layer < model.n_layers:
@@ -36,12 +37,14 @@ def hook_dim(model: HookedModel, hook: str) -> int:
     return model.d_model if hook == "resid" else model.n_heads * model.d_head
 
 
+def hook_point(layer: int, hook: str) -> str:
+    """The hook-point name of (``layer``, ``hook``)."""
+    return f"blocks.{layer}.hook_resid_post" if hook == "resid" else f"blocks.{layer}.attn.hook_z"
+
+
 def resid_before(model: HookedModel, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-    """The residual stream entering block ``layer``, ``[b, s, d_model]``."""
-    x = model._embed(model._check_tokens(tokens))
-    for l in range(layer):
-        x = model._block(l, x, None)
-    return x
+    """The residual stream entering block ``layer`` (``blocks.{layer}.hook_resid_pre``), ``[b, s, d_model]``."""
+    return model.run_with_hooks(tokens, stop_at=f"blocks.{layer}.hook_resid_pre")
 
 
 def gather(model: HookedModel, tokens: torch.Tensor, layer: int, hook: str,
@@ -50,19 +53,13 @@ def gather(model: HookedModel, tokens: torch.Tensor, layer: int, hook: str,
 
     ``resid_pre``: the residual entering ``layer`` if already computed.
     """
-    _check(model, layer, hook)
-    x = resid_before(model, tokens, layer) if resid_pre is None else resid_pre
-    if hook == "resid":
-        return model._block(layer, x, None)
-    out: list[torch.Tensor] = []
-
-    def record(l: int, z: torch.Tensor) -> torch.Tensor:
-        out.append(z)
-        return z
-
-    model._attn(layer, x, record)
-    z = out[0]
-    return z.reshape(*z.shape[:2], -1)
+    check_hook(model, layer, hook)
+    name = hook_point(layer, hook)
+    if resid_pre is None:
+        act = model.run_with_hooks(tokens, stop_at=name)
+    else:
+        act = model.run_from(f"blocks.{layer}.hook_resid_pre", resid_pre, stop_at=name)
+    return act if hook == "resid" else act.reshape(*act.shape[:2], -1)
 
 
 def run_from(model: HookedModel, tokens: torch.Tensor, layer: int, hook: str, act: torch.Tensor,
@@ -74,26 +71,22 @@ def run_from(model: HookedModel, tokens: torch.Tensor, layer: int, hook: str, ac
     residual entering ``layer`` is needed: pass ``resid_pre`` to skip
     recomputing it.  Differentiable in ``act`` (follows the caller's grad mode).
     """
-    _check(model, layer, hook)
+    check_hook(model, layer, hook)
     b, s = tokens.shape
+    width = hook_dim(model, hook)
+    if act.shape != (b, s, width):
+        raise ValueError(f"{hook} replacement must be [{b}, {s}, {width}], got {list(act.shape)}")
     if hook == "resid":
-        if act.shape != (b, s, model.d_model):
-            raise ValueError(f"resid replacement must be [{b}, {s}, {model.d_model}], got {list(act.shape)}")
-        x = act
-    else:
-        width = model.n_heads * model.d_head
-        if act.shape != (b, s, width):
-            raise ValueError(f"z replacement must be [{b}, {s}, {width}], got {list(act.shape)}")
-        x = resid_before(model, tokens, layer) if resid_pre is None else resid_pre
-        z_new = act.reshape(b, s, model.n_heads, model.d_head)
+        return model.run_from(hook_point(layer, hook), act, token_ids=token_ids)
+    z_new = act.reshape(b, s, model.n_heads, model.d_head)
 
-        def replace(l: int, z: torch.Tensor) -> torch.Tensor:
-            return z_new.to(z.dtype)
+    def replace(z: torch.Tensor, name: str) -> torch.Tensor:
+        return z_new.to(z.dtype)
 
-        x = model._mlp(layer, model._attn(layer, x, replace))
-    for l in range(layer + 1, model.n_layers):
-        x = model._block(l, x, None)
-    return model._unembed(x, token_ids)
+    hooks = {hook_point(layer, hook): replace}
+    if resid_pre is None:
+        return model.run_with_hooks(tokens, hooks, token_ids=token_ids)
+    return model.run_from(f"blocks.{layer}.hook_resid_pre", resid_pre, hooks, token_ids=token_ids)
 
 
 def acts_and_grads(

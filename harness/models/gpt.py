@@ -237,11 +237,8 @@ class HookedGPT(HookedModel):
     def _mlp(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
         return self.model.blocks[layer].forward_mlp(resid_mid)
 
-    def _block(self, layer: int, resid: torch.Tensor, z_fn: ZFn | None) -> torch.Tensor:
-        return self.model.blocks[layer](resid, z_fn, layer)
-
-    def _block_at(self, layer, resid, z_fn, position, z_fn_at) -> torch.Tensor:
-        return self.model.blocks[layer](resid, z_fn_at, layer, position)[:, 0]
+    def _attn_at(self, layer: int, resid: torch.Tensor, z_fn: ZFn | None, position: int) -> torch.Tensor:
+        return self.model.blocks[layer].forward_attn(resid, z_fn, layer, position)
 
     def _ln_final(self, resid: torch.Tensor) -> torch.Tensor:
         return self.model.ln_f(resid)

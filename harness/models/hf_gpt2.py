@@ -3,16 +3,17 @@
 The per-head output ``z`` is the *input* of each layer's ``attn.c_proj`` (the
 heads' outputs concatenated, ``[b, s, H * d_head]``). A forward pre-hook on
 every ``c_proj`` reshapes it to ``[b, s, H, d_head]`` and hands it to the active
-``z_fn`` (read, replace, or add a gradient probe); with no ``z_fn`` active the
-hooks do nothing, so the wrapped model behaves exactly as before.
+``z_fn`` (which runs the hooks at ``blocks.{l}.attn.hook_z``); with no ``z_fn``
+active the hooks do nothing, so the wrapped model behaves exactly as before.
 
-Runs are driven block by block from the model's own modules: ``wte + wpe``,
-then per layer ``ln_1`` -> ``attn`` (the real ``GPT2Attention``, with the causal
-mask built by transformers' ``create_causal_mask``, its ``c_proj`` hooked) ->
-residual -> ``ln_2`` -> MLP -> residual, then ``ln_f`` and ``lm_head`` (only the
-needed rows in :meth:`ablate_many`). This lets :meth:`ablate_many` start from a
-cached residual stream at any layer, and compute attention for just the one
-query position read out in the last block. The MLP's tanh-GELU runs as one
+The primitives are the model's own modules, which the forward template
+(:mod:`harness.models.forward`) drives block by block: ``wte + wpe``, then per
+layer ``ln_1`` -> ``attn`` (the real ``GPT2Attention``, with the causal mask
+built by transformers' ``create_causal_mask``, its ``c_proj`` hooked) ->
+residual -> ``ln_2`` -> MLP -> residual, then ``ln_f`` and ``lm_head``. So a run
+can start from a cached residual stream at any layer, and in position mode
+(:meth:`_attn_at`) compute attention for just the one query position read out
+in the last block. The MLP's tanh-GELU runs as one
 fused ``F.gelu(approximate="tanh")`` kernel instead of transformers' Python
 ``NewGELUActivation`` (same function, rounding-level differences, about a third
 of the CPU time otherwise); pass ``fused_gelu=False`` for the module itself.
@@ -170,8 +171,8 @@ class HFGPT2(HookedModel):
             h = mlp(block.ln_2(resid_mid))
         return resid_mid + h
 
-    def _block_at(self, layer, resid, z_fn, position, z_fn_at) -> torch.Tensor:
-        """Last block for one query position: keys/values up to it, then ``c_proj`` + MLP there only."""
+    def _attn_at(self, layer: int, resid: torch.Tensor, z_fn: ZFn | None, position: int) -> torch.Tensor:
+        """Attention for one query position: keys/values up to it, then ``c_proj`` there only, ``[b, 1, d]``."""
         block = self._blocks[layer]
         attn = block.attn
         p, b = position, resid.shape[0]
@@ -181,10 +182,9 @@ class HFGPT2(HookedModel):
         v = v.reshape(b, p + 1, self.n_heads, self.d_head).transpose(1, 2)
         weights = torch.softmax((q @ k.transpose(-1, -2)) * attn.scaling, dim=-1)
         z = (weights @ v).transpose(1, 2)  # [b, 1, H, d_head]
-        if z_fn_at is not None:
-            z = z_fn_at(layer, z)
-        x = resid[:, p : p + 1] + attn.c_proj(z.reshape(b, 1, self.d_model))  # hooks inactive here
-        return self._mlp(layer, x)[:, 0]
+        if z_fn is not None:
+            z = z_fn(layer, z)
+        return resid[:, p : p + 1] + attn.c_proj(z.reshape(b, 1, self.d_model))  # c_proj's hook inactive here
 
     def _ln_final(self, resid: torch.Tensor) -> torch.Tensor:
         return self.model.transformer.ln_f(resid)

