@@ -97,6 +97,7 @@ COUNTED_CALLS: dict[str, tuple[int, int]] = {
     "logits": (1, 0),
     "run_with_cache": (1, 0),
     "run_with_hooks": (1, 0),
+    "run_from": (1, 0),
     "run_with_heads_replaced": (1, 0),
     "mean_z": (1, 0),
     "head_gradients": (1, 1),
