@@ -11,10 +11,10 @@
 - ``argmax-sae``: the argmax-code idea of the circuits method's discrete SAE
   (O'Neill & Bui 2024): a ReLU + L1 SAE with few latents whose code of a token
   is its single largest latent (L0 = 1).  It is trained by the harness's ReLU-SAE
-  trainer (:func:`harness.sae.model.train_relu_sae`), not by the ``discrete-sae``
+  trainer (:func:`harness.sae.relu.train_relu_sae`), not by the ``discrete-sae``
   circuit method's own loop, whose initialisation, L1 schedule and optimiser differ.
 - ``user-sae``: a user's own SAE from a directory (``path=...``) holding
-  ``sae.safetensors`` + ``sae.json``; see :mod:`harness.sae.model` for the
+  ``sae.safetensors`` + ``sae.json``; see :mod:`harness.sae.io` for the
   format.  Nothing is fitted.
 
 ``n_latents`` defaults to ``expansion * d`` and ``k`` to ``d // 12``
@@ -27,7 +27,7 @@ from __future__ import annotations
 from harness.errors import ConfigError, HarnessError
 from harness.protocols.reconstruction import ReconstructionMethod, default_k
 from harness.core.registry import register_method
-from harness.sae.model import SAE, load_sae, train_relu_sae, train_topk_sae
+from harness.sae import SAE, ArgmaxConfig, load_sae, train_relu_sae, train_topk_sae
 
 
 class _SAEMethod(ReconstructionMethod):
@@ -94,11 +94,7 @@ class GradientTopKSAE(_SAEMethod):
     def encode(self, acts, grads=None):
         sae = self._need()
         if not self.grad_at_encode:
-            beta, sae.grad_beta = sae.grad_beta, 0.0
-            try:
-                return sae.encode(acts.to(self.device))
-            finally:
-                sae.grad_beta = beta
+            return sae.replace(grad_beta=0.0).encode(acts.to(self.device))
         if grads is None:
             raise HarnessError("g-sae encodes with gradients (grad_at_encode=True) but got none")
         return sae.encode(acts.to(self.device), grads.to(self.device))
@@ -132,7 +128,7 @@ class ArgmaxSAE(_SAEMethod):
     def fit(self, acts, grads=None):
         self.sae, self.last_train_stats = train_relu_sae(
             acts.to(self.device), int(self.n_latents), l1_coef=float(self.l1_coef), epochs=int(self.epochs),
-            batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed, activation="argmax",
+            batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed, config=ArgmaxConfig(),
         )
         return self
 
