@@ -17,20 +17,32 @@ from harness.tasks.clustering.base import ClusteringTask
 from harness.tasks.clustering.multispectral import make_scene
 
 
-@register_task(
-    "clustering/digits",
-    family="clustering",
-    version="1",
-    description="scikit-learn digits (1797 x 64 pixels, 10 classes), pixels scaled to [0, 1]",
-)
-class DigitsClustering(ClusteringTask):
-    """Handwritten digits, 8x8 pixels with values 0..16 divided by 16.  The seed does not change the data."""
+class _ScikitLearnClustering(ClusteringTask):
+    """A scikit-learn toy data set (``fetch``), features scaled by ``scale``; the seed does not change the data."""
 
     default_config: Mapping[str, Any] = {}
 
+    @staticmethod
+    def fetch() -> Any:
+        """The data set as a scikit-learn ``Bunch`` (``data`` ``[n, d]``, ``target`` ``[n]``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def scale(X: np.ndarray) -> np.ndarray:
+        """The task's features from the raw ``data`` ``[n, d]`` (float64)."""
+        raise NotImplementedError
+
     def load(self, config: Mapping[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        data = load_digits()
-        return (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+        data = self.fetch()
+        return self.scale(data.data).astype(np.float32), data.target.astype(np.int64)
+
+
+@register_task("clustering/digits", family="clustering", version="1",
+               description="scikit-learn digits (1797 x 64 pixels, 10 classes), pixels scaled to [0, 1]")
+class DigitsClustering(_ScikitLearnClustering):
+    """Handwritten digits, 8x8 pixels with values 0..16 divided by 16."""
+
+    fetch, scale = staticmethod(load_digits), staticmethod(lambda X: X / 16.0)
 
 
 @register_task(
@@ -69,19 +81,9 @@ class MultispectralClustering(ClusteringTask):
         return X, y
 
 
-@register_task(
-    "clustering/wine",
-    family="clustering",
-    version="1",
-    description="scikit-learn wine (178 x 13 chemical measurements, 3 cultivars), z-scored per feature",
-)
-class WineClustering(ClusteringTask):
-    """Wine recognition data, each feature standardised to mean 0, std 1.  The seed does not change the data."""
+@register_task("clustering/wine", family="clustering", version="1",
+               description="scikit-learn wine (178 x 13 chemical measurements, 3 cultivars), z-scored per feature")
+class WineClustering(_ScikitLearnClustering):
+    """Wine recognition data, each feature standardised to mean 0, std 1."""
 
-    default_config: Mapping[str, Any] = {}
-
-    def load(self, config: Mapping[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        data = load_wine()
-        X = data.data
-        X = (X - X.mean(axis=0)) / X.std(axis=0)
-        return X.astype(np.float32), data.target.astype(np.int64)
+    fetch, scale = staticmethod(load_wine), staticmethod(lambda X: (X - X.mean(axis=0)) / X.std(axis=0))
