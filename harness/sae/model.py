@@ -5,7 +5,7 @@
 ``[d_in]``, and a ``config`` (an :class:`~harness.sae.registry.SAEConfig`
 subclass) that names its architecture.  ``pre = (x - b_dec) W_enc^T + b_enc``,
 ``x_hat = b_dec + codes W_dec``, and the codes are the architecture's
-(:mod:`harness.sae.architectures`):
+(:mod:`harness.sae.topk`, :mod:`harness.sae.relu`, :mod:`harness.sae.discrete`):
 
 - ``topk``: ``relu`` of the ``k`` largest ``pre`` (sparse; g-SAE when ``grad_beta > 0``);
 - ``relu``: ``relu(pre)`` (dense);
