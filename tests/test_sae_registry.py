@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from harness.core.seeding import torch_threads
 from harness.errors import ConfigError, DuplicateNameError, HarnessError
 from harness.protocols.reconstruction import SparseCodes
 from harness.sae import (
@@ -37,10 +38,8 @@ D, N_LAT, ROWS = 6, 10, 9
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def toy(config: SAEConfig, seed: int = 0) -> tuple[SAE, torch.Tensor]:
