@@ -133,6 +133,18 @@ def test_method_valid_and_deterministic(name, small_data, tmp_path):
     assert metrics["acc"] > 0.3  # far above chance (0.1) even with tiny training budgets
 
 
+def test_ae_kmeans_is_one_autoencoder_seeded_with_the_run_seed(small_data, tmp_path):
+    """The baseline is the stacked pipeline with one stage; written out here: train, encode, standardise, k-means."""
+    from harness.nn.autoencoder import encode, standardize, train_autoencoder
+    from harness.protocols.clustering import kmeans_labels
+
+    X, p = small_data.X, FAST_PARAMS["ae-kmeans"]
+    model = train_autoencoder(X, list(p["hidden"]), p["d_code"], p["epochs"], 64, 3e-3, 4, "cpu")
+    want = kmeans_labels(standardize(encode(model, X, "cpu")), 10, 10, 4)
+    assert np.array_equal(make_method("ae-kmeans", 4, tmp_path).fit_predict(X.copy(), 10), want)
+    assert "n_stages" not in registry.get_method("ae-kmeans").cls.param_names()
+
+
 def test_method_params_round_trip():
     for name in METHODS:
         cls = registry.get_method(name).cls

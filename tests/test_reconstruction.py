@@ -223,7 +223,7 @@ def test_gsae_beta_zero_equals_topk_and_gradients_change_selection():
     g0 = method("g-sae", k=3, epochs=1, beta=0.0).fit(X, grads=G)
     assert torch.equal(topk.sae.W_enc, g0.sae.W_enc) and torch.equal(topk.sae.W_dec, g0.sae.W_dec)
     g1 = method("g-sae", k=3, epochs=1, beta=4.0).fit(X, grads=G)
-    assert g1.sae.grad_beta == 4.0
+    assert g1.sae.config.grad_beta == 4.0
     plain = g1.sae.encode(X[:200], torch.zeros_like(X[:200]))
     steered = g1.sae.encode(X[:200], G[:200])
     assert not torch.equal(plain.indices, steered.indices)  # gradients move the selection

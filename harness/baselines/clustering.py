@@ -7,13 +7,18 @@ inertia (scikit-learn's choice, which never looks at the true labels).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-from harness.nn.autoencoder import encode, standardize, train_autoencoder
-from harness.protocols.clustering import ClusteringMethod, kmeans_labels
 from harness.core.registry import register_method
+from harness.methods.stacked_autoencoder import StackedAutoencoderKMeans
+from harness.protocols.clustering import ClusteringMethod, kmeans_labels
+
+#: ``@baseline(name, description=...)`` registers a clustering baseline, version 1
+baseline = functools.partial(register_method, family="clustering", version="1", baseline=True)
 
 
 def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
@@ -22,15 +27,9 @@ def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
     return PCA(n_components=m, random_state=seed).fit_transform(X)
 
 
-@register_method(
-    "kmeans-raw",
-    family="clustering",
-    version="1",
-    description="k-means (n_init=10) on the task's features as given",
-    baseline=True,
-)
+@baseline("kmeans-raw", description="k-means (n_init=10) on the task's features as given")
 class KMeansRaw(ClusteringMethod):
-    """k-means on the raw feature matrix."""
+    """k-means on the raw feature matrix ``X`` ``[n_samples, n_features]``."""
 
     def __init__(self, n_init: int = 10) -> None:
         self.n_init = n_init
@@ -39,71 +38,37 @@ class KMeansRaw(ClusteringMethod):
         return kmeans_labels(X, n_clusters, self.n_init, self.seed)
 
 
-@register_method(
-    "pca-kmeans",
-    family="clustering",
-    version="1",
-    description="PCA to 10 components (at most n_features - 1), then k-means (n_init=10)",
-    baseline=True,
-)
+@baseline("pca-kmeans", description="PCA to 10 components (at most n_features - 1), then k-means (n_init=10)")
 class PCAKMeans(ClusteringMethod):
     """k-means on the first ``n_components`` principal-component scores (not whitened)."""
 
     def __init__(self, n_components: int = 10, n_init: int = 10) -> None:
-        self.n_components = n_components
-        self.n_init = n_init
+        self.n_components, self.n_init = n_components, n_init
 
     def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
         return kmeans_labels(_pca(X, self.n_components, self.seed), n_clusters, self.n_init, self.seed)
 
 
-@register_method(
-    "ae-kmeans",
-    family="clustering",
-    version="1",
-    description="one MLP autoencoder (128-64 hidden, 10-d code, MSE), then k-means (n_init=10) on the standardised code",
-    baseline=True,
-)
-class AutoencoderKMeans(ClusteringMethod):
-    """The canonical autoencoder + k-means pipeline.
+@baseline("ae-kmeans", description="one MLP autoencoder (128-64 hidden, 10-d code, MSE), then k-means (n_init=10) "
+                                   "on the standardised code")
+class AutoencoderKMeans(StackedAutoencoderKMeans):
+    """The canonical autoencoder + k-means pipeline: the ``stacked-ae-kmeans`` method with one stage.
 
     Train one :class:`harness.nn.autoencoder.Autoencoder` on ``X`` (hidden
-    widths ``hidden``, code size ``d_code``), encode ``X``, standardise each
-    code dimension, and run k-means.  Same building block, training recipe
-    and final step as the ``stacked-ae-kmeans`` method, without the stacking.
+    widths ``hidden``, code size ``d_code``), seeded with the run's seed,
+    encode ``X``, standardise each code dimension, and run k-means.
     """
 
-    def __init__(
-        self,
-        hidden: tuple[int, ...] = (128, 64),
-        d_code: int = 10,
-        epochs: int = 20,
-        batch_size: int = 64,
-        lr: float = 3e-3,
-        n_init: int = 10,
-    ) -> None:
-        self.hidden = hidden
-        self.d_code = d_code
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.n_init = n_init
+    def __init__(self, hidden: tuple[int, ...] = (128, 64), d_code: int = 10, epochs: int = 20, batch_size: int = 64,
+                 lr: float = 3e-3, n_init: int = 10) -> None:
+        super().__init__(1, hidden, d_code, epochs, batch_size, lr, n_init)
 
-    def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
-        model = train_autoencoder(
-            X, list(self.hidden), self.d_code, self.epochs, self.batch_size, self.lr, self.seed, self.device
-        )
-        code = encode(model, X, self.device)
-        return kmeans_labels(standardize(code), n_clusters, self.n_init, self.seed)
+    def stage_seed(self, stage: int) -> int:
+        """The run's seed (one stage, nothing to keep independent)."""
+        return self.seed
 
 
-@register_method(
-    "gmm",
-    family="clustering",
-    version="1",
-    description="Gaussian mixture, full covariances, on PCA to 10 components (at most n_features - 1)",
-    baseline=True,
-)
+@baseline("gmm", description="Gaussian mixture, full covariances, on PCA to 10 components (at most n_features - 1)")
 class GMM(ClusteringMethod):
     """Gaussian mixture model with full covariance matrices, fitted by EM on PCA scores.
 
@@ -119,20 +84,11 @@ class GMM(ClusteringMethod):
     """
 
     def __init__(self, n_components: int = 10, reg_covar: float = 1e-3, n_init: int = 3, max_iter: int = 200) -> None:
-        self.n_components = n_components
-        self.reg_covar = reg_covar
-        self.n_init = n_init
-        self.max_iter = max_iter
+        self.n_components, self.reg_covar, self.n_init, self.max_iter = n_components, reg_covar, n_init, max_iter
 
     def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
         Z = _pca(X, self.n_components, self.seed)
         Z = Z / max(float(Z.std()), 1e-12)
-        gmm = GaussianMixture(
-            n_components=n_clusters,
-            covariance_type="full",
-            reg_covar=self.reg_covar,
-            n_init=self.n_init,
-            max_iter=self.max_iter,
-            random_state=self.seed,
-        )
+        gmm = GaussianMixture(n_components=n_clusters, covariance_type="full", reg_covar=self.reg_covar,
+                              n_init=self.n_init, max_iter=self.max_iter, random_state=self.seed)
         return gmm.fit(Z).predict(Z).astype(np.int64)

@@ -30,7 +30,7 @@ class PCABaseline(ReconstructionMethod):
     def __init__(self, k: int | None = None):
         self.k = k
 
-    def fit(self, acts):
+    def fit(self, acts: torch.Tensor) -> "PCABaseline":
         acts = acts.double()
         k = default_k(acts.shape[1], self.k)
         if not 1 <= k <= acts.shape[1]:
@@ -47,10 +47,10 @@ class PCABaseline(ReconstructionMethod):
         self.mean_ = self.mean_.float()
         return self
 
-    def encode(self, acts):
+    def encode(self, acts: torch.Tensor) -> torch.Tensor:
         return (acts.float() - self.mean_) @ self.components_
 
-    def decode(self, codes):
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return codes.float() @ self.components_.t() + self.mean_
 
 
@@ -60,7 +60,7 @@ class RandomDictionary(ReconstructionMethod):
     def __init__(self, k: int | None = None, expansion: int = 4):
         self.k, self.expansion = k, expansion
 
-    def fit(self, acts):
+    def fit(self, acts: torch.Tensor) -> "RandomDictionary":
         d = acts.shape[1]
         n = int(self.expansion) * d
         self.k_ = default_k(d, self.k)
@@ -74,7 +74,7 @@ class RandomDictionary(ReconstructionMethod):
         return self
 
     @torch.no_grad()
-    def encode(self, acts, chunk_rows: int = 2048):
+    def encode(self, acts: torch.Tensor, chunk_rows: int = 2048) -> SparseCodes:
         if not hasattr(self, "atoms_"):
             raise HarnessError("random-dict: call fit() first")
         k = self.k_
@@ -93,18 +93,18 @@ class RandomDictionary(ReconstructionMethod):
                 corr -= coef[:, None] * self.gram_[best]
         return SparseCodes(idx, val, self.atoms_.shape[0])
 
-    def decode(self, codes):
+    def decode(self, codes: SparseCodes) -> torch.Tensor:
         return sparse_decode(codes.indices, codes.values, self.atoms_, self.mean_)
 
 
 @register_method("identity", family="reconstruction", version="1", baseline=True,
                  description="codes = activations, decode = identity (upper bound; L0 = d)")
 class IdentityBaseline(ReconstructionMethod):
-    def fit(self, acts):
+    def fit(self, acts: torch.Tensor) -> "IdentityBaseline":
         return self
 
-    def encode(self, acts):
+    def encode(self, acts: torch.Tensor) -> torch.Tensor:
         return acts.float().clone()
 
-    def decode(self, codes):
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return codes.float().clone()

@@ -45,20 +45,22 @@ amplifies the noise of heads that do nothing, and noisy heads then show many
 ``l1`` 0.003-0.1, ``n_latents`` 50-200 and ``epochs`` 30-100 change little.  On
 the planted greater-than model the method is near chance with every setting
 tried (its corrupted prompts differ from the clean ones in one token, and the
-mean-pooled head outputs hardly move).  The SAE trains on one CPU thread
-(:func:`_cpu_threads`) with a hand-written Adam (:class:`_Adam`).
+mean-pooled head outputs hardly move).  The SAE is the registry's ``discrete``
+architecture (:mod:`harness.sae.discrete`: its initialisation, one-CPU-thread
+training and hand-written Adam, which ``torch.optim.Adam`` would not reproduce
+to the last bit).
 """
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
+from harness.core.registry import register_method
 from harness.models.base import HookedModel
 from harness.protocols.circuits import CircuitData, CircuitMethod
-from harness.core.registry import register_method
-from harness.core.seeding import torch_threads
+from harness.sae import SAE, train_discrete_sae
+from harness.sae.discrete import PlainAdam as _Adam  # noqa: F401  (the name tests/test_circuits_methods.py imports)
 
 NORMALISATIONS = ("none", "head", "unit")
 SOURCES = ("z", "result")
@@ -94,58 +96,6 @@ def unique_positive_codes(codes_pos: torch.Tensor, codes_neg: torch.Tensor, n_co
     return (present(codes_pos) & ~present(codes_neg)).sum(-1)
 
 
-class _SAE(torch.nn.Module):
-    """ReLU sparse autoencoder with a pre-encoder bias and unit-norm decoder rows."""
-
-    def __init__(self, d_in: int, n_latents: int, generator: torch.Generator, b_dec: torch.Tensor):
-        super().__init__()
-        w = torch.randn(n_latents, d_in, generator=generator)
-        w = w / w.norm(dim=1, keepdim=True)
-        self.W_dec = torch.nn.Parameter(w)  # [n_latents, d_in]
-        # Tied at init, scaled so that the initial reconstruction has about the input's size
-        # (about n_latents / (2 d_in) unit directions have a positive projection).
-        scale = min(1.0, 2.0 * d_in / n_latents)
-        self.W_enc = torch.nn.Parameter(w.T.clone() * scale)  # [d_in, n_latents]
-        self.b_enc = torch.nn.Parameter(torch.zeros(n_latents))
-        self.b_dec = torch.nn.Parameter(b_dec.clone())
-
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = torch.relu(self.pre(x))
-        return f @ self.W_dec + self.b_dec, f
-
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-
-class _Adam:
-    """Plain Adam (Kingma & Ba, bias-corrected, no weight decay).
-
-    Same update as ``torch.optim.Adam`` with its defaults; written out because the first
-    ``torch.optim`` step imports TorchDynamo, which costs about 2 s here, as much as the
-    whole SAE training.
-    """
-
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self, grads) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, g, m, v in zip(self.params, grads, self.m, self.v):
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-self.lr)
-
-
 @register_method(
     "discrete-sae",
     family="circuits",
@@ -175,14 +125,8 @@ class DiscreteSAE(CircuitMethod):
         batch_size: int = 512,
         source: str = "z",
     ):
-        self.n_latents = n_latents
-        self.l1 = l1
-        self.n_examples = n_examples
-        self.normalise = normalise
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.source = source
+        self.n_latents, self.l1, self.n_examples, self.normalise = n_latents, l1, n_examples, normalise
+        self.epochs, self.lr, self.batch_size, self.source = epochs, lr, batch_size, source
         self.diagnostics_: dict = {}
 
     # ------------------------------------------------------------------ steps
@@ -211,26 +155,12 @@ class DiscreteSAE(CircuitMethod):
         pooled = pooled.to(self.device, torch.float32)
         return pooled[:n], pooled[n:]
 
-    def fit_sae(self, x: torch.Tensor) -> _SAE:
-        """Train the SAE on ``x`` ``[N, d]`` (deterministic in ``self.seed``)."""
-        gen = torch.Generator().manual_seed(int(self.seed))
-        sae = _SAE(x.shape[1], int(self.n_latents), gen, x.mean(dim=0).cpu()).to(self.device)
-        opt = _Adam(list(sae.parameters()), lr=float(self.lr))
-        N, bs = x.shape[0], int(self.batch_size)
-        # one CPU thread: the SAE's matmuls are small (a few hundred rows x d x n_latents), so a second
-        # thread only adds synchronisation (measured on a busy 2-core machine: 2 ms per step on one, 74 ms on two)
-        with torch.enable_grad(), torch_threads(1 if x.device.type == "cpu" else None):
-            for _ in range(int(self.epochs)):
-                perm = torch.randperm(N, generator=gen).to(x.device)
-                for start in range(0, N, bs):
-                    xb = x[perm[start : start + bs]]
-                    x_hat, f = sae(xb)
-                    loss = (xb - x_hat).pow(2).sum(-1).mean() + self.l1 * f.abs().sum(-1).mean()
-                    grads = torch.autograd.grad(loss, opt.params)
-                    opt.step(grads)
-                    sae.normalise_decoder()
+    def fit_sae(self, x: torch.Tensor) -> SAE:
+        """Train the SAE on ``x`` ``[N, d]`` (deterministic in ``self.seed``); sets ``diagnostics_``."""
+        sae, _ = train_discrete_sae(x, int(self.n_latents), l1=self.l1, epochs=int(self.epochs),
+                                    batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed)
         with torch.no_grad():
-            x_hat, f = sae(x)
+            x_hat, f = sae.arch.forward(sae, x)  # the discrete architecture's dense forward
             mse = float((x - x_hat).pow(2).sum(-1).mean())
             l1 = float(f.abs().sum(-1).mean())
             self.diagnostics_ = {
@@ -247,8 +177,7 @@ class DiscreteSAE(CircuitMethod):
         n, L, H, d = pos.shape
         x = normalise_vectors(torch.cat([pos, neg], dim=0), self.normalise)  # [2n, L, H, d]
         sae = self.fit_sae(x.reshape(-1, d))
-        with torch.no_grad():
-            codes = sae.pre(x.reshape(-1, d)).argmax(dim=-1).reshape(2 * n, L, H)
+        codes = sae.encode(x.reshape(-1, d)).indices.reshape(2 * n, L, H)  # argmax latent per (prompt, head)
         self.diagnostics_["codes_used"] = int(torch.unique(codes).numel())
         scores = unique_positive_codes(codes[:n], codes[n:], int(self.n_latents))
         return scores.to("cpu", torch.float64).numpy()

@@ -11,10 +11,10 @@
 - ``argmax-sae``: the argmax-code idea of the circuits method's discrete SAE
   (O'Neill & Bui 2024): a ReLU + L1 SAE with few latents whose code of a token
   is its single largest latent (L0 = 1).  It is trained by the harness's ReLU-SAE
-  trainer (:func:`harness.sae.model.train_relu_sae`), not by the ``discrete-sae``
+  trainer (:func:`harness.sae.relu.train_relu_sae`), not by the ``discrete-sae``
   circuit method's own loop, whose initialisation, L1 schedule and optimiser differ.
 - ``user-sae``: a user's own SAE from a directory (``path=...``) holding
-  ``sae.safetensors`` + ``sae.json``; see :mod:`harness.sae.model` for the
+  ``sae.safetensors`` + ``sae.json``; see :mod:`harness.sae.io` for the
   format.  Nothing is fitted.
 
 ``n_latents`` defaults to ``expansion * d`` and ``k`` to ``d // 12``
@@ -24,10 +24,12 @@ baselines).  Every method trains on ``self.device``.
 
 from __future__ import annotations
 
-from harness.errors import ConfigError, HarnessError
-from harness.protocols.reconstruction import ReconstructionMethod, default_k
+import torch
+
 from harness.core.registry import register_method
-from harness.sae.model import SAE, load_sae, train_relu_sae, train_topk_sae
+from harness.errors import ConfigError, HarnessError
+from harness.protocols.reconstruction import ReconstructionMethod, SparseCodes, default_k
+from harness.sae import SAE, ArgmaxConfig, load_sae, train_relu_sae, train_topk_sae
 
 
 class _SAEMethod(ReconstructionMethod):
@@ -45,10 +47,10 @@ class _SAEMethod(ReconstructionMethod):
             raise HarnessError(f"{self.name}: call fit() before encode() / decode()")
         return self.sae
 
-    def encode(self, acts, grads=None):
+    def encode(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> SparseCodes | torch.Tensor:
         return self._need().encode(acts.to(self.device))
 
-    def decode(self, codes):
+    def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
         return self._need().decode(codes).cpu()
 
 
@@ -60,7 +62,7 @@ class TopKSAE(_SAEMethod):
         self.k, self.expansion, self.n_latents = k, expansion, n_latents
         self.epochs, self.batch_size, self.lr, self.auxk_coef = epochs, batch_size, lr, auxk_coef
 
-    def fit(self, acts, grads=None):
+    def fit(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> "_SAEMethod":
         self.sae, self.last_train_stats = train_topk_sae(
             acts.to(self.device), self._n_latents(acts.shape[1]), default_k(acts.shape[1], self.k),
             epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed,
@@ -81,7 +83,7 @@ class GradientTopKSAE(_SAEMethod):
         self.epochs, self.batch_size, self.lr, self.auxk_coef = epochs, batch_size, lr, auxk_coef
         self.grad_at_encode = grad_at_encode
 
-    def fit(self, acts, grads=None):
+    def fit(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> "_SAEMethod":
         if grads is None:
             raise HarnessError("g-sae needs downstream-loss gradients, and this task provides none")
         self.sae, self.last_train_stats = train_topk_sae(
@@ -91,14 +93,10 @@ class GradientTopKSAE(_SAEMethod):
         )
         return self
 
-    def encode(self, acts, grads=None):
+    def encode(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> SparseCodes | torch.Tensor:
         sae = self._need()
         if not self.grad_at_encode:
-            beta, sae.grad_beta = sae.grad_beta, 0.0
-            try:
-                return sae.encode(acts.to(self.device))
-            finally:
-                sae.grad_beta = beta
+            return sae.replace(grad_beta=0.0).encode(acts.to(self.device))
         if grads is None:
             raise HarnessError("g-sae encodes with gradients (grad_at_encode=True) but got none")
         return sae.encode(acts.to(self.device), grads.to(self.device))
@@ -112,7 +110,7 @@ class ReLUSAE(_SAEMethod):
         self.l1_coef, self.expansion, self.n_latents = l1_coef, expansion, n_latents
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
 
-    def fit(self, acts, grads=None):
+    def fit(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> "_SAEMethod":
         self.sae, self.last_train_stats = train_relu_sae(
             acts.to(self.device), self._n_latents(acts.shape[1]), l1_coef=float(self.l1_coef),
             epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed,
@@ -129,10 +127,10 @@ class ArgmaxSAE(_SAEMethod):
         self.n_latents, self.l1_coef = n_latents, l1_coef
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
 
-    def fit(self, acts, grads=None):
+    def fit(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> "_SAEMethod":
         self.sae, self.last_train_stats = train_relu_sae(
             acts.to(self.device), int(self.n_latents), l1_coef=float(self.l1_coef), epochs=int(self.epochs),
-            batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed, activation="argmax",
+            batch_size=int(self.batch_size), lr=float(self.lr), seed=self.seed, config=ArgmaxConfig(),
         )
         return self
 
@@ -151,7 +149,7 @@ class UserSAE(_SAEMethod):
     def __init__(self, path: str | None = None, k: int | None = None):
         self.path, self.k = path, k
 
-    def fit(self, acts, grads=None):
+    def fit(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> "_SAEMethod":
         if not self.path:
             raise ConfigError("user-sae needs path=DIR (a directory with sae.safetensors and sae.json)")
         sae = load_sae(self.path, k=self.k).to(self.device)

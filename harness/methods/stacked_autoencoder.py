@@ -40,8 +40,10 @@ class StackedAutoencoderKMeans(ClusteringMethod):
     Hyper-parameters: ``n_stages`` autoencoders, each with hidden widths
     ``hidden`` and a ``d_code``-dimensional code, trained for ``epochs``
     epochs with mini-batches of ``batch_size`` and Adam at ``lr``
-    (:func:`harness.nn.autoencoder.train_autoencoder`); k-means with
-    ``n_init`` restarts and ``random_state=seed``.
+    (:func:`harness.nn.autoencoder.train_autoencoder`), stage ``s`` seeded
+    with :meth:`stage_seed`; k-means with ``n_init`` restarts and
+    ``random_state=seed``.  The ``ae-kmeans`` baseline is this pipeline with
+    one stage (:class:`harness.baselines.clustering.AutoencoderKMeans`).
     """
 
     def __init__(
@@ -54,13 +56,12 @@ class StackedAutoencoderKMeans(ClusteringMethod):
         lr: float = 3e-3,
         n_init: int = 10,
     ) -> None:
-        self.n_stages = n_stages
-        self.hidden = hidden
-        self.d_code = d_code
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.n_init = n_init
+        self.n_stages, self.hidden, self.d_code = n_stages, hidden, d_code
+        self.epochs, self.batch_size, self.lr, self.n_init = epochs, batch_size, lr, n_init
+
+    def stage_seed(self, stage: int) -> int:
+        """The seed of stage ``stage`` (0-based): :func:`stage_seed` of the run's seed."""
+        return stage_seed(self.seed, stage)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """The last stage's code ``[n_samples, d_code]`` (trains every stage; uses ``self.seed``)."""
@@ -70,16 +71,8 @@ class StackedAutoencoderKMeans(ClusteringMethod):
         code = None
         for stage in range(self.n_stages):
             inputs = X if code is None else np.concatenate([standardize(code), X], axis=1)
-            model = train_autoencoder(
-                inputs,
-                list(self.hidden),
-                self.d_code,
-                self.epochs,
-                self.batch_size,
-                self.lr,
-                stage_seed(self.seed, stage),
-                self.device,
-            )
+            model = train_autoencoder(inputs, list(self.hidden), self.d_code, self.epochs, self.batch_size, self.lr,
+                                      self.stage_seed(stage), self.device)
             code = encode(model, inputs, self.device)
         return code
 

@@ -1,6 +1,15 @@
-"""Shared sparse-autoencoder code: kernels (TopK encode, embedding-bag sparse decode),
-a sparse-backward TopK autograd function, SAE weights with encode / decode, training
-loops, and the on-disk format of a user's SAE."""
+"""Sparse autoencoders: the architecture registry, weights, training, on-disk format and kernels.
+
+- :mod:`.registry`: :func:`register_architecture` (an architecture and its config
+  dataclass, registered together) and the lookups; nothing branches on a name.
+- :mod:`.model`: :class:`SAE`, weights + config; encode / decode through the architecture.
+- :mod:`.training`: the training loop every architecture shares (:class:`Trainer`)
+  and the normalised-units recipe of the harness's own SAEs.
+- the architectures: :mod:`.topk` (``topk``: TopK + AuxK, g-SAE), :mod:`.relu`
+  (``relu``, ``argmax``), :mod:`.discrete` (``discrete``: O'Neill & Bui's SAE).
+- :mod:`.io`: ``sae.safetensors`` + ``sae.json`` (:func:`load_sae`).
+- :mod:`.kernels`, :mod:`.autograd`: TopK encode, sparse decode, the sparse-backward TopK forward.
+"""
 
 from harness.sae.autograd import topk_sae_forward
 from harness.sae.kernels import (
@@ -12,20 +21,46 @@ from harness.sae.kernels import (
     topk_encode,
     topk_select,
 )
-from harness.sae.model import SAE, TrainStats, load_sae, train_relu_sae, train_topk_sae
+from harness.sae.model import SAE
+from harness.sae.registry import (
+    Architecture,
+    SAEConfig,
+    architecture_names,
+    architecture_of,
+    get_architecture,
+    register_architecture,
+)
+from harness.sae.training import Trainer, TrainStats
+from harness.sae.topk import TopKConfig, train_topk_sae
+from harness.sae.relu import ArgmaxConfig, ReLUConfig, train_relu_sae
+from harness.sae.discrete import DiscreteConfig, train_discrete_sae
+from harness.sae.io import load_sae, save_sae
 
 __all__ = [
     "SAE",
+    "Architecture",
+    "ArgmaxConfig",
+    "DiscreteConfig",
     "LatentPattern",
+    "ReLUConfig",
+    "SAEConfig",
+    "TopKConfig",
     "TrainStats",
+    "Trainer",
+    "architecture_names",
+    "architecture_of",
     "dense_decode",
+    "get_architecture",
     "load_sae",
+    "register_architecture",
+    "save_sae",
     "sparse_decode",
     "sparse_rowdot",
     "sparse_transpose_matmul",
     "topk_encode",
     "topk_sae_forward",
     "topk_select",
+    "train_discrete_sae",
     "train_relu_sae",
     "train_topk_sae",
 ]

@@ -1,0 +1,103 @@
+"""The on-disk format of an SAE (a user's own, or one the harness trained): save and load.
+
+A directory with
+
+- ``sae.safetensors``: ``W_enc`` ``[d_in, n_latents]``, ``b_enc`` ``[n_latents]``,
+  ``W_dec`` ``[n_latents, d_in]``, ``b_dec`` ``[d_in]`` (the SAELens layout; any
+  float dtype, read as float32);
+- ``sae.json``: ``{"activation": "topk", "k": 32}``: ``"activation"`` names a
+  registered architecture (:mod:`harness.sae.registry`: ``topk`` | ``relu`` |
+  ``argmax`` | ``discrete``), followed by its config's saved fields (``k`` only
+  for topk); optionally ``"d_in"`` / ``"n_latents"`` (checked against the
+  weights) and ``"apply_b_dec_to_input"`` (default true: encode ``x - b_dec``;
+  false: encode ``x``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import ConfigError, HarnessError
+from harness.sae.model import SAE
+from harness.sae.registry import architecture_names, get_architecture
+
+SAE_WEIGHTS = "sae.safetensors"
+SAE_JSON = "sae.json"
+TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def save_sae(sae: SAE, directory: str | Path) -> Path:
+    """Write ``sae.safetensors`` + ``sae.json`` into ``directory`` (created if needed); returns it."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "W_enc": sae.W_enc.t().contiguous().cpu(), "b_enc": sae.b_enc.contiguous().cpu(),
+        "W_dec": sae.W_dec.contiguous().cpu(), "b_dec": sae.b_dec.contiguous().cpu(),
+    }
+    save_file(tensors, str(directory / SAE_WEIGHTS))
+    meta = {"activation": sae.architecture, "d_in": sae.d_in, "n_latents": sae.n_latents,
+            **sae.arch.to_json(sae.config)}
+    (directory / SAE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_sae_dir(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(sae.json as a dict, the four tensors of sae.safetensors as float32)`` of an SAE directory.
+
+    The only place that reads the files (:class:`HarnessError` with the reason if they are missing,
+    unreadable, or lack a tensor); :func:`load_sae` checks what they mean.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    wpath, jpath = directory / SAE_WEIGHTS, directory / SAE_JSON
+    if not wpath.is_file() or not jpath.is_file():
+        raise HarnessError(
+            f"{directory} is not an SAE directory: expected {SAE_WEIGHTS} (W_enc [d_in, n_latents], b_enc, "
+            f"W_dec [n_latents, d_in], b_dec) and {SAE_JSON} ({{\"activation\": \"topk\", \"k\": 32}})"
+        )
+    try:
+        meta = json.loads(jpath.read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cannot read {jpath}: {e}") from None
+    if not isinstance(meta, dict):
+        raise HarnessError(f"{jpath} must hold a JSON object")
+    try:
+        t = load_file(str(wpath), device="cpu")
+    except (OSError, SafetensorError) as e:
+        raise HarnessError(f"cannot read {wpath}: {e}") from None
+    missing = [n for n in TENSORS if n not in t]
+    if missing:
+        raise HarnessError(f"{wpath} lacks tensor(s) {', '.join(missing)} (has: {', '.join(sorted(t))})")
+    return meta, {n: t[n].float() for n in TENSORS}
+
+
+def load_sae(directory: str | Path, k: int | None = None) -> SAE:
+    """Read an SAE directory (see the module docstring); ``k`` overrides the JSON's (TopK SAEs)."""
+    directory = Path(directory).expanduser()
+    meta, t = read_sae_dir(directory)
+    jpath = directory / SAE_JSON
+    W_enc, b_enc, W_dec, b_dec = (t[n] for n in TENSORS)
+    if W_dec.dim() != 2:
+        raise HarnessError(f"W_dec must be 2-D [n_latents, d_in], got {list(W_dec.shape)}")
+    n, d = W_dec.shape
+    if W_enc.shape != (d, n):
+        raise HarnessError(f"W_enc must be [d_in, n_latents] = {[d, n]} (W_dec is [n_latents, d_in] = {[n, d]}), "
+                           f"got {list(W_enc.shape)}")
+    for key, want in (("d_in", d), ("n_latents", n)):
+        if key in meta and int(meta[key]) != want:
+            raise HarnessError(f"{jpath} says {key} = {meta[key]} but the weights have {want}")
+    name = meta.get("activation")
+    if name not in architecture_names():
+        raise HarnessError(f"{jpath}: 'activation' must be one of {', '.join(architecture_names())}, got {name!r}")
+    try:
+        config = get_architecture(name).from_json(meta, {"k": k})
+        return SAE(W_enc.t().contiguous(), b_enc, W_dec.contiguous(), b_dec, config, info={"path": str(directory)})
+    except ConfigError as e:
+        raise HarnessError(f"{directory}: {e}") from None

@@ -1,0 +1,171 @@
+"""The ``topk`` architecture: TopK SAEs (Gao et al. 2024) with AuxK, and gradient-TopK (g-SAE).
+
+Codes: ``relu`` of the ``k`` largest ``pre = (x - b_dec) W_enc^T + b_enc``
+(:class:`~harness.protocols.reconstruction.SparseCodes` with exactly ``k``
+distinct latents per row; a slot is inactive only where fewer than ``k``
+pre-activations are positive).  With ``grad_beta > 0`` (g-SAE, Olmo et al. 2024)
+latents are *selected* by ``relu(pre) * (1 + grad_beta * |u_i . g_hat|)``,
+``u_i`` the unit decoder direction and ``g_hat = grad_scale * g`` the
+downstream-loss gradient at ``x``, but keep their value ``relu(pre)``.
+
+Training (:func:`train_topk_sae`, the recipe of
+:class:`~harness.sae.training.NormalisedTrainer`) uses
+:func:`~harness.sae.autograd.topk_sae_forward` (sparse backward) and AuxK:
+latents that fired on none of the last ``dead_tokens`` training tokens
+reconstruct the residual with their top ``k_aux`` activations, weighted
+``auxk_coef``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.errors import ConfigError, HarnessError
+from harness.protocols.reconstruction import SparseCodes
+from harness.sae.autograd import topk_sae_forward
+from harness.sae.kernels import topk_encode
+from harness.sae.model import SAE
+from harness.sae.registry import Architecture, SAEConfig, register_architecture
+from harness.sae.training import NormalisedTrainer, TrainStats
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopKConfig(SAEConfig):
+    """``k`` active latents per row; ``grad_beta > 0``: g-SAE selection with gradients scaled by ``grad_scale``."""
+
+    k: int | None = None
+    grad_beta: float = 0.0
+    grad_scale: float = 1.0
+
+    saved = ("k",)
+
+
+class TopKTrainer(NormalisedTrainer):
+    """TopK (+ AuxK, + gradient selection when ``grads`` is given and ``grad_beta > 0``); see the module docstring."""
+
+    def __init__(self, acts: torch.Tensor, n_latents: int, k: int, *, grads: torch.Tensor | None, grad_beta: float,
+                 auxk_coef: float, k_aux: int | None, dead_tokens: int | None, **loop) -> None:
+        if not 1 <= k <= n_latents:
+            raise ConfigError(f"k must lie in [1, n_latents = {n_latents}], got {k}")
+        super().__init__(acts, n_latents, **loop)
+        self.k, self.grad_beta, self.auxk_coef = k, grad_beta, auxk_coef
+        self.grads = grads if grads is not None and grad_beta > 0 else None
+        self.k_aux_opt, self.dead_tokens_opt = k_aux, dead_tokens
+
+    def setup(self) -> torch.Tensor:
+        x_all = super().setup()
+        N, d = x_all.shape
+        self.grad_scale = 1.0
+        if self.grads is not None:
+            grads = self.grads.float()
+            rms = grads.pow(2).sum(1).mean().sqrt().item()
+            self.grad_scale = math.sqrt(d) / rms if rms > 0 else 1.0  # so that E|g_hat|^2 = d
+            self.g_all = grads * self.grad_scale
+        self.k_aux = d // 2 if self.k_aux_opt is None else int(self.k_aux_opt)
+        self.dead_tokens = N if self.dead_tokens_opt is None else int(self.dead_tokens_opt)
+        self.since_fired = torch.zeros(self.n_latents, dtype=torch.long, device=x_all.device)
+        return x_all
+
+    def loss(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        scale = None
+        if self.grads is not None:
+            with torch.no_grad():
+                scale = (self.g_all[rows] @ self.W_dec.detach().t()).abs_().mul_(self.grad_beta).add_(1.0)
+        dead_idx = None
+        if self.auxk_coef > 0:
+            dead = self.since_fired > self.dead_tokens
+            if bool(dead.any()):
+                dead_idx = dead.nonzero().flatten()
+        x_hat, aux_hat, vals, idx = topk_sae_forward(
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux
+        )
+        denom = float(x.shape[0] * self.d)  # normalised units: total variance of the batch ~ B * d
+        e = x - x_hat
+        loss = e.pow(2).sum() / denom
+        if aux_hat.numel():
+            frac = min(1.0, dead_idx.numel() / max(1, self.k_aux))
+            loss = loss + self.auxk_coef * frac * (aux_hat - e.detach()).pow(2).sum() / denom
+        self.selected = idx, vals
+        return loss
+
+    def update(self, loss: torch.Tensor) -> None:
+        super().update(loss)
+        with torch.no_grad():  # AuxK's bookkeeping: tokens since each latent last fired
+            idx, vals = self.selected
+            fired = torch.bincount(idx[vals > 0], minlength=self.n_latents) > 0
+            self.since_fired += idx.shape[0]
+            self.since_fired[fired] = 0
+
+    def finish(self) -> SAE:
+        self.stats.dead_fraction = float((self.since_fired > self.dead_tokens).float().mean())
+        config = TopKConfig(k=self.k, grad_beta=self.grad_beta if self.grads is not None else 0.0,
+                            grad_scale=self.grad_scale)
+        return SAE(*self.folded(), config, info={"train": self.stats.__dict__})
+
+
+@register_architecture("topk", TopKConfig)
+class TopK(Architecture):
+    """TopK codes (g-SAE selection when ``config.grad_beta > 0``; then :meth:`encode` needs ``grads``)."""
+
+    trainer = TopKTrainer
+
+    def check(self, config: TopKConfig, n_latents: int) -> TopKConfig:
+        k = config.k
+        try:
+            ok = k is not None and 1 <= int(k) <= n_latents
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"a topk SAE needs 1 <= k <= n_latents = {n_latents}, got k = {k}")
+        return config if type(k) is int else dataclasses.replace(config, k=int(k))
+
+    def encode(self, sae: SAE, x: torch.Tensor, grads: torch.Tensor | None = None) -> SparseCodes:
+        centre = sae.b_dec if sae.config.apply_b_dec_to_input else None
+        vals, idx = topk_encode(x, sae.W_enc, sae.b_enc, sae.config.k, centre, self.select_scale(sae, grads))
+        return SparseCodes(idx, vals, sae.n_latents)
+
+    @staticmethod
+    def select_scale(sae: SAE, grads: torch.Tensor | None) -> Callable[[slice], torch.Tensor] | None:
+        """g-SAE: ``rows -> 1 + grad_beta * |g_hat[rows] . u|`` ``[rows, n_latents]``; None for plain TopK."""
+        beta = sae.config.grad_beta
+        if beta <= 0:
+            return None
+        if grads is None:
+            raise HarnessError("this g-SAE selects latents with gradients but was given none")
+        unit = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g = grads.to(sae.W_dec.dtype) * sae.config.grad_scale
+
+        def scale(rows: slice) -> torch.Tensor:
+            return (g[rows] @ unit.t()).abs_().mul_(beta).add_(1.0)
+
+        return scale
+
+
+def train_topk_sae(
+    acts: torch.Tensor,
+    n_latents: int,
+    k: int,
+    *,
+    epochs: int = 6,
+    batch_size: int = 512,
+    lr: float = 5e-3,
+    seed: int = 0,
+    grads: torch.Tensor | None = None,
+    grad_beta: float = 0.0,
+    auxk_coef: float = 1 / 32,
+    k_aux: int | None = None,
+    dead_tokens: int | None = None,
+) -> tuple[SAE, TrainStats]:
+    """Train a TopK SAE (g-SAE when ``grads`` and ``grad_beta > 0``); see the module docstring.
+
+    ``acts`` ``[N, d]``; ``grads`` ``[N, d]`` the downstream-loss gradients at
+    ``acts``; ``auxk_coef = 0`` disables AuxK; ``k_aux`` defaults to ``d // 2``
+    and ``dead_tokens`` to ``N`` (a latent is dead after one epoch without firing).
+    """
+    return TopKTrainer(acts, n_latents, k, grads=grads, grad_beta=grad_beta, auxk_coef=auxk_coef, k_aux=k_aux,
+                       dead_tokens=dead_tokens, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).run()
