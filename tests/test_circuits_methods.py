@@ -20,7 +20,8 @@ from harness.metrics import faithfulness, pr_auc, roc_auc, roc_curve, set_metric
 from harness.models.gpt import GPT, GPTConfig, HookedGPT
 from harness.models.tokenizer import WordTokenizer
 from harness.protocols.circuits import CircuitData, LastTokenMetric, PassCounter
-from harness.methods.discrete_sae import _Adam, unique_positive_codes
+from harness.methods.discrete_sae import unique_positive_codes
+from harness.sae.discrete import PlainAdam as _Adam
 
 CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae"]
 

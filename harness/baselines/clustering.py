@@ -18,7 +18,7 @@ from harness.methods.stacked_autoencoder import StackedAutoencoderKMeans
 from harness.protocols.clustering import ClusteringMethod, kmeans_labels
 
 #: ``@baseline(name, description=...)`` registers a clustering baseline, version 1
-baseline = functools.partial(register_method, family="clustering", version="1", baseline=True)
+baseline = functools.partial(register_method, version="1", baseline=True)
 
 
 def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from harness.core.registry import register_method
 from harness.sae.kernels import sparse_decode
 
 
-@register_method("pca", family="reconstruction", version="1", baseline=True,
+@register_method("pca", version="1", baseline=True,
                  description="top-k principal components of the train split (L0 = k)")
 class PCABaseline(ReconstructionMethod):
     def __init__(self, k: int | None = None):
@@ -54,7 +54,7 @@ class PCABaseline(ReconstructionMethod):
         return codes.float() @ self.components_.t() + self.mean_
 
 
-@register_method("random-dict", family="reconstruction", version="1", baseline=True,
+@register_method("random-dict", version="1", baseline=True,
                  description="random unit dictionary (expansion*d atoms) + k-step matching pursuit (L0 <= k)")
 class RandomDictionary(ReconstructionMethod):
     def __init__(self, k: int | None = None, expansion: int = 4):
@@ -97,7 +97,7 @@ class RandomDictionary(ReconstructionMethod):
         return sparse_decode(codes.indices, codes.values, self.atoms_, self.mean_)
 
 
-@register_method("identity", family="reconstruction", version="1", baseline=True,
+@register_method("identity", version="1", baseline=True,
                  description="codes = activations, decode = identity (upper bound; L0 = d)")
 class IdentityBaseline(ReconstructionMethod):
     def fit(self, acts: torch.Tensor) -> "IdentityBaseline":

@@ -60,7 +60,6 @@ from harness.core.registry import register_method
 from harness.models.base import HookedModel
 from harness.protocols.circuits import CircuitData, CircuitMethod
 from harness.sae import SAE, train_discrete_sae
-from harness.sae.discrete import PlainAdam as _Adam  # noqa: F401  (the name tests/test_circuits_methods.py imports)
 
 NORMALISATIONS = ("none", "head", "unit")
 SOURCES = ("z", "result")
@@ -98,7 +97,6 @@ def unique_positive_codes(codes_pos: torch.Tensor, codes_neg: torch.Tensor, n_co
 
 @register_method(
     "discrete-sae",
-    family="circuits",
     version="1",
     description="O'Neill & Bui 2024: one SAE over all heads' mean-pooled outputs on clean (positive) and "
     "corrupted (negative) prompts; head score = # argmax codes seen on positives but never on negatives",

@@ -54,7 +54,7 @@ class _SAEMethod(ReconstructionMethod):
         return self._need().decode(codes).cpu()
 
 
-@register_method("topk-sae", family="reconstruction", version="1",
+@register_method("topk-sae", version="1",
                  description="TopK SAE with AuxK (Gao et al. 2024); sparse backward, embedding-bag decode")
 class TopKSAE(_SAEMethod):
     def __init__(self, k: int | None = None, expansion: int = 4, n_latents: int | None = None, epochs: int = 6,
@@ -71,7 +71,7 @@ class TopKSAE(_SAEMethod):
         return self
 
 
-@register_method("g-sae", family="reconstruction", version="1",
+@register_method("g-sae", version="1",
                  description="gradient-TopK SAE (Olmo et al. 2024): TopK over z + beta*z*|W_dec^T grad L|")
 class GradientTopKSAE(_SAEMethod):
     uses_gradients = True
@@ -102,7 +102,7 @@ class GradientTopKSAE(_SAEMethod):
         return sae.encode(acts.to(self.device), grads.to(self.device))
 
 
-@register_method("relu-sae", family="reconstruction", version="1",
+@register_method("relu-sae", version="1",
                  description="ReLU SAE with an L1 penalty (L0 set by l1_coef)")
 class ReLUSAE(_SAEMethod):
     def __init__(self, l1_coef: float = 0.1, expansion: int = 4, n_latents: int | None = None, epochs: int = 6,
@@ -118,7 +118,7 @@ class ReLUSAE(_SAEMethod):
         return self
 
 
-@register_method("argmax-sae", family="reconstruction", version="1",
+@register_method("argmax-sae", version="1",
                  description="argmax-code ReLU SAE after O'Neill & Bui 2024 (harness trainer, not discrete-sae's): "
                              "code = argmax latent, L0 = 1")
 class ArgmaxSAE(_SAEMethod):
@@ -135,7 +135,7 @@ class ArgmaxSAE(_SAEMethod):
         return self
 
 
-@register_method("user-sae", family="reconstruction", version="1",
+@register_method("user-sae", version="1",
                  description="your own SAE: path=DIR with sae.safetensors (W_enc, b_enc, W_dec, b_dec) + sae.json")
 class UserSAE(_SAEMethod):
     """Evaluate a pretrained SAE without writing code: ``--methods user-sae --param path=DIR``.

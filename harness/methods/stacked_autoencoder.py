@@ -26,7 +26,6 @@ def stage_seed(seed: int, stage: int) -> int:
 
 @register_method(
     "stacked-ae-kmeans",
-    family="clustering",
     version="1",
     description=(
         "stacked autoencoder (3 stages, each fed the previous code concatenated with the input), "
