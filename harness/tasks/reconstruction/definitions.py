@@ -52,7 +52,7 @@ class _EmbeddedLMTask(ReconstructionTask):
     default_config = {"model": "docstring-gpt", "layer": 1, "n_train": 256, "n_test": 64}
 
     def make_source(self, config: Mapping[str, Any], ctx: RunContext) -> Source:
-        from harness.tasks.reconstruction import lm
+        from harness.embedded import docstring_lm as lm
 
         if config["model"] != lm.NAME:
             raise ConfigError(f"task {self.name!r} reads the embedded model {lm.NAME!r}; got model {config['model']!r}")
