@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from harness.core.seeding import torch_threads
 from harness.embedded import registry
-from harness.embedded.recipe import Recipe
+from harness.embedded.recipe import GPTRecipe
 from harness.embedded.schedule import warmup_cosine
 from harness.models.gpt import GPT, GPT_CARD, GPTConfig, HookedGPT, load_gpt, save_gpt
 from harness.models.tokenizer import WordTokenizer
@@ -48,41 +48,24 @@ Log = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
-class DocstringLMRecipe(Recipe):
-    """Sizes and training of ``docstring-gpt`` (the card's ``recipe``).
+class DocstringLMRecipe(GPTRecipe):
+    """Sizes and training of ``docstring-gpt`` (the card's ``recipe``; the values are :data:`RECIPE`'s).
 
     Schedule: a cosine over all ``steps`` from step 0 to zero, times a linear
     warm-up factor over the first ``warmup`` steps.
     """
 
-    recipe_version: int = 1
-    vocab_size: int = 2048
-    n_layers: int = 3
-    n_heads: int = 4
-    d_model: int = 96
-    d_mlp: int = 384
-    n_ctx: int = 64
-    seed: int = 0
-    steps: int = 1200
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    threads: int = 1
+    recipe_version: int = 1  # a directory built by another version is rebuilt, not used
+    vocab_size: int = 2048  # words, including <doc> and <unk>
+    seed: int = 0  # torch.manual_seed of the weights and the generator of the training windows
+    batch_size: int = 32  # windows per step
 
     def lr_at(self, step: int) -> float:
         return warmup_cosine(step, steps=self.steps, lr=self.lr, warmup=self.warmup, decay_from_start=True)
 
-    def adam_betas(self) -> tuple[float, float]:
-        return self.betas
 
-    def clip_norm(self) -> float:
-        return self.grad_clip
-
-
-RECIPE = DocstringLMRecipe()
+RECIPE = DocstringLMRecipe(n_layers=3, n_heads=4, d_model=96, d_mlp=384, n_ctx=64, steps=1200, lr=3e-3, warmup=100,
+                           weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, threads=1)
 
 
 # ---------------------------------------------------------------------- data
@@ -211,6 +194,7 @@ class DocstringLM(registry.EmbeddedModel):
     atol = 1e-5
 
     def build(self, directory: Path, log: Log = print) -> Path:
+        """Train (about two minutes) and write weights, card and SAE token windows into ``directory``."""
         build_docstring_gpt(directory, log=log)
         return Path(directory)
 

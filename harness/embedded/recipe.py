@@ -5,8 +5,8 @@ so a card says exactly how its weights were made.  The base holds what every
 embedded model's training has: ``steps``, the peak ``lr`` and ``warmup`` of
 :func:`harness.embedded.schedule.warmup_cosine`, AdamW's ``weight_decay`` (on
 matrices only) and the CPU ``threads`` the build runs on.  Each family's recipe
-(:class:`harness.embedded.planted.PlantedRecipe`,
-:class:`harness.embedded.icl_learner.ICLRecipe`,
+(:class:`harness.embedded.icl_learner.ICLRecipe`; through :class:`GPTRecipe`, which
+adds a GPT's sizes, :class:`harness.embedded.planted.PlantedRecipe` and
 :class:`harness.embedded.docstring_lm.DocstringLMRecipe`) subclasses it and says
 how its own fields map to the schedule's floor, Adam's betas and the clipping
 norm; the field names are those of the committed cards and do not change.
@@ -31,6 +31,7 @@ from torch import nn
 from harness.embedded.schedule import warmup_cosine
 
 T = TypeVar("T")
+R = TypeVar("R", bound="Recipe")
 
 
 def from_known_fields(cls: type[T], data: Mapping[str, Any]) -> T:
@@ -68,6 +69,7 @@ class Recipe:
         return warmup_cosine(step, steps=self.steps, lr=self.lr, warmup=self.warmup)
 
     def adam_betas(self) -> tuple[float, float]:
+        """AdamW's ``(beta1, beta2)``."""
         return (0.9, 0.999)
 
     def clip_norm(self) -> float:
@@ -80,7 +82,8 @@ class Recipe:
         return _lists(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        """The recipe of a card's ``recipe`` entry (unknown keys ignored)."""
         return from_known_fields(cls, data)
 
     def adamw(self, model: nn.Module,
@@ -109,3 +112,23 @@ class Recipe:
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+
+
+@dataclass(frozen=True)
+class GPTRecipe(Recipe):
+    """A recipe that also sizes a :class:`harness.models.gpt.GPT` (layers, heads, widths, context in tokens)
+    and gives Adam's ``betas`` and the gradient-norm clip ``grad_clip`` by name."""
+
+    n_layers: int = 3
+    n_heads: int = 4
+    d_model: int = 64  # residual stream width
+    d_mlp: int = 256  # MLP hidden width (0: attention only)
+    n_ctx: int = 16  # positions
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+
+    def adam_betas(self) -> tuple[float, float]:
+        return self.betas
+
+    def clip_norm(self) -> float:
+        return self.grad_clip

@@ -60,6 +60,7 @@ class EmbeddedModel(ABC):
 
     @property
     def committed_dir(self) -> Path:
+        """``harness/embedded/weights/<name>``: where the committed model is."""
         return WEIGHTS_DIR / self.name
 
     # ---------------------------------------------------------------- per family

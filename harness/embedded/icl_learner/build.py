@@ -82,6 +82,7 @@ ICL_MODEL_SPECS: dict[str, ICLModelSpec] = {spec.name: spec for spec in (
 
 
 def get_spec(name: str) -> ICLModelSpec:
+    """The spec of learner ``name`` (``HarnessError`` naming the known ones otherwise)."""
     if name not in ICL_MODEL_SPECS:
         raise HarnessError(f"unknown in-context learner {name!r}; known: {', '.join(ICL_MODEL_SPECS)}")
     return ICL_MODEL_SPECS[name]

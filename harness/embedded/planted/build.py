@@ -81,6 +81,7 @@ class PlantedModel(registry.EmbeddedModel):
             check_card({**model.card, "verification": fresh}, where=f"{where} (re-verified)")
 
     def verify(self, directory: Path) -> None:
+        """The card's checks and a quick re-verification of the saved weights."""
         super().verify(directory)
         self.accept(load_gpt(directory), where=f"planted model {self.name!r} ({directory})")
 

@@ -70,6 +70,7 @@ class IOISampler:
         self.seq = self.templates.shape[1]
 
     def sample(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """``n`` prompts as index arrays ``[n]``: template, order, IO / S / C names, place, object."""
         trio = rng.random((n, len(self.names))).argsort(axis=1)[:, :3]
         return {
             "t": rng.integers(len(self.templates), size=n),
@@ -106,6 +107,7 @@ class IOISampler:
         raise ValueError(which)
 
     def answer(self, d: dict[str, np.ndarray], which: str = "io") -> torch.Tensor:
+        """Token ids ``[n]`` of the name ``which`` ("io", "s" or "c")."""
         return torch.from_numpy(self.names[d[which]]).long()
 
 
@@ -122,6 +124,7 @@ class GreaterThanSampler:
         self.vocab_size = len(tok)
 
     def sample(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """``n`` prompts as arrays ``[n]``: noun index, century XX and two-digit year YY."""
         return {
             "noun": rng.integers(len(self.nouns), size=n),
             "xx": rng.integers(P.GT_CENTURIES[0], P.GT_CENTURIES[-1] + 1, size=n),
@@ -129,6 +132,7 @@ class GreaterThanSampler:
         }
 
     def tokens(self, d: dict[str, np.ndarray], corrupt: bool = False) -> torch.Tensor:
+        """Token ids ``[n, seq]``; ``corrupt``: YY replaced by the corrupted year (01)."""
         n = len(d["yy"])
         out = np.tile(self.template, (n, 1))
         out[:, self.pos["NOUN"][0]] = self.nouns[d["noun"]]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from harness.embedded.recipe import Recipe
+from harness.embedded.recipe import GPTRecipe
 from harness.embedded.schedule import warmup_cosine
 from harness.errors import HarnessError
 
@@ -28,17 +28,13 @@ THRESHOLDS = {
 
 
 @dataclass(frozen=True)
-class PlantedRecipe(Recipe):
+class PlantedRecipe(GPTRecipe):
     """Sizes and training hyper-parameters of one planted model (all recorded in the card).
 
     Schedule: ``warmup`` steps of linear warm-up, then cosine decay from ``lr`` to ``min_lr``.
+    The sizes, betas and clip are :class:`~harness.embedded.recipe.GPTRecipe`'s defaults.
     """
 
-    n_layers: int = 3
-    n_heads: int = 4
-    d_model: int = 64
-    d_mlp: int = 256
-    n_ctx: int = 16
     steps: int = 800
     batch: int = 32  # task prompts per block (clean, strict, each interchange)
     distractor_batch: int = 16  # distractor sequences per block (clean, mirror)
@@ -46,29 +42,22 @@ class PlantedRecipe(Recipe):
     min_lr: float = 3e-5
     warmup: int = 50
     weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
+    #: weight of each loss term ("interchange" weighs every circuit head's interchange block)
     weights: tuple[tuple[str, float], ...] = (
         ("task", 1.0), ("strict", 1.0), ("match", 0.1), ("interchange", 1.0), ("attention", 1.0),
         ("distractor", 1.0), ("mirror", 1.0), ("distractor_attention", 1.0),
     )
-    init_seed: int = 1234
-    data_seed: int = 5678
+    init_seed: int = 1234  # torch.manual_seed before the weights are initialised
+    data_seed: int = 5678  # the one numpy generator of all training data
     # One thread: bitwise reproducible, and on this shared 2-core machine two threads were
     # 3.5x slower whenever other processes ran (OpenMP threads wait on each other).
     threads: int = 1
     verify_prompts: int = 512
     verify_seed: int = 987_654
-    log_every: int = 100
+    log_every: int = 100  # steps between training-history entries
 
     def lr_at(self, step: int) -> float:
         return warmup_cosine(step, steps=self.steps, lr=self.lr, warmup=self.warmup, min_lr=self.min_lr)
-
-    def adam_betas(self) -> tuple[float, float]:
-        return self.betas
-
-    def clip_norm(self) -> float:
-        return self.grad_clip
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -78,6 +67,8 @@ class PlantedRecipe(Recipe):
 
 @dataclass(frozen=True)
 class PlantedSpec:
+    """A planted model: its task, designated circuit (``(layer, head)`` pairs), head roles and recipe."""
+
     name: str
     task: str  # "ioi" or "greater_than"
     circuit: tuple[Head, ...]
@@ -145,6 +136,7 @@ def head_name(h: Head) -> str:
 
 
 def get_spec(name: str) -> PlantedSpec:
+    """The spec of planted model ``name`` (``HarnessError`` naming the known ones otherwise)."""
     if name not in PLANTED:
         raise HarnessError(f"unknown planted model {name!r}; known: {', '.join(PLANTED)}")
     return PLANTED[name]

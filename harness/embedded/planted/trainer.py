@@ -120,7 +120,7 @@ class _Rows:
         self.L, self.H = L, H
 
     def add(self, name: str, tokens: torch.Tensor, mask: torch.Tensor | None = None, rep: torch.Tensor | None = None,
-            positions: Sequence[int] | None = None):
+            positions: Sequence[int] | None = None) -> None:
         """Rows ``tokens`` whose heads in ``mask`` [L, H] get ``z`` = ``rep`` at ``positions`` (default: all)."""
         b, s = tokens.shape
         m = torch.zeros(b, s, self.L, self.H, dtype=torch.bool)
@@ -135,6 +135,7 @@ class _Rows:
         self.n += b
 
     def build(self, z_shape_tail: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens [n, s], masks [n, s, L, H], replacement z [n, s, L, H, d_head])`` of all rows."""
         tokens = torch.cat(self.tokens)
         masks = torch.cat(self.masks)
         s = tokens.shape[1]

@@ -44,7 +44,8 @@ def _accuracy(task: str, split, logits_last: torch.Tensor) -> tuple[float, float
 
 
 @torch.no_grad()
-def verify(model: HookedGPT, spec: PlantedSpec, recipe: PlantedRecipe | None = None, n_prompts: int | None = None) -> dict[str, Any]:
+def verify(model: HookedGPT, spec: PlantedSpec, recipe: PlantedRecipe | None = None,
+           n_prompts: int | None = None) -> dict[str, Any]:
     """Verification numbers (see the module docstring) and the pass / fail of each check.
 
     ``n_prompts`` (default: the recipe's 512) may be lowered for a quick re-check.
