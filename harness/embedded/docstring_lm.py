@@ -26,26 +26,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from harness.core.seeding import torch_threads
 from harness.embedded import registry
-from harness.embedded.recipe import GPTRecipe
+from harness.embedded.recipe import GPTRecipe, Log
 from harness.embedded.schedule import warmup_cosine
 from harness.models.gpt import GPT, GPT_CARD, GPTConfig, HookedGPT, load_gpt, save_gpt
 from harness.models.tokenizer import WordTokenizer
 from harness.tasks.reconstruction import corpus
 
+
 NAME = "docstring-gpt"
 COMMITTED_DIR = registry.WEIGHTS_DIR / NAME
 SAE_TOKENS = "sae_tokens.safetensors"
 DOC, UNK = "<doc>", "<unk>"
-
-Log = Callable[[str], None] | None
-
 
 @dataclass(frozen=True)
 class DocstringLMRecipe(GPTRecipe):

@@ -30,6 +30,9 @@ from torch import nn
 
 from harness.embedded.schedule import warmup_cosine
 
+#: Where builds report progress: a function taking one line (``print``), or None for silence.
+Log = Callable[[str], None] | None
+
 T = TypeVar("T")
 R = TypeVar("R", bound="Recipe")
 

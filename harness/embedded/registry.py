@@ -28,9 +28,10 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from harness.embedded.card import CardFormat, compare_cards, compare_weights
+from harness.embedded.recipe import Log
 from harness.errors import DuplicateNameError, HarnessError, UnknownNameError, did_you_mean
 
 #: Committed models: ``weights/<name>/`` next to this file (a fresh clone needs no training).
@@ -38,9 +39,6 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 #: The modules that register embedded models (imported on the first look-up).
 FAMILY_MODULES = ("harness.embedded.planted", "harness.embedded.icl_learner", "harness.embedded.docstring_lm")
-
-Log = Callable[[str], None] | None
-
 
 class EmbeddedModel(ABC):
     """One named model the harness trains itself (see the module docstring for the contract).

@@ -14,17 +14,15 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 from harness.embedded import registry
 from harness.embedded.card import CardFormat
 from harness.embedded.icl_learner.model import ICLArch, InContextRegressor
 from harness.embedded.icl_learner.train import ICLModelSpec, ICLRecipe, train_icl_model
+from harness.embedded.recipe import Log
 from harness.errors import HarnessError
 
-Log = Callable[[str], None] | None
 
 ICL_JSON = "icl.json"
 ICL_CARD = CardFormat(name="harness-icl-regressor", version=1, json_name=ICL_JSON, what="in-context learner")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from harness.core.seeding import torch_threads
 from harness.embedded.icl_learner.model import ICLArch, InContextRegressor
-from harness.embedded.recipe import Recipe
+from harness.embedded.recipe import Log, Recipe
 from harness.embedded.schedule import warmup_cosine
-
-Log = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 from harness.embedded import registry
 from harness.embedded.planted.specs import CARD_FORMAT, PLANTED, QUICK_VERIFY_PROMPTS, PlantedRecipe, get_spec
 from harness.embedded.planted.trainer import train
 from harness.embedded.planted.verifier import check_card, verify
+from harness.embedded.recipe import Log
 from harness.models.gpt import GPT_CARD, HookedGPT, load_gpt, save_gpt
-
-Log = Callable[[str], None] | None
 
 
 def build_model(name: str, recipe: PlantedRecipe | None = None, log: Log = print) -> HookedGPT:

@@ -29,9 +29,8 @@ from harness.embedded.planted.samplers import (
     make_tokenizer,
 )
 from harness.embedded.planted.specs import Head, PlantedRecipe, PlantedSpec, circuit_mask, head_name, single_head_mask
+from harness.embedded.recipe import Log
 from harness.models.gpt import GPT, GPTConfig, HookedGPT
-
-Log = Callable[[str], None] | None
 
 
 def _record_z(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
