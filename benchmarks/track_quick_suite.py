@@ -33,7 +33,8 @@ def _quick_cells(family: str) -> list[str]:
 
 
 def _run_family(family: str) -> dict[str, float]:
-    from harness.core.runner import SUITES, RunSpec, run
+    from harness.core.cell import SUITES, RunSpec
+    from harness.core.runner import run
 
     tasks = sorted({c.split("|")[0] for c in _quick_cells(family)})
     with tempfile.TemporaryDirectory() as tmp:

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.report.leaderboard import build_tables, render_markdown
-    from harness.core.runner import SUITES, RunSpec, run
+    from harness.core.cell import SUITES, RunSpec
+    from harness.core.runner import run
 
     overrides = _parse_assignments(args.overrides, "--set", multi=False)
     if args.model:
@@ -274,29 +275,22 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from harness.embedded.registry import builder_for, builders
+    from functools import partial
 
+    from harness.embedded import registry as embedded
+
+    log = partial(print, flush=True)  # progress of builds that take minutes
     if args.models_command == "list":
-        print(tabulate([[n, b.family, b.description] for b in builders() for n in b.names()],
-                       headers=["model", "family", "description"], tablefmt="github"))
+        rows = [[m.name, m.family, "yes" if m.is_current(m.committed_dir) else "no", m.description]
+                for m in embedded.models()]
+        print(tabulate(rows, headers=["model", "family", "committed", "description"], tablefmt="github"))
         return EXIT_OK
-    groups: dict[str, list[str] | None] = {}
-    if args.name:
-        for name in args.name:
-            groups.setdefault(builder_for(name).family, []).append(name)  # type: ignore[union-attr]
-    else:
-        groups = {b.family: None for b in builders()}
-    ok = True
-    for b in builders():
-        if b.family not in groups:
-            continue
-        if args.models_command == "build":
-            for path in b.build(groups[b.family], args.out, args.force):
-                print(f"built {path}")
-        else:
-            ok = b.check(groups[b.family]) and ok
-    if args.models_command == "check":
-        print("models reproduce the committed ones" if ok else "models do NOT reproduce the committed ones")
+    if args.models_command == "build":
+        for path in embedded.build(args.name, args.out, args.force, log=log):
+            print(f"model directory: {path}")
+        return EXIT_OK
+    ok = embedded.check(args.name, log=log)
+    print("models reproduce the committed ones" if ok else "models do NOT reproduce the committed ones")
     return EXIT_OK if ok else EXIT_FAIL
 
 

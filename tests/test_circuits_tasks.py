@@ -376,7 +376,8 @@ def test_bring_your_own_model_from_the_cli(tiny_gpt2_dir, tmp_path, capsys):
 
 def test_records_keep_head_scores_and_the_roc_plot_reads_them(tmp_path):
     from harness.core.records import Store
-    from harness.core.runner import RunSpec, run
+    from harness.core.cell import RunSpec
+    from harness.core.runner import run
     from harness.tasks.circuits.plots import plot_circuit_rocs
 
     spec = RunSpec(tasks=["circuits/ioi"], methods=["random", "act-patch-mean"], seeds=[0, 1],

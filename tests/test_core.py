@@ -21,7 +21,8 @@ from harness.errors import DuplicateNameError, RecordError, UnknownNameError
 from harness.report.leaderboard import build_tables, render_csv, render_markdown
 from harness.core.method import Method
 from harness.core.records import Store, read_record, validate, write_record
-from harness.core.runner import RunSpec, expand, run
+from harness.core.cell import RunSpec, expand
+from harness.core.runner import run
 from toy_plugin import toy_spec
 from harness.report.stats import mean_ci, paired_difference
 

@@ -27,7 +27,8 @@ from harness.report.html import ASV_COMMAND, plot_family, read_asv_history, rend
 from harness.report.leaderboard import Row, Table, build_tables
 from harness.report.plots import plot_main_metric
 from harness.core.records import Store
-from harness.core.runner import RunSpec, run
+from harness.core.cell import RunSpec
+from harness.core.runner import run
 from toy_plugin import toy_spec
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -24,7 +24,7 @@ from harness.protocols.icl import (
     reference_predictions,
     ridge_weights,
 )
-from harness.tasks.icl.model import (
+from harness.embedded.icl_learner import (
     ICLArch,
     ICLModelSpec,
     ICLRecipe,
@@ -351,18 +351,19 @@ def test_plots_and_summary(tmp_path):
 
 
 def test_icl_models_are_in_the_model_builder_registry(capsys, monkeypatch):
-    from harness.embedded.registry import builder_for
     from harness.cli import main
-    from harness.tasks.icl import model as icl_model
+    from harness.embedded import icl_learner, registry
 
     def no_training(*args, **kwargs):
         raise AssertionError("a build without --force retrained a committed model (its recipe changed?)")
 
-    monkeypatch.setattr(icl_model, "build_icl_model", no_training)  # never overwrite harness/tasks/icl/models here
-    builder = builder_for("icl-d5")
-    assert builder.family == "icl" and builder.names() == ["icl-d5", "icl-d8-noisy"]
+    names = ["icl-d5", "icl-d8-noisy"]
+    for name in names:  # never overwrite the committed weights here
+        monkeypatch.setattr(icl_learner.MODELS[name], "build", no_training)
+    assert registry.get("icl-d5").family == "icl"
+    assert [m.name for m in registry.models() if m.family == "icl"] == names
     # the committed models match their recipes, so a build without --force trains nothing
-    paths = builder.build(None, None, False)
-    assert [p.name for p in paths] == ["icl-d5", "icl-d8-noisy"]
+    paths = registry.build(names)
+    assert [p.name for p in paths] == names
     assert "up to date" in capsys.readouterr().out
     assert main(["models", "list"]) == 0 and "icl-d8-noisy" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """Embedded planted-circuit models: committed models load and verify, failures are refused, training runs.
 
 No test retrains a real model (that takes minutes; `harness models build`
-and :func:`harness.tasks.circuits.planted.check_reproduction` do); the training loop
-is smoke-tested on a tiny recipe whose model must fail verification.
+and `harness models check` do); the training loop is smoke-tested on a tiny
+recipe whose model must fail verification.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ import numpy as np
 import pytest
 import torch
 
+from harness.embedded import planted, registry
+from harness.embedded.card import compare_cards
 from harness.errors import HarnessError
 from harness.models.gpt import load_gpt, save_gpt
-from harness.tasks.circuits import cli_hooks, planted
 from harness.tasks.circuits import prompts as P
 from harness.tasks.circuits.task import clear_model_cache, get_model
 
 NAMES = list(planted.PLANTED)
+COMMITTED = {name: planted.MODELS[name].committed_dir for name in NAMES}
 
 
 @pytest.fixture(scope="module")
 def committed() -> dict:
-    return {name: load_gpt(planted.COMMITTED_DIR / name) for name in NAMES}
+    return {name: load_gpt(COMMITTED[name]) for name in NAMES}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,7 +45,7 @@ def test_committed_model_card_passes_and_matches_recomputation(committed, name):
     planted.check_card(card)  # the stored numbers pass the thresholds
     # recompute verification on the committed weights: same numbers as stored
     fresh = planted.verify(model, spec)
-    diffs = planted.compare_cards(v, fresh, atol=1e-4)
+    diffs = compare_cards(v, fresh, atol=1e-4)
     assert not diffs, diffs[:5]
     # the thresholds, spelled out
     drop = np.array(v["resample_drop"])
@@ -65,19 +67,20 @@ def test_load_planted_prefers_committed_dir(name, tmp_path):
 
 def test_load_order_cache_then_build(tmp_path, monkeypatch):
     name = "planted-ioi"
-    monkeypatch.setattr(planted, "COMMITTED_DIR", tmp_path / "committed")  # pretend nothing is committed
+    entry = planted.MODELS[name]
+    committed = entry.committed_dir
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "committed")  # pretend nothing is committed
     built = []
 
-    def fake_build(out_dir, names, force=False, log=None):
-        built.append((Path(out_dir), list(names)))
-        target = Path(out_dir) / names[0]
-        save_gpt(load_gpt(Path(planted.__file__).parent / "models" / name), target)
-        return [target]
+    def fake_build(directory, log=None):
+        built.append(Path(directory))
+        return save_gpt(load_gpt(committed), directory)
 
-    monkeypatch.setattr(planted, "build_models", fake_build)
+    monkeypatch.setattr(entry, "build", fake_build)
     cache = tmp_path / "cache"
     planted.load_planted(name, cache_dir=cache, reverify=False)
-    assert built == [(cache, [name])]
+    assert built == [cache / (name + ".building")] and entry.is_current(cache / name)
+    assert not (cache / (name + ".building")).exists()
     planted.load_planted(name, cache_dir=cache, reverify=False)  # now found in the cache: no second build
     assert len(built) == 1
     with pytest.raises(HarnessError, match="harness models build"):
@@ -121,7 +124,7 @@ def test_refused_when_weights_do_not_match_the_card(committed, tmp_path, monkeyp
         broken.model.blocks[0].attn.out.weight[:, 0:d] *= 30.0
     cache = tmp_path / "cache"
     save_gpt(broken, cache / "planted-ioi")  # with the committed (passing) card
-    monkeypatch.setattr(planted, "COMMITTED_DIR", tmp_path / "none")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "none")
     planted.load_planted("planted-ioi", cache_dir=cache, reverify=False)  # the card alone passes
     with pytest.raises(HarnessError, match="re-verified.*noncircuit_heads_negligible"):
         planted.load_planted("planted-ioi", cache_dir=cache, reverify=True)
@@ -187,10 +190,10 @@ def test_training_smoke_and_verification_rejects_bad_model(tmp_path, monkeypatch
     again = planted.build_model("planted-ioi", recipe, log=None)
     for a, b in zip(model.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
-    # build_models refuses to write a model that fails verification
-    monkeypatch.setattr(planted, "build_model", lambda name, recipe=None, log=None: model)
+    # the registry's build refuses to write a model that fails verification
+    monkeypatch.setattr(planted.build, "build_model", lambda name, recipe=None, log=None: model)
     with pytest.raises(HarnessError, match="failed verification"):
-        planted.build_models(tmp_path / "out", ["planted-ioi"], force=True, log=None)
+        registry.build(["planted-ioi"], tmp_path / "out", force=True, log=None)
     assert not (tmp_path / "out" / "planted-ioi" / "gpt.json").exists()
 
 
@@ -200,25 +203,25 @@ def test_greater_than_training_smoke():
     assert training["history"][-1]["step"] == 3 and np.isfinite(training["history"][-1]["loss"])
 
 
-def test_cli_hook_keeps_existing_models(tmp_path):
-    src = planted.COMMITTED_DIR / "planted-ioi"
+def test_registry_build_keeps_existing_models(tmp_path):
     target = tmp_path / "planted-ioi"
-    save_gpt(load_gpt(src), target)
+    save_gpt(load_gpt(COMMITTED["planted-ioi"]), target)
     before = (target / "model.safetensors").stat().st_mtime_ns
-    paths = cli_hooks.models_build(["planted-ioi"], out=tmp_path, force=False, log=None)
+    paths = registry.build(["planted-ioi"], out=tmp_path, force=False, log=None)
     assert paths == [target] and (target / "model.safetensors").stat().st_mtime_ns == before
-    assert cli_hooks.model_names() == NAMES
+    assert [m.name for m in registry.models() if m.family == "circuits"] == NAMES
+    assert registry.get("planted-ioi") is planted.MODELS["planted-ioi"]
 
 
 def test_compare_cards():
     a = {"x": 1.0, "y": [1, 2], "training": {"seconds": 5}}
-    assert planted.compare_cards(a, {"x": 1.0 + 1e-7, "y": [1, 2], "training": {"seconds": 9}}) == []
-    assert planted.compare_cards(a, {"x": 1.1, "y": [1, 2], "training": {"seconds": 5}}) == ["x: 1.0 != 1.1"]
+    assert compare_cards(a, {"x": 1.0 + 1e-7, "y": [1, 2], "training": {"seconds": 9}}) == []
+    assert compare_cards(a, {"x": 1.1, "y": [1, 2], "training": {"seconds": 5}}) == ["x: 1.0 != 1.1"]
 
 
 def test_committed_files_are_small():
     for name in NAMES:
-        d = planted.COMMITTED_DIR / name
+        d = COMMITTED[name]
         size = sum(f.stat().st_size for f in d.iterdir())
         assert size < 1_000_000, (name, size)
         json.loads((d / "gpt.json").read_text())

@@ -370,11 +370,11 @@ def test_registered_tasks_and_default_suite():
 
 
 def test_committed_embedded_model_card():
-    from harness.tasks.reconstruction import lm
+    from harness.embedded import docstring_lm as lm
 
-    assert lm._usable(lm.COMMITTED_DIR), "the committed docstring-gpt is missing or of another recipe"
+    assert lm.MODEL.is_current(lm.COMMITTED_DIR), "the committed docstring-gpt is missing or of another recipe"
     card = json.loads((lm.COMMITTED_DIR / "gpt.json").read_text())["card"]
-    assert card["recipe"] == lm.RECIPE
+    assert card["recipe"] == lm.RECIPE.to_dict()
     assert card["heldout_ce"] < card["unigram_ce"] - 1.0
     size = sum(p.stat().st_size for p in lm.COMMITTED_DIR.iterdir())
     assert size < 3.5e6
@@ -383,7 +383,8 @@ def test_committed_embedded_model_card():
 def test_embedded_lm_build_is_deterministic_and_reproduces_the_committed_tokens(tmp_path):
     from safetensors.torch import load_file
 
-    from harness.tasks.reconstruction import corpus, lm
+    from harness.embedded import docstring_lm as lm
+    from harness.tasks.reconstruction import corpus
 
     a = lm.build_docstring_gpt(tmp_path / "a", steps=2)
     b = lm.build_docstring_gpt(tmp_path / "b", steps=2)

@@ -88,7 +88,7 @@ class BadType(Method):
 
 def toy_spec(results_dir, methods, seeds=(0, 1, 2), **kw):
     """A run spec of the toy task on the CPU, no progress bar."""
-    from harness.core.runner import RunSpec
+    from harness.core.cell import RunSpec
 
     return RunSpec(tasks=["toy/vector"], methods=methods, seeds=list(seeds), results_dir=results_dir,
                    device="cpu", progress=False, **kw)

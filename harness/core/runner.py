@@ -21,10 +21,10 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from harness.core.cache import default_cache_dir
-from harness.core.cell import DEFAULT_SEEDS, SUITES, Cell, RunSpec, expand, json_safe  # noqa: F401 (re-exported)
+from harness.core.cell import Cell, RunSpec, expand, json_safe
 from harness.core.context import RunContext
 from harness.core.provenance import provenance
-from harness.core.records import Record, Store, method_label  # noqa: F401 (re-exported)
+from harness.core.records import Record, Store
 from harness.core.resources import measure
 from harness.core.seeding import resolve_device, seed_everything
 from harness.errors import HarnessError, RecordError

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.embedded.card import CardFormat
 from harness.errors import HarnessError
 from harness.models.base import HookedModel, ZFn
 from harness.models.tokenizer import WordTokenizer
@@ -249,6 +249,11 @@ class HookedGPT(HookedModel):
 
 
 # ---------------------------------------------------------------- save / load
+#: Saved GPT directories: ``model.safetensors`` + ``gpt.json`` (config, vocabulary, card).
+GPT_CARD = CardFormat(name=GPT_FORMAT, version=GPT_FORMAT_VERSION, json_name=GPT_JSON, what="harness GPT",
+                      weights_name=GPT_WEIGHTS)
+
+
 def save_gpt(model: HookedGPT, directory: str | Path, card: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``gpt.json`` (config, vocabulary, card) into ``directory``.
 
@@ -257,70 +262,30 @@ def save_gpt(model: HookedGPT, directory: str | Path, card: dict | None = None) 
     """
     if not isinstance(model, HookedGPT):
         raise TypeError(f"save_gpt expects a HookedGPT (model + tokenizer), got {type(model).__name__}")
-    from safetensors.torch import save_file
-
-    card = dict(model.card if card is None else card)
     meta = {
-        "format": GPT_FORMAT,
-        "format_version": GPT_FORMAT_VERSION,
         "model_id": model.model_id,
         "config": model.config.to_dict(),
         "tokenizer": model.tokenizer.to_dict(),
-        "card": card,
+        "card": dict(model.card if card is None else card),
     }
-    try:
-        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"the model card must be JSON-serialisable: {e}") from None
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.model.state_dict().items()}
-    tmp = directory / (GPT_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": GPT_FORMAT})
-    tmp.replace(directory / GPT_WEIGHTS)
-    tmp = directory / (GPT_JSON + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(directory / GPT_JSON)
-    return directory
+    return GPT_CARD.write(directory, model.model.state_dict(), meta)
 
 
 def is_gpt_dir(directory: str | Path) -> bool:
-    return (Path(directory) / GPT_JSON).is_file()
+    return GPT_CARD.holds(directory)
 
 
 def load_gpt(directory: str | Path, device: torch.device | str = "cpu") -> HookedGPT:
     """Load a model written by :func:`save_gpt`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    meta_path, weights_path = directory / GPT_JSON, directory / GPT_WEIGHTS
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise HarnessError(f"{directory} is not a saved harness GPT: expected {GPT_JSON} and {GPT_WEIGHTS} in it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot read {meta_path}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != GPT_FORMAT:
-        raise HarnessError(f"{meta_path} is not a harness GPT description (its 'format' is not {GPT_FORMAT!r})")
-    if meta.get("format_version") != GPT_FORMAT_VERSION:
-        raise HarnessError(
-            f"{meta_path} has format_version {meta.get('format_version')!r}; this harness reads version {GPT_FORMAT_VERSION}"
-        )
+    meta = GPT_CARD.read(directory)
     try:
         config = GPTConfig.from_dict(meta["config"])
         tokenizer = WordTokenizer.from_dict(meta["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:
-        raise HarnessError(f"{meta_path} has an invalid config or tokenizer: {e}") from None
-    try:
-        state = load_file(str(weights_path), device="cpu")
-    except (OSError, SafetensorError) as e:
-        raise HarnessError(f"cannot read weights {weights_path}: {e}") from None
+        raise HarnessError(f"{directory / GPT_JSON} has an invalid config or tokenizer: {e}") from None
     model = GPT(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)  # assign: keep the saved dtype
-    except RuntimeError as e:
-        raise HarnessError(f"weights in {weights_path} do not match the config in {meta_path}: {e}") from None
+    GPT_CARD.load_state(model, directory, assign=True)  # assign: keep the saved dtype
     model.eval()
     model_id = meta.get("model_id") or f"gpt:{directory.name}"
     return HookedGPT(model, tokenizer, model_id=model_id, card=meta.get("card") or {}, device=device)

@@ -10,15 +10,15 @@ Specs:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from harness.embedded.card import read_json_object
 from harness.errors import HarnessError
 from harness.models.base import HookedModel
-from harness.models.gpt import GPT_JSON, load_gpt
+from harness.models.gpt import GPT_CARD, GPT_JSON, load_gpt
 
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -54,10 +54,10 @@ def load_model(spec: str, device: torch.device | str = "cpu") -> HookedModel:
 
 
 def _load_directory(path: Path, device) -> HookedModel:
-    if (path / GPT_JSON).is_file():
+    if GPT_CARD.holds(path):
         return load_gpt(path, device)
     if (path / "config.json").is_file():
-        _check_architecture(_read_json(path / "config.json"), str(path))
+        _check_architecture(read_json_object(path / "config.json"), str(path))
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
             raise HarnessError(
                 f"{path} holds a GPT-2 model but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
@@ -119,13 +119,3 @@ def _load_hf(source: str, device, model_id: str, cache_dir: str | None) -> Hooke
     if len(tokenizer) <= 1:  # transformers 5 returns an empty GPT2Tokenizer when no files are found
         raise HarnessError(f"the tokenizer of {source} is empty; save it with tokenizer.save_pretrained")
     return HFGPT2(model, tokenizer, model_id=model_id, device=device)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"{path} is not a JSON object")
-    return data

@@ -45,7 +45,6 @@ import torch
 
 from harness.errors import InvalidOutputError
 from harness.core.method import Method
-from harness.metrics.reconstruction import code_activity  # noqa: F401 (part of the protocol's API)
 
 
 @dataclass(frozen=True)

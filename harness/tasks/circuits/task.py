@@ -20,7 +20,7 @@ Per cell (DESIGN.md section 2, "circuits"):
   the eval prompts.
 
 Models (config ``model``): the embedded planted-circuit model of the task
-(``planted-ioi`` / ``planted-greater-than``, see :mod:`harness.tasks.circuits.planted`),
+(``planted-ioi`` / ``planted-greater-than``, see :mod:`harness.embedded.planted`),
 ``gpt2`` (from the local Hugging Face cache), or a local directory (a harness
 GPT written by ``save_gpt`` or a GPT-2-family ``save_pretrained`` directory).
 Ground truth: a JSON file of ``[layer, head]`` pairs when ``ground_truth`` is
@@ -45,7 +45,7 @@ from harness.models.base import HookedModel
 from harness.protocols.circuits import CircuitData, PassCounter, validate_scores, validate_selection
 from harness.core.task import MetricSpec, Task
 from harness.tasks.circuits import data as D
-from harness.tasks.circuits import planted
+from harness.embedded import planted
 from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
 
 

@@ -4,7 +4,7 @@ Predictor tasks (``icl/linear-d5``, ``icl/linear-d8-noisy``) draw ``n_contexts``
 fresh regression tasks (seeded), each with ``n = n_points`` examples and
 ``n_queries`` query inputs, and ask a predictor for its prediction at every
 query after every prefix ``k = 0..n`` of the examples.  The task's trained
-in-context learner (:mod:`harness.tasks.icl.model`) and the classical references of
+in-context learner (:mod:`harness.embedded.icl_learner`) and the classical references of
 :mod:`harness.protocols.icl` are evaluated on the same data in ``build``, so
 every row reports its distance (SPD, ILWD) to the transformer and to each
 reference.
@@ -36,7 +36,7 @@ from harness.errors import InvalidOutputError
 from harness.metrics.icl import ilwd, implied_weights, normalized_squared_error, r2_score, spd
 from harness.protocols.icl import REFERENCE_PREDICTORS, ICLProblem, reference_predictions, ridge_weights, validate_array
 from harness.core.task import MetricSpec, Task
-from harness.tasks.icl.model import TransformerLearner, control_model, get_spec, load_icl_model
+from harness.embedded.icl_learner import TransformerLearner, control_model, get_spec, load_icl_model
 
 #: Names of the references every predictor is compared with: the task's transformer, then the classical ones.
 REFERENCES = ("transformer",) + REFERENCE_PREDICTORS

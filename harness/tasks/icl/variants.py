@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.core.registry import add_task
-from harness.tasks.icl.model import get_spec
+from harness.embedded.icl_learner import get_spec
 from harness.tasks.icl.task import ICLPredictorTask, ICLProbeTask, predictor_metrics, probe_metrics
 
 

@@ -11,7 +11,7 @@
 - :func:`sentences`: prose sentences of the language reference (for MiniLM).
 
 The text depends on the Python version that runs it; the embedded LM's
-token windows are therefore committed with the model (see :mod:`.lm`), and
+token windows are therefore committed with the model (see :mod:`harness.embedded.docstring_lm`), and
 the MiniLM sentence set is hashed into the activation cache key.
 """
 

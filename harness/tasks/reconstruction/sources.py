@@ -35,7 +35,7 @@ from harness.metrics.reconstruction import (
 )
 from harness.models import activations as hook_acts
 from harness.models.base import HookedModel
-from harness.models.minilm import MINILM_ID, LayerInput, MiniLM, load_minilm  # noqa: F401 (load_minilm re-exported)
+from harness.models.minilm import MINILM_ID, LayerInput, MiniLM
 
 
 @dataclass

@@ -19,13 +19,13 @@ from harness.core.context import RunContext
 from harness.errors import ConfigError, InvalidOutputError
 from harness.metrics.reconstruction import (
     activity_stats,
+    code_activity,
     fvu,
     mean_cosine_similarity,
     normalized_mse,
     tokens_per_second,
 )
 from harness.protocols.reconstruction import (
-    code_activity,
     n_latents_of,
     validate_codes,
     validate_reconstruction,
@@ -214,7 +214,7 @@ class EmbeddedLMTask(ReconstructionTask):
     defaults = {"model": "docstring-gpt", "layer": 1}
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
-        from harness.tasks.reconstruction import lm
+        from harness.embedded import docstring_lm as lm
 
         if config.model != lm.NAME:
             raise ConfigError(f"task {self.name!r} reads the embedded model {lm.NAME!r}; got model {config['model']!r}")
@@ -242,7 +242,7 @@ class MiniLMTask(ReconstructionTask):
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         from harness.tasks.reconstruction import corpus
-        from harness.tasks.reconstruction.sources import load_minilm
+        from harness.models.minilm import load_minilm
 
         if config.model != MINILM_ID:
             raise ConfigError(f"task {self.name!r} reads {MINILM_ID!r}; got model {config['model']!r}")
