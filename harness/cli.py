@@ -49,12 +49,7 @@ def _add_results_dir(p: argparse.ArgumentParser) -> None:
                    help="directory holding records/ and LEADERBOARD.md (default: ./results)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import this module before running (registers its tasks/methods); repeatable")
-    sub = parser.add_subparsers(dest="command")
-
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run tasks x methods x seeds (no arguments: the default suite)")
     p.add_argument("--tasks", nargs="+", help="task names (default: every registered task)")
     p.add_argument("--methods", nargs="+", help="method names (default: every method of each task's family)")
@@ -74,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_results_dir(p)
 
+
+def _add_readers(sub: Any) -> None:
     p = sub.add_parser("list", help="list registered tasks and methods")
     p.add_argument("--family")
 
@@ -99,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, default=Path("results/reference.json"))
     _add_results_dir(p)
 
+    p = sub.add_parser("reference", help="write a reference file from the current results")
+    p.add_argument("--out", type=Path, default=Path("results/reference.json"))
+    p.add_argument("--tasks", nargs="+", help="only these tasks")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (the quick suite's reference: --seeds 0)")
+    _add_results_dir(p)
+
+
+def _add_models(sub: Any) -> None:
     p = sub.add_parser("models", help="the embedded models the harness trains itself")
     msub = p.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="list the embedded models and their families")
@@ -109,12 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc = msub.add_parser("check", help="rebuild into a temporary directory and compare with the committed models")
     pc.add_argument("--name", nargs="+", help="only these models (default: all)")
 
-    p = sub.add_parser("reference", help="write a reference file from the current results")
-    p.add_argument("--out", type=Path, default=Path("results/reference.json"))
-    p.add_argument("--tasks", nargs="+", help="only these tasks")
-    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (the quick suite's reference: --seeds 0)")
-    _add_results_dir(p)
 
+def _add_speed(sub: Any) -> None:
     p = sub.add_parser("speed", help="speed gate: time the key kernels under a base and a head commit in one "
                                      "run; fail only on a slowdown beyond --factor with significance")
     p.add_argument("--base", required=True, help="git revision (or directory) to compare against, e.g. HEAD~1")
@@ -131,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "be judged slower twice)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument("--repo", type=Path, default=Path("."), help="git repository (default: current directory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this module before running (registers its tasks/methods); repeatable")
+    sub = parser.add_subparsers(dest="command")
+    for add in (_add_run, _add_readers, _add_models, _add_speed):
+        add(sub)
     return parser
 
 

@@ -19,9 +19,9 @@ from harness.core import registry
 from harness.core.context import RunContext
 from harness.errors import HarnessError, InvalidOutputError
 from harness.protocols.circuits import CircuitMethod
-from harness.tasks.circuits import data as D
+from harness.data import circuits as D
 from harness.tasks.circuits import ground_truth as G
-from harness.tasks.circuits import prompts as P
+from harness.data import prompts as P
 from harness.tasks.circuits.task import CircuitTaskData, clear_model_cache, get_model
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.embedded import registry
-from harness.embedded.card import CardFormat, compare_cards, compare_weights
+from harness.core.card import CardFormat, compare_cards, compare_weights
 from harness.embedded.docstring_lm import RECIPE as LM_RECIPE
 from harness.embedded.icl_learner import ICL_MODEL_SPECS, ICLRecipe
 from harness.embedded.planted import PLANTED

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from harness.embedded import planted, registry
-from harness.embedded.card import compare_cards
+from harness.core.card import compare_cards
 from harness.errors import HarnessError
 from harness.models.gpt import load_gpt, save_gpt
-from harness.tasks.circuits import prompts as P
+from harness.data import prompts as P
 from harness.tasks.circuits.task import clear_model_cache, get_model
 
 NAMES = list(planted.PLANTED)

@@ -384,7 +384,7 @@ def test_embedded_lm_build_is_deterministic_and_reproduces_the_committed_tokens(
     from safetensors.torch import load_file
 
     from harness.embedded import docstring_lm as lm
-    from harness.tasks.reconstruction import corpus
+    from harness.data import corpus
 
     a = lm.build_docstring_gpt(tmp_path / "a", steps=2)
     b = lm.build_docstring_gpt(tmp_path / "b", steps=2)

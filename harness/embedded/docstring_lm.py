@@ -3,7 +3,7 @@
 ``docstring-gpt``: 3 layers, 4 heads, width 96, MLP 384, context 64, a
 2,048-word vocabulary (word-level; ``<doc>`` starts each document, ``<unk>``
 stands for rarer words), trained deterministically (seed 0, one thread) with
-AdamW on the ``train`` split of :func:`harness.tasks.reconstruction.corpus.documents`
+AdamW on the ``train`` split of :func:`harness.data.corpus.documents`
 for :data:`RECIPE` ``.steps`` steps.  The model card records the recipe, the
 corpus hash, the held-out (``val`` split) cross-entropy next to the unigram
 baseline, and the build time.
@@ -37,7 +37,7 @@ from harness.embedded.recipe import GPTRecipe, Log
 from harness.embedded.schedule import warmup_cosine
 from harness.models.gpt import GPT, GPT_CARD, GPTConfig, HookedGPT, load_gpt, save_gpt
 from harness.models.tokenizer import WordTokenizer
-from harness.tasks.reconstruction import corpus
+from harness.data import corpus
 
 
 NAME = "docstring-gpt"

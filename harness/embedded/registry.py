@@ -5,7 +5,7 @@ docstring LM) is an :class:`EmbeddedModel` registered here under its name, with
 one contract:
 
 - ``build(directory)``: train deterministically, verify, and write the model
-  (weights + card, :mod:`harness.embedded.card`) into ``directory``; a model that
+  (weights + card, :mod:`harness.core.card`) into ``directory``; a model that
   fails its verification raises :class:`HarnessError` and is not written;
 - ``is_current(directory)``: the directory holds this model built with the
   current recipe (otherwise it is rebuilt rather than used);
@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
-from harness.embedded.card import CardFormat, compare_cards, compare_weights
+from harness.core.card import CardFormat, compare_cards, compare_weights
 from harness.embedded.recipe import Log
 from harness.errors import DuplicateNameError, HarnessError, UnknownNameError, did_you_mean
 

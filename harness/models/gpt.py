@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.embedded.card import CardFormat
+from harness.core.card import CardFormat
 from harness.errors import HarnessError
 from harness.models.base import HookedModel, ZFn
 from harness.models.tokenizer import WordTokenizer

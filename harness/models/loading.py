@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from harness.embedded.card import read_json_object
+from harness.core.card import read_json_object
 from harness.errors import HarnessError
 from harness.models.base import HookedModel
 from harness.models.gpt import GPT_CARD, GPT_JSON, load_gpt

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from harness.embedded import registry
-from harness.embedded.card import CardFormat
+from harness.core.card import CardFormat
 from harness.embedded.icl_learner.model import ICLArch, InContextRegressor
 from harness.embedded.icl_learner.train import ICLModelSpec, ICLRecipe, train_icl_model
 from harness.embedded.recipe import Log

@@ -8,7 +8,7 @@ One model per task, each a 3-layer, 4-head, width-64 GPT with MLPs (width 256)
 (:class:`harness.models.gpt.GPT`) and a word-level tokenizer
 (:class:`harness.models.tokenizer.WordTokenizer`) covering the task's words.
 Prompts for these models are written in the ``"words"`` style of
-:mod:`harness.tasks.circuits.prompts`: punctuation is its own word ("store , John")
+:mod:`harness.data.prompts`: punctuation is its own word ("store , John")
 and a year XXYY is written as two words "XX YY" ("the year 17 05 to the year
 17"), mirroring GPT-2's BPE split of " 1705" into " 17" + "05".  The century
 words "11".."17" are the same tokens as the two-digit years "11".."17".
@@ -73,7 +73,7 @@ distractor loss by >= 0.5 nats (the distractor keeps non-circuit heads busy).
 """
 
 
-from harness.embedded.card import compare_cards
+from harness.core.card import compare_cards
 from harness.embedded.planted.build import MODELS, PlantedModel, build_model, load_planted
 from harness.embedded.planted.samplers import (
     GreaterThanSampler,

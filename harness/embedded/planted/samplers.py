@@ -1,6 +1,6 @@
 """Training data of the planted-circuit models: word vocabularies, vectorised task prompts, the distractor.
 
-Prompts are those of :mod:`harness.tasks.circuits.prompts` in its ``"words"``
+Prompts are those of :mod:`harness.data.prompts` in its ``"words"``
 style, produced directly as token ids (``[n, seq]`` int64) from one numpy
 generator, so a training step costs microseconds of sampling.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.tokenizer import WordTokenizer
-from harness.tasks.circuits import prompts as P
+from harness.data import prompts as P
 
 
 def _template_words(templates: Iterable[Sequence[str]]) -> list[str]:
@@ -53,7 +53,7 @@ def fill_positions(template: Sequence[str]) -> dict[str, list[int]]:
 
 
 class IOISampler:
-    """Vectorised IOI prompts as token ids (the templates of :mod:`harness.tasks.circuits.prompts`, words style)."""
+    """Vectorised IOI prompts as token ids (the templates of :mod:`harness.data.prompts`, words style)."""
 
     def __init__(self, tok: WordTokenizer):
         self.tok = tok

@@ -22,11 +22,11 @@ from harness.embedded.planted.specs import THRESHOLDS, Head, PlantedRecipe, Plan
 from harness.embedded.planted.trainer import attention_logprobs
 from harness.errors import HarnessError
 from harness.models.gpt import HookedGPT
-from harness.tasks.circuits import prompts as P
+from harness.data import prompts as P
 
 
 def _split(model: HookedGPT, task: str, n: int, seed: int):
-    from harness.tasks.circuits import data as D
+    from harness.data import circuits as D
 
     return D.ioi_split(model, n, seed) if task == "ioi" else D.greater_than_split(model, n, seed)
 

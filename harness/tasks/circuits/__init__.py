@@ -1,7 +1,7 @@
 """Circuits family: find the attention heads of a known circuit (IOI, greater-than).
 
-- :mod:`harness.tasks.circuits.prompts`: prompt generators (pure, deterministic in the seed);
-- :mod:`harness.tasks.circuits.data`: task metrics and tokenised splits for any hooked model;
+- :mod:`harness.data.prompts`: prompt generators (pure, deterministic in the seed);
+- :mod:`harness.data.circuits`: task metrics and tokenised splits for any hooked model;
 - :mod:`harness.tasks.circuits.ground_truth`: GPT-2 small's published heads, user JSON files;
 - :mod:`harness.tasks.circuits.task`: the circuit task (build, apply, evaluate) and its config;
 - :mod:`harness.tasks.circuits.variants`: the registered tasks ``circuits/ioi`` and ``circuits/greater_than``.

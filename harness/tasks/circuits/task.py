@@ -44,7 +44,7 @@ from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics,
 from harness.models.base import HookedModel
 from harness.protocols.circuits import CircuitData, PassCounter, validate_scores, validate_selection
 from harness.core.task import MetricSpec, Task
-from harness.tasks.circuits import data as D
+from harness.data import circuits as D
 from harness.embedded import planted
 from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
 

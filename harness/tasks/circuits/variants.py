@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.core.registry import add_task
-from harness.tasks.circuits import data as D
+from harness.data import circuits as D
 from harness.tasks.circuits.task import CircuitTask
 
 add_task(

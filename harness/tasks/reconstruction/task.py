@@ -241,7 +241,7 @@ class MiniLMTask(ReconstructionTask):
     defaults = {"model": MINILM_ID, "layer": 3, "n_train": 400, "n_test": 150}
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
-        from harness.tasks.reconstruction import corpus
+        from harness.data import corpus
         from harness.models.minilm import load_minilm
 
         if config.model != MINILM_ID:
@@ -274,7 +274,7 @@ class GPT2Task(ReconstructionTask):
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         from harness.models.loading import load_model
-        from harness.tasks.reconstruction import corpus
+        from harness.data import corpus
 
         n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
         seq_len = self._positive_int(config, "seq_len")

@@ -7,7 +7,7 @@
   ``"00" .. "99"`` (:func:`greater_than_metric`).
 
 :func:`ioi_split` / :func:`greater_than_split` generate prompts
-(:mod:`harness.tasks.circuits.prompts`), keep only candidates that are single tokens
+(:mod:`harness.data.prompts`), keep only candidates that are single tokens
 of the model, tokenise clean and corrupted prompts and build the metric.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.protocols.circuits import LastTokenMetric
-from harness.tasks.circuits import prompts as P
+from harness.data import prompts as P
 
 
 # ---------------------------------------------------------------------- metrics
