@@ -144,16 +144,19 @@ def _to_numpy(x: Any) -> Any:
     return x
 
 
+def _head_array(x: Any, shape: tuple[int, int], method: str, fn: str, kind: str, dims: str = "") -> np.ndarray:
+    """``x`` as a numpy array of ``shape`` (a torch tensor is converted), else a named error."""
+    x = _to_numpy(x)
+    if not isinstance(x, np.ndarray):
+        raise InvalidOutputError(f"{method}: {fn} must return {kind} of shape {list(shape)}, got {type(x).__name__}")
+    if x.shape != tuple(shape):
+        raise InvalidOutputError(f"{method}: {fn} must return shape {list(shape)}{dims}, got {list(x.shape)}")
+    return x
+
+
 def validate_scores(scores: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
     """Head scores must be a real numeric array ``[n_layers, n_heads]`` of finite values; returns float64."""
-    scores = _to_numpy(scores)
-    if not isinstance(scores, np.ndarray):
-        raise InvalidOutputError(
-            f"{method}: score_heads must return a numpy array (or torch tensor) of shape {list(shape)}, "
-            f"got {type(scores).__name__}"
-        )
-    if scores.shape != tuple(shape):
-        raise InvalidOutputError(f"{method}: score_heads must return shape {list(shape)} [n_layers, n_heads], got {list(scores.shape)}")
+    scores = _head_array(scores, shape, method, "score_heads", "a numpy array (or torch tensor)", " [n_layers, n_heads]")
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)
             or scores.dtype == np.bool_):
         raise InvalidOutputError(f"{method}: head scores must be real numbers, got dtype {scores.dtype}")
@@ -166,13 +169,7 @@ def validate_scores(scores: Any, shape: tuple[int, int], method: str = "method")
 
 def validate_selection(selection: Any, shape: tuple[int, int], method: str = "method") -> np.ndarray:
     """A selected head set must be a bool (or 0/1 integer) array ``[n_layers, n_heads]``; returns bool."""
-    selection = _to_numpy(selection)
-    if not isinstance(selection, np.ndarray):
-        raise InvalidOutputError(
-            f"{method}: select_heads must return None or a bool array of shape {list(shape)}, got {type(selection).__name__}"
-        )
-    if selection.shape != tuple(shape):
-        raise InvalidOutputError(f"{method}: select_heads must return shape {list(shape)}, got {list(selection.shape)}")
+    selection = _head_array(selection, shape, method, "select_heads", "None or a bool array")
     if selection.dtype != np.bool_:
         if not np.issubdtype(selection.dtype, np.integer) or not np.isin(selection, (0, 1)).all():
             raise InvalidOutputError(f"{method}: select_heads must return a bool array (or 0/1 integers), got dtype {selection.dtype}")
