@@ -314,3 +314,26 @@ def test_cli_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "toy/vector" in out and "toy-zero" in out
+
+
+def test_old_style_dict_config_is_a_clear_error():
+    from harness.core.registry import add_task
+    from harness.core.task import Task
+    from harness.errors import HarnessError
+
+    class OldStyle(Task):
+        family = "toy"
+        default_config = {"n": 3}
+
+    with pytest.raises(HarnessError, match="declare the settings as a frozen dataclass"):
+        add_task("toy/old-style", OldStyle, version="1", description="a dict config")
+
+
+def test_config_override_of_the_wrong_type_names_the_key():
+    from harness.core import registry
+    from harness.errors import ConfigError
+
+    task = registry.get_task("toy/vector").create()
+    with pytest.raises(ConfigError, match="config key 'n' must be an integer"):
+        task.resolve_config({"n": "abc"})
+    assert task.resolve_config({"noise": 1}).noise == 1  # an int is a valid float

@@ -116,6 +116,9 @@ def add_task(name: str, cls: type, *, version: str, description: str, family: st
     description="...", hook="z")``; ``config={...}`` overrides default config values.  Unknown attribute
     names are an error (a typo would otherwise be silently ignored).
     """
+    if isinstance(getattr(cls, "default_config", None), Mapping):
+        raise HarnessError(f"task {name!r}: {cls.__qualname__}.default_config is a dict; declare the settings as a "
+                           "frozen dataclass in `Config = MyConfig` (and variant values in `defaults={...}`)")
     for key in variant:
         if not hasattr(cls, key):
             raise HarnessError(f"task {name!r}: {cls.__qualname__} has no attribute {key!r} to set")
