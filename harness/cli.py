@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -115,6 +116,15 @@ def _add_models(sub: Any) -> None:
     pc.add_argument("--name", nargs="+", help="only these models (default: all)")
 
 
+def _add_selftest(sub: Any) -> None:
+    p = sub.add_parser("selftest", help="run every task x method once on tiny settings (about a minute): "
+                                        "what to run first on a new machine or device")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--tasks", nargs="+", help="only these tasks (default: the default suite's)")
+    p.add_argument("--methods", nargs="+", help="only these methods (default: every method of each task's family)")
+    p.add_argument("--cache-dir", type=Path, help="cache for built models and data (default: as harness run)")
+
+
 def _add_speed(sub: Any) -> None:
     p = sub.add_parser("speed", help="speed gate: time the key kernels under a base and a head commit in one "
                                      "run; fail only on a slowdown beyond --factor with significance")
@@ -139,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import this module before running (registers its tasks/methods); repeatable")
     sub = parser.add_subparsers(dest="command")
-    for add in (_add_run, _add_readers, _add_models, _add_speed):
+    for add in (_add_run, _add_readers, _add_models, _add_selftest, _add_speed):
         add(sub)
     return parser
 
@@ -304,6 +314,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from harness.core.selftest import selftest
+
+    t0 = time.perf_counter()
+    results = selftest(args.device, args.tasks, args.methods, args.cache_dir, report=lambda r: print(r.line(), flush=True))
+    failed = [r for r in results if not r.ok]
+    print(f"selftest: {len(results) - len(failed)} of {len(results)} task x method pairs ok on --device {args.device} "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     from harness.tracking.speed import compare_speed, render_report, write_report_json
 
@@ -316,7 +337,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "compare": cmd_compare, "selftest": cmd_selftest,
             "check": cmd_check, "reference": cmd_reference,
             "models": cmd_models, "speed": cmd_speed}
 

@@ -13,20 +13,12 @@ from harness.protocols.conformance import check_method
 
 registry.load_builtin()
 
-#: fewer epochs / restarts so that the whole check stays fast; the contract does not depend on them
-FAST = {
-    "ae-kmeans": {"epochs": 2, "n_init": 1}, "stacked-ae-kmeans": {"epochs": 2, "n_init": 1},
-    "argmax-sae": {"epochs": 1, "n_latents": 32}, "topk-sae": {"epochs": 1}, "g-sae": {"epochs": 1},
-    "relu-sae": {"epochs": 1}, "discrete-sae": {"epochs": 2, "n_latents": 16}, "mlp-probe": {"epochs": 5},
-    "gmm": {"n_components": 3, "n_init": 1}, "pca-kmeans": {"n_components": 3, "n_init": 1},
-    "kmeans-raw": {"n_init": 1},
-}
 BUILTIN = [m for m in registry.methods() if m.source == "builtin" and m.in_default_suite]
 
 
 @pytest.mark.parametrize("entry", BUILTIN, ids=[m.name for m in BUILTIN])
 def test_builtin_method_conforms(entry):
-    report = check_method(entry.family, entry.cls, FAST.get(entry.name))
+    report = check_method(entry.family, entry.cls, entry.cls.selftest_params)  # the fast settings
     assert report.checks == ["metadata", "parameters", "protocol", "determinism"]
     assert np.isfinite(report.output).all()
 

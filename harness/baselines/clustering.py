@@ -31,6 +31,8 @@ def _pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
 class KMeansRaw(ClusteringMethod):
     """k-means on the raw feature matrix ``X`` ``[n_samples, n_features]``."""
 
+    selftest_params = {"n_init": 1}
+
     def __init__(self, n_init: int = 10) -> None:
         self.n_init = n_init
 
@@ -41,6 +43,8 @@ class KMeansRaw(ClusteringMethod):
 @baseline("pca-kmeans", description="PCA to 10 components (at most n_features - 1), then k-means (n_init=10)")
 class PCAKMeans(ClusteringMethod):
     """k-means on the first ``n_components`` principal-component scores (not whitened)."""
+
+    selftest_params = {"n_init": 1}
 
     def __init__(self, n_components: int = 10, n_init: int = 10) -> None:
         self.n_components, self.n_init = n_components, n_init
@@ -82,6 +86,8 @@ class GMM(ClusteringMethod):
     (scikit-learn's default) ``n_init`` times and keeps the fit with the
     highest likelihood.  Labels are the most probable components.
     """
+
+    selftest_params = {"n_init": 1}
 
     def __init__(self, n_components: int = 10, reg_covar: float = 1e-3, n_init: int = 3, max_iter: int = 200) -> None:
         self.n_components, self.reg_covar, self.n_init, self.max_iter = n_components, reg_covar, n_init, max_iter

@@ -30,6 +30,9 @@ class Method:
     #: runs without --methods skip them; naming them runs them.
     in_default_suite: ClassVar[bool] = True
 
+    #: Parameters that make the method fast for ``harness selftest`` (e.g. fewer epochs).
+    selftest_params: ClassVar[dict[str, Any]] = {}
+
     seed: int = 0
     device: torch.device = torch.device("cpu")
 

@@ -69,6 +69,8 @@ class Task:
     #: False for tasks that need something a laptop may lack (e.g. GPT-2 weights in the
     #: local cache): `harness run` without --tasks skips them; naming them runs them.
     in_default_suite: bool = True
+    #: Config overrides that make the task tiny for ``harness selftest`` (seconds, not minutes).
+    selftest: Mapping[str, Any] = {}
     #: Metrics shown as columns in the Markdown / HTML leaderboard besides the main one
     #: (None: all of them).  Every metric is still recorded, compared, checked and in the CSV.
     leaderboard_metrics: tuple[str, ...] | None = None

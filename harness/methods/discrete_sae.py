@@ -112,6 +112,8 @@ class DiscreteSAE(CircuitMethod):
     ``diagnostics_`` holds the SAE's final loss, MSE, L0 and number of codes used.
     """
 
+    selftest_params = {"epochs": 2, "n_latents": 16}
+
     def __init__(
         self,
         n_latents: int = 200,

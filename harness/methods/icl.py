@@ -97,6 +97,8 @@ class MLPProbe(ICLProbe):
     ridge solution (fitted on the training part), the nonlinear path at zero, and the epoch with the
     lowest validation error (epoch 0 included) is kept."""
 
+    selftest_params = {"epochs": 5}
+
     def __init__(self, hidden: int = 64, epochs: int = 100, lr: float = 3e-3, weight_decay: float = 1e-4,
                  val_frac: float = 0.15):
         self.hidden, self.epochs, self.lr = hidden, epochs, lr

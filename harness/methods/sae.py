@@ -33,6 +33,7 @@ from harness.sae import SAE, ArgmaxConfig, load_sae, train_relu_sae, train_topk_
 
 
 class _SAEMethod(ReconstructionMethod):
+    selftest_params = {"epochs": 1}
     sae: SAE | None = None
     last_train_stats = None
 
@@ -143,6 +144,8 @@ class UserSAE(_SAEMethod):
     ``k`` (optional) overrides the JSON's ``k`` of a topk SAE (so ``--grid k=...``
     sweeps a TopK SAE's sparsity at inference).
     """
+
+    selftest_params: dict = {}  # nothing to shorten: it loads the user's SAE
 
     in_default_suite = False
 

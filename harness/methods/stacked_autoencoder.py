@@ -45,6 +45,8 @@ class StackedAutoencoderKMeans(ClusteringMethod):
     one stage (:class:`harness.baselines.clustering.AutoencoderKMeans`).
     """
 
+    selftest_params = {"epochs": 2, "n_init": 1}
+
     def __init__(
         self,
         n_stages: int = 3,

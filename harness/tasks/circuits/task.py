@@ -135,6 +135,7 @@ class CircuitTask(Task):
 
     family: ClassVar[str] = "circuits"
     Config: ClassVar[type] = CircuitConfig
+    selftest = {"n_fit": 4, "n_eval": 8}
     task_key: str = ""  # "ioi" or "greater_than": the key of the ground truth in model cards and GPT2_HEADS
     #: ``vocabulary(model) -> Vocabulary`` of the task's candidate words that are single tokens of the model
     vocabulary: Callable[[HookedModel], D.Vocabulary] | None = None

@@ -58,6 +58,7 @@ def scene(config: SceneConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
 add_task("clustering/digits", ClusteringTask, version="1", loader=digits,
          description="scikit-learn digits (1797 x 64 pixels, 10 classes), pixels scaled to [0, 1]")
 add_task("clustering/multispectral", ClusteringTask, version="1", loader=scene, Config=SceneConfig,
+         selftest={"height": 16, "width": 16},
          description="synthetic multispectral scene (64 x 64 pixels, 16 bands, 6 rock units): smooth unit map, "
                      "similar unit spectra, nonlinear mixing at boundaries, shading and noise; one scene per seed")
 add_task("clustering/wine", ClusteringTask, version="1", loader=wine,

@@ -123,6 +123,7 @@ class ICLPredictorTask(Task):
 
     family: ClassVar[str] = "icl"
     Config: ClassVar[type] = ICLPredictorConfig
+    selftest = {"n_contexts": 20}
     main_metric = "err_final"
     leaderboard_metrics = ("err_mean", "spd_transformer", "ilwd_transformer", "spd_ols", "spd_ridge")
 
@@ -206,6 +207,7 @@ class ICLProbeTask(Task):
 
     family: ClassVar[str] = "icl-probe"
     Config: ClassVar[type] = ICLProbeConfig
+    selftest = {"n_train": 60, "n_test": 20}
 
     main_metric = "r2_w_best"
     leaderboard_metrics = ("r2_xty_best", "r2_w_best_control", "r2_xty_best_control", "selectivity_w",

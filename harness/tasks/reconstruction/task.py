@@ -91,6 +91,7 @@ class ReconstructionTask(Task):
 
     family: ClassVar[str] = "reconstruction"
     hook: str = "resid"
+    selftest = {"n_train": 8, "n_test": 4}
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         raise NotImplementedError
