@@ -45,6 +45,31 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on CPU, in their saved dtypes; :class:`HarnessError` when unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (OSError, SafetensorError) as e:
+        raise HarnessError(f"cannot read weights {path}: {e}") from None
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` (moved to CPU, contiguous) to ``path`` via a temporary file and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=dict(metadata) if metadata else None)
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    return path
+
+
 @dataclass(frozen=True)
 class CardFormat:
     """A kind of model directory: its JSON file name, ``format`` name and version."""
@@ -65,20 +90,13 @@ class CardFormat:
         ``meta`` must be JSON-serialisable (``ValueError`` otherwise, before anything
         is written); each file is written to a temporary name and renamed.
         """
-        from safetensors.torch import save_file
-
         doc = {"format": self.name, "format_version": self.version, **meta}
         try:
             text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"the model card must be JSON-serialisable: {e}") from None
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        tmp = directory / (self.weights_name + ".tmp")
-        save_file(state, str(tmp), metadata={"format": self.name})
-        tmp.chmod(0o644)
-        tmp.replace(directory / self.weights_name)
+        write_safetensors(directory / self.weights_name, tensors, {"format": self.name})
         atomic_write_text(directory / self.json_name, text + "\n")
         return directory
 
@@ -107,14 +125,7 @@ class CardFormat:
 
     def weights(self, directory: str | Path) -> dict[str, torch.Tensor]:
         """The saved state dict, on CPU, in the saved dtypes."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(directory) / self.weights_name
-        try:
-            return load_file(str(path), device="cpu")
-        except (OSError, SafetensorError) as e:
-            raise HarnessError(f"cannot read weights {path}: {e}") from None
+        return read_safetensors(Path(directory) / self.weights_name)
 
     def load_state(self, module: torch.nn.Module, directory: str | Path, assign: bool = False) -> None:
         """Load the saved weights into ``module`` (strict); ``HarnessError`` when they do not fit."""

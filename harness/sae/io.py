@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from harness.core.card import read_json_object, read_safetensors, write_safetensors
+from harness.core.io import atomic_write_text
 from harness.errors import ConfigError, HarnessError
 from harness.sae.model import SAE
 from harness.sae.registry import architecture_names, get_architecture
@@ -31,19 +33,13 @@ TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 def save_sae(sae: SAE, directory: str | Path) -> Path:
-    """Write ``sae.safetensors`` + ``sae.json`` into ``directory`` (created if needed); returns it."""
-    from safetensors.torch import save_file
-
+    """Write ``sae.safetensors`` + ``sae.json`` into ``directory`` (created if needed, each file atomically)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        "W_enc": sae.W_enc.t().contiguous().cpu(), "b_enc": sae.b_enc.contiguous().cpu(),
-        "W_dec": sae.W_dec.contiguous().cpu(), "b_dec": sae.b_dec.contiguous().cpu(),
-    }
-    save_file(tensors, str(directory / SAE_WEIGHTS))
+    tensors = {"W_enc": sae.W_enc.t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    write_safetensors(directory / SAE_WEIGHTS, tensors)
     meta = {"activation": sae.architecture, "d_in": sae.d_in, "n_latents": sae.n_latents,
             **sae.arch.to_json(sae.config)}
-    (directory / SAE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / SAE_JSON, json.dumps(meta, indent=2) + "\n")
     return directory
 
 
@@ -53,25 +49,14 @@ def read_sae_dir(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     The only place that reads the files (:class:`HarnessError` with the reason if they are missing,
     unreadable, or lack a tensor); :func:`load_sae` checks what they mean.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     wpath, jpath = directory / SAE_WEIGHTS, directory / SAE_JSON
     if not wpath.is_file() or not jpath.is_file():
         raise HarnessError(
             f"{directory} is not an SAE directory: expected {SAE_WEIGHTS} (W_enc [d_in, n_latents], b_enc, "
             f"W_dec [n_latents, d_in], b_dec) and {SAE_JSON} ({{\"activation\": \"topk\", \"k\": 32}})"
         )
-    try:
-        meta = json.loads(jpath.read_text())
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot read {jpath}: {e}") from None
-    if not isinstance(meta, dict):
-        raise HarnessError(f"{jpath} must hold a JSON object")
-    try:
-        t = load_file(str(wpath), device="cpu")
-    except (OSError, SafetensorError) as e:
-        raise HarnessError(f"cannot read {wpath}: {e}") from None
+    meta = read_json_object(jpath)
+    t = read_safetensors(wpath)
     missing = [n for n in TENSORS if n not in t]
     if missing:
         raise HarnessError(f"{wpath} lacks tensor(s) {', '.join(missing)} (has: {', '.join(sorted(t))})")
