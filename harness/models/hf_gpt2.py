@@ -8,8 +8,8 @@ active the hooks do nothing, so the wrapped model behaves exactly as before.
 
 The primitives are the model's own modules, which the forward template
 (:mod:`harness.models.forward`) drives block by block: ``wte + wpe``, then per
-layer ``ln_1`` -> ``attn`` (the real ``GPT2Attention``, with the causal mask
-built by transformers' ``create_causal_mask``, its ``c_proj`` hooked) ->
+layer ``ln_1`` -> ``attn`` (the real ``GPT2Attention``, given an additive causal mask built here,
+its ``c_proj`` hooked) ->
 residual -> ``ln_2`` -> MLP -> residual, then ``ln_f`` and ``lm_head``. So a run
 can start from a cached residual stream at any layer, and in position mode
 (:meth:`_attn_at`) compute attention for just the one query position read out
@@ -17,8 +17,8 @@ in the last block. The MLP's tanh-GELU runs as one
 fused ``F.gelu(approximate="tanh")`` kernel instead of transformers' Python
 ``NewGELUActivation`` (same function, rounding-level differences, about a third
 of the CPU time otherwise); pass ``fused_gelu=False`` for the module itself.
-Checked against transformers 5.x (``GPT2Attention.forward(hidden_states, cache,
-attention_mask, ...)``; ``Conv1D`` weights are ``[in, out]``).
+Uses no private transformers function; tested under the oldest and newest transformers that
+``pyproject.toml`` admits (README); ``Conv1D`` weights are ``[in, out]``.
 """
 
 from __future__ import annotations
@@ -144,23 +144,31 @@ class HFGPT2(HookedModel):
         tr = self.model.transformer
         return tr.drop(tr.wte(tokens) + tr.wpe(torch.arange(tokens.shape[1], device=tokens.device)))
 
-    def _mask(self, resid: torch.Tensor):
-        from transformers.masking_utils import create_causal_mask
+    @staticmethod
+    def _mask(resid: torch.Tensor) -> torch.Tensor:
+        """The additive causal mask ``[1, 1, s, s]`` (0 where a query may attend, the dtype's minimum elsewhere).
 
+        Built here, not by transformers' mask helpers (private, and their signature changes between
+        releases); every attention implementation (eager, sdpa) of every release adds it to the scores.
+        """
         s = resid.shape[1]
-        return create_causal_mask(
-            config=self.config,
-            inputs_embeds=resid,
-            attention_mask=None,
-            cache=None,
-            position_ids=torch.arange(s, device=resid.device).unsqueeze(0),
-        )
+        future = torch.ones(s, s, dtype=torch.bool, device=resid.device).triu(1)
+        return torch.zeros(s, s, dtype=resid.dtype, device=resid.device).masked_fill(
+            future, torch.finfo(resid.dtype).min)[None, None]
 
     def _attn(self, layer: int, resid: torch.Tensor, z_fn: ZFn | None) -> torch.Tensor:
         block = self._blocks[layer]
         with self._hooked(z_fn):
-            attn_out, _ = block.attn(block.ln_1(resid), attention_mask=self._mask(resid))
+            attn_out = block.attn(block.ln_1(resid), attention_mask=self._mask(resid))[0]
         return resid + attn_out
+
+    def _scaling(self, layer: int) -> float:
+        """GPT-2's attention-score scale: ``1/sqrt(d_head)`` (if ``scale_attn_weights``), ``/ (layer + 1)`` (if
+        ``scale_attn_by_inverse_layer_idx``), as the model's config says."""
+        scale = self.d_head ** -0.5 if getattr(self.config, "scale_attn_weights", True) else 1.0
+        if getattr(self.config, "scale_attn_by_inverse_layer_idx", False):
+            scale /= float(layer + 1)
+        return scale
 
     def _mlp(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
         block = self._blocks[layer]
@@ -180,7 +188,7 @@ class HFGPT2(HookedModel):
         q = q[:, p:].reshape(b, 1, self.n_heads, self.d_head).transpose(1, 2)  # [b, H, 1, d]
         k = k.reshape(b, p + 1, self.n_heads, self.d_head).transpose(1, 2)  # [b, H, p+1, d]
         v = v.reshape(b, p + 1, self.n_heads, self.d_head).transpose(1, 2)
-        weights = torch.softmax((q @ k.transpose(-1, -2)) * attn.scaling, dim=-1)
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * getattr(attn, "scaling", self._scaling(layer)), dim=-1)
         z = (weights @ v).transpose(1, 2)  # [b, 1, H, d_head]
         if z_fn is not None:
             z = z_fn(layer, z)
