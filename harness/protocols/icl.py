@@ -203,7 +203,7 @@ def linear_prefix_predict(weight_fn: Callable[[np.ndarray, np.ndarray], np.ndarr
 def reference_predictions(name: str, problem: ICLProblem, xs: np.ndarray, ys: np.ndarray,
                           x_query: np.ndarray) -> np.ndarray:
     """Predictions ``[B, n + 1, m]`` of the reference predictor ``name`` (one of :data:`REFERENCE_PREDICTORS`)."""
-    d, s2 = problem.d, problem.noise_std**2
+    s2 = problem.noise_std**2
     weight_fns: dict[str, Callable] = {
         "ols": ols_weights,
         "ridge_bayes": lambda X, y: ridge_weights(X, y, problem.bayes_ridge_lambda),

@@ -283,7 +283,7 @@ def probe_metrics(n_layers: int) -> tuple[MetricSpec, ...]:
     for target in PROBE_TARGETS:
         specs.append(MetricSpec(f"best_layer_{target}", True, f"layer of the best {target} probe (0 = read-in)",
                                 gated=False))
-        specs.append(MetricSpec(f"best_layer_{target}_control", True, f"the same on the control", gated=False))
+        specs.append(MetricSpec(f"best_layer_{target}_control", True, "the same on the control", gated=False))
         for layer in range(n_layers + 1):
             specs.append(MetricSpec(f"r2_{target}_layer{layer}", True, f"held-out R^2 for {target} at layer {layer}",
                                     abs_tol=0.03))
