@@ -63,12 +63,12 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from harness.baselines.circuits import single_head_masks
-    from harness.models.hf_gpt2 import HFGPT2
+    from harness.models.hf_causal import HFCausalLM
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = HFGPT2(GPT2LMHeadModel(GPT2Config()), tokenizer=None, model_id="gpt2-random")
+    model = HFCausalLM(GPT2LMHeadModel(GPT2Config()), tokenizer=None, model_id="gpt2-random")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model built in {time.perf_counter() - t0:.1f} s")
     L, H = model.n_layers, model.n_heads
     vocab = model.config.vocab_size

@@ -327,13 +327,18 @@ def test_acts_and_grads_equal_head_gradients():
     assert torch.allclose(grad, gz[:, :, 1].reshape(2, 8, -1), atol=1e-10)
 
 
-def test_hooks_on_a_tiny_hf_gpt2():
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+def test_hooks_on_a_tiny_hf_model(family):
+    """The reconstruction sites read and splice back through the Hugging Face adapter of every family."""
     transformers = pytest.importorskip("transformers")
-    from harness.models.hf_gpt2 import HFGPT2
+    from harness.models.hf_causal import HFCausalLM
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=30, n_positions=16)
-    model = HFGPT2(transformers.GPT2LMHeadModel(cfg), tokenizer=None, model_id="tiny-gpt2")
+    cfg = transformers.AutoConfig.for_model(family, num_hidden_layers=2, num_attention_heads=2, hidden_size=16,
+                                            intermediate_size=32, vocab_size=30, max_position_embeddings=16)
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=30, n_positions=16)
+    model = HFCausalLM(transformers.AutoModelForCausalLM.from_config(cfg), tokenizer=None, model_id=f"tiny-{family}")
     toks = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for hook in ("resid", "z"):

@@ -1,11 +1,12 @@
 """Hooked transformer models: one small interface (:class:`HookedModel`) and its adapters.
 
 - :class:`HookedGPT` over the harness's own small GPT (:mod:`harness.models.gpt`);
-- :class:`HFGPT2` over Hugging Face GPT-2-family models (:mod:`harness.models.hf_gpt2`);
+- :class:`HFCausalLM` over Hugging Face causal LMs (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2/3;
+  :mod:`harness.models.hf_causal`);
 - :class:`MiniLM`, the all-MiniLM-L6-v2 sentence encoder with hook points (:mod:`harness.models.minilm`);
 - named hook points (``blocks.{l}.attn.hook_z``, ``blocks.{l}.hook_resid_pre``, ...) listed by
   ``hook_points()`` and used through ``run_with_hooks`` / ``run_from`` / ``run_with_cache``;
-- :func:`load_model` turns a model spec (``"gpt2"`` or a directory) into one of them.
+- :func:`load_model` turns a model spec (a Hugging Face id or a directory) into one of them.
 """
 
 from harness.models.base import FwdHooks, HookedModel, HookFn, ZFn
@@ -16,11 +17,11 @@ from harness.models.tokenizer import WordTokenizer
 
 
 def __getattr__(name: str):
-    # HFGPT2 imports transformers lazily only when used (transformers is slow to import).
-    if name == "HFGPT2":
-        from harness.models.hf_gpt2 import HFGPT2
+    # HFCausalLM is imported lazily (its callers import transformers, which is slow to import).
+    if name == "HFCausalLM":
+        from harness.models.hf_causal import HFCausalLM
 
-        return HFGPT2
+        return HFCausalLM
     raise AttributeError(f"module 'harness.models' has no attribute {name!r}")
 
 
@@ -28,7 +29,7 @@ __all__ = [
     "FwdHooks",
     "GPT",
     "GPTConfig",
-    "HFGPT2",
+    "HFCausalLM",
     "HookedGPT",
     "HookFn",
     "HookedModel",

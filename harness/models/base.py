@@ -13,10 +13,12 @@
   ``mean_z``, ``head_results``, the batched ``ablate_many``), on the hook points;
 - :mod:`harness.models.gradients`: ``head_gradients`` and ``replacement_gradient``, on the hook points.
 
-Adapters (:class:`~harness.models.gpt.HookedGPT`, :class:`~harness.models.hf_gpt2.HFGPT2`)
-implement the protected primitives (``_encode``, ``_decode_one``, ``_embed``, ``_attn``,
-``_attn_at``, ``_mlp``, ``_ln_final``, ``_W_U``, ``_b_U``) and ``token_id``, ``W_O``, ``b_O``;
-code outside :mod:`harness.models` uses public members only.
+Adapters implement the token primitives (``_encode``, ``_decode_one``, ``token_id``), ``W_O``,
+``b_O``, ``_ln_final``, ``_W_U``, ``_b_U`` and one run between two hook points (``_run``):
+:class:`~harness.models.gpt.HookedGPT` through the per-layer template of
+:class:`~harness.models.layered.LayeredForward` (``_embed``, ``_attn``, ``_attn_at``, ``_mlp``),
+:class:`~harness.models.hf_causal.HFCausalLM` by hooking a Hugging Face model's own forward.
+Code outside :mod:`harness.models` uses public members only.
 
 Gradient policy: :meth:`logits`, :meth:`run_with_hooks`, :meth:`run_with_cache` and
 :meth:`run_with_heads_replaced` follow the caller's grad mode (so a training

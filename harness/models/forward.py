@@ -23,9 +23,11 @@ the last block, so its ``attn.hook_z``, ``hook_resid_mid`` and
 ``ln_final.hook_normalized`` and the output have no sequence dimension
 (``[b, d_model]``, ``[b, vocab]``).
 
-Adapters implement the protected primitives (``_embed``, ``_attn``,
-``_attn_at``, ``_mlp``, ``_ln_final``, ``_W_U``, ``_b_U``); :meth:`HookedForward._run`
-is the only code that calls them in sequence.
+Adapters implement ``_run`` (one run between two hook points), ``_ln_final``, ``_W_U``,
+``_b_U``, ``W_O`` and ``b_O``: either through per-layer primitives
+(:class:`~harness.models.layered.LayeredForward`, ``resumable``: :meth:`run_from` skips the
+layers before its start) or by hooking a model's own forward
+(:class:`~harness.models.hf_causal.HFCausalLM`, where :meth:`run_from` recomputes them).
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class HookedForward(ABC):
     d_model: int
     d_head: int
     device: torch.device
+    #: Whether :meth:`run_from` skips the layers before its start (per-layer adapters) or recomputes
+    #: them (adapters over a model's full forward); callers that resume often choose by it.
+    resumable: bool = False
 
     # ------------------------------------------------------- adapter primitives
     @property
@@ -88,31 +93,6 @@ class HookedForward(ABC):
     @abstractmethod
     def b_O(self) -> torch.Tensor:
         """Output-projection bias per layer, ``[L, d_model]`` (zeros if none)."""
-
-    @abstractmethod
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Residual stream entering layer 0, ``[b, s, d_model]``."""
-
-    @abstractmethod
-    def _attn(self, layer: int, resid: torch.Tensor, z_fn: ZFn | None) -> torch.Tensor:
-        """The attention half of a block with ``z_fn`` at its z point: ``resid + attn_out`` (the "mid" residual)."""
-
-    def _attn_at(self, layer: int, resid: torch.Tensor, z_fn: ZFn | None, position: int) -> torch.Tensor:
-        """The attention half for the single query ``position`` (>= 0): ``[b, 1, d_model]``.
-
-        ``z_fn`` sees ``z`` of that position only, ``[b, 1, H, d_head]``. This default
-        computes every position; adapters override it to skip that work.
-        """
-        p = position
-
-        def at(l: int, z: torch.Tensor) -> torch.Tensor:
-            return torch.cat([z[:, :p], z_fn(l, z[:, p : p + 1]), z[:, p + 1 :]], dim=1)
-
-        return self._attn(layer, resid, None if z_fn is None else at)[:, p : p + 1]
-
-    @abstractmethod
-    def _mlp(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
-        """The MLP half of a block: ``resid_mid + mlp(...)`` (identity when attention-only)."""
 
     @abstractmethod
     def _ln_final(self, resid: torch.Tensor) -> torch.Tensor:
@@ -240,46 +220,14 @@ class HookedForward(ABC):
         return logits, cache
 
     # ------------------------------------------------------------- the template
+    @abstractmethod
     def _run(self, x: torch.Tensor, hooks: dict[str, list[HookFn]], begin: int, end: int | None,
              position: int | None, token_ids: torch.Tensor | None, sparse_logit_grad: bool) -> torch.Tensor:
-        """The forward template: from point ``begin`` (-1 = tokens ``x``) to point ``end`` (None = logits)."""
-        names = point_names(self.n_layers)
-        if begin < 0:
-            x, begin = self._embed(x), 0
-        if begin == 0:
-            x = _fire(hooks, names[0], x)
-            if end == 0:
-                return x
-        for layer in range(self.n_layers):
-            i = 1 + 4 * layer  # index of blocks.{layer}.hook_resid_pre
-            if begin <= i:
-                x = _fire(hooks, names[i], x)
-                if end == i:
-                    return x
-                seen: list[torch.Tensor] = []
-                z_fn = _z_fn(hooks, names[i + 1], seen if end == i + 1 else None)
-                if position is not None and layer == self.n_layers - 1:
-                    x = self._attn_at(layer, x, z_fn, position % x.shape[1])
-                else:
-                    x = self._attn(layer, x, z_fn)
-                if end == i + 1:
-                    return seen[0]
-            if begin <= i + 2:
-                x = _fire(hooks, names[i + 2], x)
-                if end == i + 2:
-                    return x
-                x = self._mlp(layer, x)
-            if begin <= i + 3:
-                x = _fire(hooks, names[i + 3], x)
-                if end == i + 3:
-                    return x
-        n = len(names) - 1  # ln_final.hook_normalized
-        if begin < n:
-            x = self._ln_final(x[:, 0] if position is not None else x)
-        x = _fire(hooks, names[n], x)
-        if end == n:
-            return x
-        return self._logits(x, token_ids, sparse_logit_grad)
+        """Run from hook point ``begin`` (-1 = tokens ``x``) to point ``end`` (None = logits), firing ``hooks``.
+
+        Hooks at points before ``begin`` never fire. Position mode and ``token_ids`` as in
+        :meth:`run_with_hooks`. Implemented by :class:`~harness.models.layered.LayeredForward` (the per-layer
+        template) and by adapters that hook a model's own forward."""
 
     def _logits(self, h: torch.Tensor, token_ids: torch.Tensor | None, sparse_grad: bool) -> torch.Tensor:
         """Unembedding of the normalised residual ``h``, restricted to the ``token_ids`` columns if given."""
@@ -338,20 +286,6 @@ def _fire(hooks: dict[str, list[HookFn]], name: str, act: torch.Tensor) -> torch
                                  f"{list(act.shape)}, got {describe(out)}")
             act = out
     return act
-
-
-def _z_fn(hooks: dict[str, list[HookFn]], name: str, seen: list | None) -> ZFn | None:
-    """The adapter-level ``z_fn`` running the hooks at ``name`` (None when there is nothing to do)."""
-    if not hooks.get(name) and seen is None:
-        return None
-
-    def z_fn(layer: int, z: torch.Tensor) -> torch.Tensor:
-        z = _fire(hooks, name, z)
-        if seen is not None:
-            seen.append(z)
-        return z
-
-    return z_fn
 
 
 def _check_position(position: int, s: int) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 from harness.core.card import CardFormat
 from harness.errors import HarnessError
 from harness.models.base import HookedModel, ZFn
+from harness.models.layered import LayeredForward
 from harness.models.tokenizer import WordTokenizer
 
 #: The JSON file that marks a directory as one of our saved GPTs.
@@ -183,7 +184,7 @@ class GPT(nn.Module):
         return self.unembed(self.ln_f(x))
 
 
-class HookedGPT(HookedModel):
+class HookedGPT(HookedModel, LayeredForward):
     """:class:`HookedModel` over our :class:`GPT` and a :class:`WordTokenizer`."""
 
     def __init__(self, model: GPT, tokenizer: WordTokenizer, model_id: str = "gpt", card: dict | None = None,

@@ -1,11 +1,11 @@
 """``load_model(spec, device)``: one entry point from a model spec string to a HookedModel.
 
 Specs:
-- ``"gpt2"`` (or another GPT-2-family Hugging Face id such as ``"distilgpt2"``):
+- a Hugging Face id (``"gpt2"``, ``"EleutherAI/pythia-70m"``, ...) of a supported family
+  (:data:`~harness.models.hf_families.FAMILIES`: GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3):
   loaded from the local Hugging Face cache only, never downloaded;
 - a directory written by :func:`harness.models.gpt.save_gpt` (holds ``gpt.json``);
-- a directory written by ``save_pretrained`` holding a GPT-2-family model and
-  its tokenizer.
+- a directory written by ``save_pretrained`` holding such a model and its tokenizer.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from harness.core.card import read_json_object
 from harness.errors import HarnessError
 from harness.models.base import HookedModel
 from harness.models.gpt import GPT_CARD, GPT_JSON, load_gpt
+from harness.models.hf_families import FAMILIES, family_of
 
-SUPPORTED_MODEL_TYPES = ("gpt2",)
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
 _DOWNLOAD_HINT = (
@@ -47,7 +48,7 @@ def load_model(spec: str, device: torch.device | str = "cpu") -> HookedModel:
     if path.is_dir():
         return _load_directory(path, device)
     if path.exists():
-        raise HarnessError(f"model spec {spec!r} is a file; expected 'gpt2' or a model directory")
+        raise HarnessError(f"model spec {spec!r} is a file; expected a Hugging Face id such as 'gpt2' or a model directory")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise HarnessError(f"model directory {spec!r} does not exist")
     return _load_hub_id(spec, device)
@@ -57,16 +58,16 @@ def _load_directory(path: Path, device) -> HookedModel:
     if GPT_CARD.holds(path):
         return load_gpt(path, device)
     if (path / "config.json").is_file():
-        _check_architecture(read_json_object(path / "config.json"), str(path))
+        family_of(read_json_object(path / "config.json"), str(path))
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
             raise HarnessError(
-                f"{path} holds a GPT-2 model but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                f"{path} holds a Hugging Face model but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
                 "save it next to the model with tokenizer.save_pretrained"
             )
         return _load_hf(str(path), device, model_id=f"hf:{path.name}", cache_dir=None)
     raise HarnessError(
         f"{path} holds no model: expected {GPT_JSON} + model.safetensors (a harness GPT written by save_gpt) "
-        "or config.json + weights + tokenizer files (a GPT-2-family model written by save_pretrained)"
+        "or config.json + weights + tokenizer files (a causal LM written by save_pretrained)"
     )
 
 
@@ -80,42 +81,36 @@ def _load_hub_id(name: str, device) -> HookedModel:
         hint = _DOWNLOAD_HINT.format(name=name)
         raise HarnessError(
             f"model {name!r} is not in the local Hugging Face cache ({cache}) and the harness never downloads "
-            f"(it supports GPT-2-family models); "
+            f"(it supports model types {', '.join(SUPPORTED_MODEL_TYPES)}); "
             f"on a machine with network run: {hint} -- then copy that cache here and set HF_HOME to the directory "
             f"that contains its 'hub' folder (or pass a directory written by save_pretrained or save_gpt as the model spec) "
             f"[{type(e).__name__}]"
         ) from None
-    _check_architecture(config.to_dict(), name)
+    family_of(config, name)
     return _load_hf(name, device, model_id=name, cache_dir=str(cache))
 
 
-def _check_architecture(config: dict, where: str) -> None:
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        archs = config.get("architectures") or []
-        arch = ", ".join(archs) if archs else f"model_type {model_type!r}"
-        raise HarnessError(
-            f"{where} is a {arch} model; the harness's hooked models support only GPT-2-family models "
-            f"(model_type 'gpt2') and its own GPT"
-        )
-
-
 def _load_hf(source: str, device, model_id: str, cache_dir: str | None) -> HookedModel:
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-    from harness.models.hf_gpt2 import HFGPT2
+    from harness.models.hf_causal import HFCausalLM
 
     kwargs = dict(local_files_only=True, cache_dir=cache_dir)
     try:
-        model = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs).float()  # no dtype argument: its name changed in 5.0
     except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot load GPT-2 weights from {source}: {e}") from None
+        raise HarnessError(f"cannot load the model weights from {source}: {e}") from None
+    # A directory's tokenizer.json is the whole tokenizer (normaliser, pre-tokenizer, model): load it as
+    # written. AutoTokenizer would pick a class from the model type and, in transformers 5, rebuild a
+    # Qwen2/Llama tokenizer's pipeline around the saved vocabulary (a word-level tokenizer saved next to a
+    # Qwen2 model then splits words differently from the one the model was trained with).
+    tokenizer_cls = PreTrainedTokenizerFast if (Path(source) / "tokenizer.json").is_file() else AutoTokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = tokenizer_cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError) as e:
         raise HarnessError(
             f"cannot load the tokenizer of {source} (save it next to the model with tokenizer.save_pretrained): {e}"
         ) from None
     if len(tokenizer) <= 1:  # transformers 5 returns an empty GPT2Tokenizer when no files are found
         raise HarnessError(f"the tokenizer of {source} is empty; save it with tokenizer.save_pretrained")
-    return HFGPT2(model, tokenizer, model_id=model_id, device=device)
+    return HFCausalLM(model, tokenizer, model_id=model_id, device=device)

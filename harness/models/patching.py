@@ -89,6 +89,10 @@ class PatchingMixin:
         - runs are in position mode: only ``position``'s part of the last block, its final
           layer norm and the ``token_ids`` columns of the unembedding are computed.
 
+        Adapters that cannot resume a run mid-model (``resumable`` False: the Hugging Face
+        adapter) run every set as a full forward with its heads replaced, stacked and chunked
+        the same way (:meth:`_ablate_full`).
+
         Runs without autograd. Pass ``token_ids`` when the metric needs only a few
         logits: the full-vocabulary output is ``n_sets x batch x vocab`` floats.
         """
@@ -106,6 +110,8 @@ class PatchingMixin:
         if chunk_tokens is None:
             chunk_tokens = _CHUNK_ELEMENTS // max(3 * self.d_model, getattr(self, "d_mlp", 4 * self.d_model))
         per_chunk = max(1, chunk_tokens // (b * s))
+        if not self.resumable:
+            return self._ablate_full(tokens, masks, rep, position, token_ids, per_chunk)
 
         resid_mid, z_clean, final_clean = self._clean_run(tokens, position, token_ids)
         out = final_clean.new_empty((n_sets, b, final_clean.shape[-1]))
@@ -125,6 +131,23 @@ class PatchingMixin:
                 out[chunk] = self._ablate_chunk(layer, masks[chunk], head_delta, resid_mid[layer], rep,
                                                 position, token_ids)
         return out
+
+    def _ablate_full(self, tokens: torch.Tensor, masks: torch.Tensor, rep: torch.Tensor, position: int,
+                     token_ids: torch.Tensor | None, per_chunk: int) -> torch.Tensor:
+        """:meth:`ablate_many` by full forwards: ``per_chunk`` head sets at a time, stacked along the batch."""
+        b = tokens.shape[0]
+        rep_at = rep[:, position : position + 1] if rep.shape[1] > 1 else rep  # the last block sees `position` only
+        parts = []
+        for cmask in masks.split(per_chunk):
+            n, active = cmask.shape[0], cmask.any(dim=(0, 2)).tolist()
+            hooks = {}
+            for layer in range(self.n_layers):
+                if active[layer]:
+                    r = rep_at if layer == self.n_layers - 1 else rep
+                    hooks[f"blocks.{layer}.attn.hook_z"] = _stacked_replacer(cmask[:, layer], r[:, :, layer], n, b)
+            logits = self.run_with_hooks(tokens.repeat(n, 1), hooks, position=position, token_ids=token_ids)
+            parts.append(logits.reshape(n, b, -1))
+        return torch.cat(parts)
 
     def _clean_run(self, tokens: torch.Tensor, position: int, token_ids: torch.Tensor | None):
         """``(resid_mid per layer, z per layer, logits at position [b, k])`` of the clean run."""

@@ -74,7 +74,7 @@ def get_model(spec: str, device: torch.device | str = "cpu", cache_dir: Path | N
                 if isinstance(card, dict) and "verification" in card:
                     planted.check_card(card, where=spec)  # a planted model saved elsewhere: refuse if it failed
             inner = getattr(model, "model", None)
-            if isinstance(inner, torch.nn.Module):  # analysis only: no parameter gradients (as HFGPT2 does)
+            if isinstance(inner, torch.nn.Module):  # analysis only: no parameter gradients (as HFCausalLM does)
                 inner.eval()
                 inner.requires_grad_(False)
             _MODELS[key] = model

@@ -1,0 +1,280 @@
+"""Hugging Face causal LMs (GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen2/Qwen3) as a :class:`HookedModel`.
+
+Every run is the model's own public forward (``model.base_model(input_ids=...)``) with
+PyTorch module hooks attached for its duration; no transformers function or private
+attribute is used, so the adapter follows whatever attention implementation and
+signature a release has. The named hook points map onto modules of the family
+(:mod:`harness.models.hf_families`):
+
+- ``hook_embed`` and ``blocks.{l}.hook_resid_pre``: the hidden state entering decoder
+  layer ``l`` (a forward pre-hook on the layer; ``hook_embed`` is layer 0's, after the
+  embedding dropout);
+- ``blocks.{l}.attn.hook_z``: the *input* of the attention's output projection
+  (``c_proj`` / ``dense`` / ``o_proj``), the heads' outputs concatenated, reshaped to
+  ``[b, s, H, d_head]``;
+- ``blocks.{l}.hook_resid_mid``: ``resid_pre + attention output`` (a forward hook on the
+  attention module; a replacement changes the attention output to ``new - resid_pre``, so
+  the layer's own sum gives ``new`` up to float rounding).
+  In parallel-residual blocks (GPT-NeoX) the MLP reads ``resid_pre``, not this sum;
+- ``blocks.{l}.hook_resid_post``: the layer's output (a forward hook on the layer);
+- ``ln_final.hook_normalized``: the base model's last hidden state (after its final norm).
+
+The logits are the unembedding of that state, computed here so that ``token_ids`` and
+position mode read only what they need. Position mode hands the last block's hooks the
+read-out position only (``s`` = 1), as the per-layer template does, though the model
+computes every position. :meth:`run_from` recomputes the layers before its start on
+placeholder tokens (``resumable`` is False): callers that resume often
+(:meth:`~harness.models.patching.PatchingMixin.ablate_many`, the reconstruction
+activations) run full forwards with hooks instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from harness.errors import HarnessError
+from harness.models.base import HookedModel
+from harness.models.forward import HookFn, _fire, point_names
+from harness.models.hf_families import attr_path, family_of, out_proj_per_head
+
+
+class _Stop(Exception):
+    """Raised by a hook at ``stop_at`` to end the model's forward early, carrying the activation."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__("stop")
+        self.value = value
+
+
+class HFCausalLM(HookedModel):
+    """Wrap a transformers causal LM of a supported family and its tokenizer.
+
+    The model is put in eval mode, cast to float32 unless ``keep_dtype``, and (with
+    ``freeze=True``, the default) its parameters stop requiring gradients:
+    :meth:`head_gradients` differentiates with respect to ``z`` only.
+    """
+
+    def __init__(self, model, tokenizer, model_id: str = "hf", device: torch.device | str | None = None,
+                 freeze: bool = True):
+        config = model.config
+        family = family_of(config, type(model).__name__)
+        if getattr(config, "add_cross_attention", False) or getattr(config, "is_encoder_decoder", False):
+            raise HarnessError("the hooked Hugging Face adapter supports decoder-only causal LMs without cross-attention")
+        if device is not None:
+            model = model.to(device)
+        model.eval()
+        if freeze:
+            model.requires_grad_(False)
+        self.model, self.tokenizer, self.config, self.model_id = model, tokenizer, config, model_id
+        self.family = family
+        base = model.base_model
+        self._layers = list(attr_path(base, family.layers))
+        self._attns = [attr_path(layer, family.attn) for layer in self._layers]
+        self._projs = [attr_path(attn, family.out_proj) for attn in self._attns]
+        self._norm = attr_path(base, family.final_norm)
+        self.n_layers = len(self._layers)
+        self.n_heads = int(getattr(config, family.n_heads))
+        self.d_model = int(getattr(config, family.d_model))
+        z_width = self._projs[0].weight.shape[0 if family.conv1d else 1]
+        self.d_head = int(z_width) // self.n_heads
+        self.d_mlp = int(getattr(config, family.d_mlp, None) or 4 * self.d_model)
+        self.n_ctx = getattr(config, family.n_ctx, None)
+        self.parallel_residual = family.parallel_residual(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def __repr__(self) -> str:
+        return (f"HFCausalLM({self.model_id!r}, {self.config.model_type}, n_layers={self.n_layers}, "
+                f"n_heads={self.n_heads}, d_model={self.d_model})")
+
+    # --------------------------------------------------------------- tokens
+    def _encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def _encode_offsets(self, prompt: str) -> list[tuple[int, int, int]] | None:
+        """``(id, start, end)`` per token from a fast tokenizer's offset mapping (None for slow tokenizers)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return None
+        enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(t), int(a), int(b)) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
+
+    def _decode_one(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def token_id(self, word: str) -> int | None:
+        ids = self._encode(word)
+        return ids[0] if len(ids) == 1 else None
+
+    # ------------------------------------------------------------ weights
+    @property
+    def W_O(self) -> torch.Tensor:
+        return torch.stack([out_proj_per_head(p, self.n_heads, self.family.conv1d) for p in self._projs])
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return torch.stack([p.bias if p.bias is not None else self._W_U.new_zeros(self.d_model) for p in self._projs])
+
+    def _ln_final(self, resid: torch.Tensor) -> torch.Tensor:
+        return self._norm(resid)
+
+    @property
+    def _W_U(self) -> torch.Tensor:
+        return self.model.get_output_embeddings().weight
+
+    @property
+    def _b_U(self) -> torch.Tensor | None:
+        return getattr(self.model.get_output_embeddings(), "bias", None)
+
+    # ---------------------------------------------------------------- runs
+    def _run(self, x: torch.Tensor, hooks: dict[str, list[HookFn]], begin: int, end: int | None,
+             position: int | None, token_ids: torch.Tensor | None, sparse_logit_grad: bool) -> torch.Tensor:
+        names = point_names(self.n_layers)
+        final = len(names) - 1
+        if begin == final:  # starting at the final norm's output: only the unembedding is left
+            h = _fire(hooks, names[final], x)
+            return h if end == final else self._logits(h, token_ids, sparse_logit_grad)
+        tokens = x if begin < 0 else self._placeholder_tokens(x, begin, position)
+        if self.n_ctx is not None and tokens.shape[1] > int(self.n_ctx):
+            raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's context {self.n_ctx}")
+        run = _Run(self, hooks, begin, end, None if position is None else position % tokens.shape[1],
+                   None if begin < 0 else x)
+        try:
+            with run.attached():
+                out = self.model.base_model(input_ids=tokens, use_cache=False)
+        except _Stop as stop:
+            return stop.value
+        h = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        if position is not None:
+            h = h[:, position]
+        h = _fire(hooks, names[final], h)
+        return h if end == final else self._logits(h, token_ids, sparse_logit_grad)
+
+    def _placeholder_tokens(self, act: torch.Tensor, begin: int, position: int | None) -> torch.Tensor:
+        """Tokens for the layers before a :meth:`run_from` start (their values are overwritten at the start)."""
+        name = point_names(self.n_layers)[begin]
+        last_pre = 1 + 4 * (self.n_layers - 1)
+        if position is not None and begin > last_pre:
+            raise ValueError(f"{self!r} cannot start a position-mode run inside the last block ({name!r}); "
+                             f"start at or before 'blocks.{self.n_layers - 1}.hook_resid_pre'")
+        if self.parallel_residual and name.endswith("hook_resid_mid"):
+            raise ValueError(f"{name!r} is not a point the forward passes through in this parallel-residual "
+                             "model (its MLP reads hook_resid_pre); start at a hook_resid_pre or hook_resid_post")
+        if act.dim() != 3 or act.shape[-1] != self.d_model:
+            raise ValueError(f"an activation to start at {name!r} must be [batch, seq, {self.d_model}], "
+                             f"got {list(act.shape)}")
+        return torch.zeros(act.shape[:2], dtype=torch.long, device=self.device)
+
+
+class _Run:
+    """The module hooks of one run: fire the named hook points, replace, stop (see the module docstring)."""
+
+    def __init__(self, model: HFCausalLM, hooks: dict[str, list[HookFn]], begin: int, end: int | None,
+                 position: int | None, start: torch.Tensor | None):
+        self.m, self.hooks, self.begin, self.end = model, hooks, begin, end
+        self.position, self.start = position, start
+        self.names = point_names(model.n_layers)
+        self.resid_pre: dict[int, torch.Tensor] = {}
+
+    def _active(self, index: int) -> bool:
+        """Whether point ``index`` has work: hooks, the stop, or the run's start."""
+        return index >= self.begin and (bool(self.hooks.get(self.names[index])) or index == self.end
+                                        or index == self.begin)
+
+    def _point(self, index: int, act: torch.Tensor, last_layer: bool) -> torch.Tensor:
+        """Fire point ``index`` on ``act`` (the read-out position only in the last block in position mode)."""
+        name, p = self.names[index], self.position
+        if index == self.begin and self.start is not None:
+            act = self.start.to(act.dtype)
+        if p is None or not last_layer:
+            act = _fire(self.hooks, name, act)
+            seen = act
+        else:
+            sub = act[:, p : p + 1]
+            seen = _fire(self.hooks, name, sub)
+            if seen is not sub:
+                act = torch.cat([act[:, :p], seen, act[:, p + 1 :]], dim=1)
+        if index == self.end:
+            raise _Stop(seen)
+        return act
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        handles = []
+        try:
+            for l, (layer, attn, proj) in enumerate(zip(self.m._layers, self.m._attns, self.m._projs)):
+                handles.append(layer.register_forward_pre_hook(self._pre_hook(l), with_kwargs=True))
+                handles.append(proj.register_forward_pre_hook(self._z_hook(l)))
+                handles.append(attn.register_forward_hook(self._mid_hook(l)))
+                handles.append(layer.register_forward_hook(self._post_hook(l)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _pre_hook(self, l: int):
+        i = 1 + 4 * l
+
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            new = hidden
+            if l == 0 and self._active(0):
+                new = self._point(0, new, False)
+            if self._active(i):
+                new = self._point(i, new, False)
+            self.resid_pre[l] = new
+            if new is hidden:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        return hook
+
+    def _z_hook(self, l: int):
+        i, m = 2 + 4 * l, self.m
+
+        def hook(module, args):
+            if not self._active(i):
+                return None
+            merged = args[0]
+            z = merged.reshape(*merged.shape[:-1], m.n_heads, m.d_head)
+            new = self._point(i, z, l == m.n_layers - 1)
+            return None if new is z else (new.reshape(merged.shape), *args[1:])
+
+        return hook
+
+    def _mid_hook(self, l: int):
+        i = 3 + 4 * l
+
+        def hook(module, args, output):
+            if not self._active(i):
+                return None
+            out = output[0] if isinstance(output, tuple) else output
+            pre = self.resid_pre[l]
+            mid = pre + out
+            new = self._point(i, mid, l == self.m.n_layers - 1)
+            if new is mid or torch.equal(new, mid):  # read only, or written back unchanged: keep the exact output
+                return None
+            return _replace_first(output, new - pre)  # the layer adds pre back: new up to float rounding
+
+        return hook
+
+    def _post_hook(self, l: int):
+        i = 4 + 4 * l
+
+        def hook(module, args, output):
+            if not self._active(i):
+                return None
+            out = output[0] if isinstance(output, tuple) else output
+            new = self._point(i, out, l == self.m.n_layers - 1)
+            return None if new is out else _replace_first(output, new)
+
+        return hook
+
+
+def _replace_first(output: Any, value: torch.Tensor) -> Any:
+    """``output`` with its hidden state (the tensor itself or a tuple's first item) replaced by ``value``."""
+    return (value, *output[1:]) if isinstance(output, tuple) else value
