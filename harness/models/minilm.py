@@ -53,7 +53,7 @@ def load_minilm(device: torch.device | str = "cpu") -> tuple[Any, Any, str]:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True).float()  # no dtype argument: renamed in 5.0
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
         raise HarnessError(f"cannot load all-MiniLM-L6-v2 from {path}: {e}") from None

@@ -202,7 +202,8 @@ class MiniLMConfig(SourceConfig):
 
 @dataclass(frozen=True)
 class GPT2Config(SourceConfig):
-    """GPT-2 from the local Hugging Face cache: windows of ``seq_len`` tokens."""
+    """GPT-2 (or any supported Hugging Face causal LM, ``--model``) from the local cache or a directory:
+    windows of ``seq_len`` tokens."""
 
     seq_len: int = 64
 
@@ -285,7 +286,7 @@ class GPT2Task(ReconstructionTask):
         if mkey not in _MODELS:
             model = load_model(spec, device=ctx.device)  # HarnessError with instructions when not cached
             if getattr(model, "tokenizer", None) is None:
-                raise ConfigError(f"model {spec!r} has no tokenizer; the GPT-2 tasks tokenise text")
+                raise ConfigError(f"model {spec!r} has no tokenizer; these tasks tokenise text")
             text = "\n\n".join(d for d in corpus.documents() if corpus.split_of(d) == "sae")
             ids = torch.tensor(model.tokenizer(text)["input_ids"], dtype=torch.long)
             fingerprint = f"{model.model_id}:{sum(p.numel() for p in model.model.parameters())}:{corpus.text_hash([text])}"
