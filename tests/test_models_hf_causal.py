@@ -303,7 +303,7 @@ def test_hook_hygiene():
     toks = rand_tokens()
     with torch.no_grad():
         plain = hf(toks).logits
-    model = HFCausalLM(hf, make_tokenizer())
+    model = HFCausalLM(hf, make_tokenizer(), fused_gelu=False)
     with pytest.raises(RuntimeError, match="boom"):
         model.head_gradients(toks, lambda logits: (_ for _ in ()).throw(RuntimeError("boom")))
     modules = [hf, *hf.modules()]
@@ -311,6 +311,9 @@ def test_hook_hygiene():
     with torch.no_grad():
         assert torch.equal(hf(toks).logits, plain)
         torch.testing.assert_close(model.logits(toks), plain, rtol=0, atol=1e-12)
+        fused = HFCausalLM(make_hf(), make_tokenizer())  # GPT-2's gelu_new module swapped for one fused kernel
+        assert isinstance(fused.model.base_model.h[0].mlp.act, torch.nn.GELU)
+        torch.testing.assert_close(fused.logits(toks), plain, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -350,3 +353,24 @@ def test_run_from_and_position_mode_agree_with_full_runs(family):
         if model.parallel_residual:
             with pytest.raises(ValueError, match="parallel-residual"):
                 model.run_from("blocks.1.hook_resid_mid", full[..., :D])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resumed_runs_equal_full_runs_at_every_residual_point(family):
+    """run_from (which runs only the layers after its start) equals a full run replacing that point."""
+    model = HFCausalLM(make_hf(family=family), make_tokenizer())
+    toks = rand_tokens()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names=model.hook_points())
+        for name in model.hook_points():
+            if name.endswith("attn.hook_z") or (model.parallel_residual and name.endswith("hook_resid_mid")):
+                continue
+            act = cache[name] * 1.5
+            expected = model.run_with_hooks(toks, {name: lambda a, n, act=act: act})
+            torch.testing.assert_close(model.run_from(name, act), expected, rtol=0, atol=1e-12, msg=name)
+            # in position mode the last block's hooks (and a start there) hold the read-out position only
+            start = act[:, 4:5] if name.startswith(f"blocks.{L - 1}.") and "pre" not in name else act
+            start = act[:, 4] if name == "ln_final.hook_normalized" else start
+            expected = model.run_with_hooks(toks, {name: lambda a, n, v=start: v}, position=4, token_ids=[1, 2])
+            got = model.run_from(name, start, position=4, token_ids=[1, 2])
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12, msg=name)

@@ -41,6 +41,11 @@ from harness.models.forward import HookFn, _fire, point_names
 from harness.models.hf_families import attr_path, family_of, out_proj_per_head
 
 
+# transformers' names for the tanh approximation of GELU (NewGELU, FastGELU, GELUTanh): the same function
+# written differently; GPT-2's "gelu_new" is a chain of ~8 element-wise kernels on the CPU.
+_TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+
+
 class _Stop(Exception):
     """Raised by a hook at ``stop_at`` to end the model's forward early, carrying the activation."""
 
@@ -52,13 +57,14 @@ class _Stop(Exception):
 class HFCausalLM(HookedModel):
     """Wrap a transformers causal LM of a supported family and its tokenizer.
 
-    The model is put in eval mode, cast to float32 unless ``keep_dtype``, and (with
-    ``freeze=True``, the default) its parameters stop requiring gradients:
-    :meth:`head_gradients` differentiates with respect to ``z`` only.
+    The adapter owns the model: it is put in eval mode and (with ``freeze=True``, the default)
+    its parameters stop requiring gradients (:meth:`head_gradients` differentiates with respect
+    to ``z`` only). With ``fused_gelu`` (default) a GPT-2 MLP's tanh-GELU module is replaced by
+    ``nn.GELU(approximate="tanh")``: the same function in one kernel (rounding-level differences).
     """
 
     def __init__(self, model, tokenizer, model_id: str = "hf", device: torch.device | str | None = None,
-                 freeze: bool = True):
+                 freeze: bool = True, fused_gelu: bool = True):
         config = model.config
         family = family_of(config, type(model).__name__)
         if getattr(config, "add_cross_attention", False) or getattr(config, "is_encoder_decoder", False):
@@ -83,6 +89,9 @@ class HFCausalLM(HookedModel):
         self.d_mlp = int(getattr(config, family.d_mlp, None) or 4 * self.d_model)
         self.n_ctx = getattr(config, family.n_ctx, None)
         self.parallel_residual = family.parallel_residual(config)
+        if fused_gelu and getattr(config, "activation_function", None) in _TANH_GELUS:
+            for layer in self._layers:  # the same function as one fused kernel (a third of GPT-2's CPU time)
+                layer.mlp.act = torch.nn.GELU(approximate="tanh")
 
     @property
     def device(self) -> torch.device:
@@ -131,52 +140,100 @@ class HFCausalLM(HookedModel):
         return getattr(self.model.get_output_embeddings(), "bias", None)
 
     # ---------------------------------------------------------------- runs
+    @property
+    def resumable(self) -> bool:
+        """Runs can start mid-model (see :meth:`_run_from_layer`), except at a parallel block's ``hook_resid_mid``."""
+        return not self.parallel_residual
+
     def _run(self, x: torch.Tensor, hooks: dict[str, list[HookFn]], begin: int, end: int | None,
              position: int | None, token_ids: torch.Tensor | None, sparse_logit_grad: bool) -> torch.Tensor:
         names = point_names(self.n_layers)
         final = len(names) - 1
-        if begin == final:  # starting at the final norm's output: only the unembedding is left
-            h = _fire(hooks, names[final], x)
-            return h if end == final else self._logits(h, token_ids, sparse_logit_grad)
-        tokens = x if begin < 0 else self._placeholder_tokens(x, begin, position)
-        if self.n_ctx is not None and tokens.shape[1] > int(self.n_ctx):
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's context {self.n_ctx}")
-        run = _Run(self, hooks, begin, end, None if position is None else position % tokens.shape[1],
-                   None if begin < 0 else x)
-        try:
-            with run.attached():
-                out = self.model.base_model(input_ids=tokens, use_cache=False)
-        except _Stop as stop:
-            return stop.value
-        h = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        if position is not None:
-            h = h[:, position]
+        if begin < 0:
+            if self.n_ctx is not None and x.shape[1] > int(self.n_ctx):
+                raise ValueError(f"sequence length {x.shape[1]} exceeds the model's context {self.n_ctx}")
+            p = None if position is None else position % x.shape[1]
+            run = _Run(self, hooks, begin, end, p, None)
+            h = self._forward(run, dict(input_ids=x), 0)
+        else:
+            self._check_start(x, names[begin])
+            last_pre = 1 + 4 * (self.n_layers - 1)
+            p = None if position is None else (0 if begin > last_pre else position % x.shape[1])
+            h = self._run_from_layer(x, hooks, begin, end, p)
+        if isinstance(h, _Stop):
+            return h.value
+        if begin < final:
+            h = self._norm(h if p is None else h[:, p])
         h = _fire(hooks, names[final], h)
         return h if end == final else self._logits(h, token_ids, sparse_logit_grad)
 
-    def _placeholder_tokens(self, act: torch.Tensor, begin: int, position: int | None) -> torch.Tensor:
-        """Tokens for the layers before a :meth:`run_from` start (their values are overwritten at the start)."""
-        name = point_names(self.n_layers)[begin]
-        last_pre = 1 + 4 * (self.n_layers - 1)
-        if position is not None and begin > last_pre:
-            raise ValueError(f"{self!r} cannot start a position-mode run inside the last block ({name!r}); "
-                             f"start at or before 'blocks.{self.n_layers - 1}.hook_resid_pre'")
+    def _run_from_layer(self, act: torch.Tensor, hooks: dict[str, list[HookFn]], begin: int, end: int | None,
+                        p: int | None):
+        """The layers from ``begin``'s on, with ``act`` there: the base model's forward over its remaining
+        layers only (the layer list shortened for the call), on zero input embeddings that the first
+        remaining layer's pre-hook replaces by ``act``. Returns the last layer's output (or a _Stop)."""
+        final = len(point_names(self.n_layers)) - 1
+        if begin == final:
+            return act
+        layer, offset = divmod(begin - 1, 4) if begin > 0 else (0, 0)
+        if offset == 3:  # a block's hook_resid_post: fire its hooks here, go on from the next block's input
+            name = point_names(self.n_layers)[begin]
+            act = _fire(hooks, name, act)
+            if end == begin:
+                return _Stop(act)
+            if layer == self.n_layers - 1:
+                return act
+            begin, layer = begin + 1, layer + 1
+        run = _Run(self, hooks, begin, end, p, act, mid_start=layer if offset == 2 else None)
+        embeds = torch.zeros(act.shape, dtype=self.dtype, device=self.device)
+        return self._forward(run, dict(inputs_embeds=embeds), layer)
+
+    def _forward(self, run: "_Run", inputs: dict, first_layer: int):
+        """The base model's forward from ``first_layer`` with ``run``'s hooks: its last hidden state before
+        the final norm (hooked), or the _Stop a hook raised."""
+        outputs: list[torch.Tensor] = []
+        try:
+            with run.attached(), self._layers_from(first_layer):
+                # registered after the run's own hooks, so it sees the last layer's output after them
+                handle = self._layers[-1].register_forward_hook(lambda mod, args, out: outputs.append(_first(out)))
+                try:
+                    self.model.base_model(**inputs, use_cache=False)
+                finally:
+                    handle.remove()
+        except _Stop as stop:
+            return stop
+        return outputs[-1]
+
+    @contextlib.contextmanager
+    def _layers_from(self, first: int) -> Iterator[None]:
+        """Shorten the base model's layer list to ``layers[first:]`` for one call (a public attribute)."""
+        if first == 0:
+            yield
+            return
+        base, name = self.model.base_model, self.family.layers
+        full = getattr(base, name)
+        setattr(base, name, torch.nn.ModuleList(self._layers[first:]))
+        try:
+            yield
+        finally:
+            setattr(base, name, full)
+
+    def _check_start(self, act: torch.Tensor, name: str) -> None:
         if self.parallel_residual and name.endswith("hook_resid_mid"):
             raise ValueError(f"{name!r} is not a point the forward passes through in this parallel-residual "
                              "model (its MLP reads hook_resid_pre); start at a hook_resid_pre or hook_resid_post")
-        if act.dim() != 3 or act.shape[-1] != self.d_model:
+        if name != "ln_final.hook_normalized" and (act.dim() != 3 or act.shape[-1] != self.d_model):
             raise ValueError(f"an activation to start at {name!r} must be [batch, seq, {self.d_model}], "
                              f"got {list(act.shape)}")
-        return torch.zeros(act.shape[:2], dtype=torch.long, device=self.device)
 
 
 class _Run:
     """The module hooks of one run: fire the named hook points, replace, stop (see the module docstring)."""
 
     def __init__(self, model: HFCausalLM, hooks: dict[str, list[HookFn]], begin: int, end: int | None,
-                 position: int | None, start: torch.Tensor | None):
+                 position: int | None, start: torch.Tensor | None, mid_start: int | None = None):
         self.m, self.hooks, self.begin, self.end = model, hooks, begin, end
-        self.position, self.start = position, start
+        self.position, self.start, self.mid_start = position, start, mid_start
         self.names = point_names(model.n_layers)
         self.resid_pre: dict[int, torch.Tensor] = {}
 
@@ -222,6 +279,8 @@ class _Run:
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             new = hidden
+            if self.mid_start == l:  # a run from this block's hook_resid_mid: its attention output becomes 0
+                new = self.start.to(hidden.dtype)
             if l == 0 and self._active(0):
                 new = self._point(0, new, False)
             if self._active(i):
@@ -252,7 +311,7 @@ class _Run:
         def hook(module, args, output):
             if not self._active(i):
                 return None
-            out = output[0] if isinstance(output, tuple) else output
+            out = _first(output)
             pre = self.resid_pre[l]
             mid = pre + out
             new = self._point(i, mid, l == self.m.n_layers - 1)
@@ -268,11 +327,16 @@ class _Run:
         def hook(module, args, output):
             if not self._active(i):
                 return None
-            out = output[0] if isinstance(output, tuple) else output
+            out = _first(output)
             new = self._point(i, out, l == self.m.n_layers - 1)
             return None if new is out else _replace_first(output, new)
 
         return hook
+
+
+def _first(output: Any) -> torch.Tensor:
+    """A layer's hidden state: the output itself or its tuple's first item."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _replace_first(output: Any, value: torch.Tensor) -> Any:
