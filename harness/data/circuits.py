@@ -131,20 +131,20 @@ IOI_GROUPS = (
 )
 
 
-def _ioi_in_style(aligner: Aligner, style: str) -> Vocabulary | str:
+def _ioi_in_style(aligner: Aligner, style: str) -> Vocabulary | tuple[int, str]:
     scans = {t: scan_template(aligner, tpl, IOI_GROUPS, style, answers=("names",)) for t, tpl in enumerate(P.IOI_TEMPLATES)}
     kept, dropped = keep_templates(scans)
     if not kept:
-        return (f"no IOI template is usable ({describe_dropped(dropped)}); a template needs every word known to the "
-                "tokenizer (any number of tokens each) and a candidate that is one token in each slot")
+        return 0, (f"no IOI template is usable ({describe_dropped(dropped)}); a template needs every word known to "
+                   "the tokenizer (any number of tokens each) and a candidate that is one token in each slot")
     cands = keep_candidates(scans, kept, IOI_GROUPS)
     if len(cands.kept["names"]) < 3:
-        return (f"IOI needs at least 3 names that are one token each (with the space before them, in the prompt and as "
+        return 1, (f"IOI needs at least 3 names that are one token each (with the space before them, in the prompt and as "
                 f"the answer); only {cands.kept['names']} of the {len(P.IOI_NAMES)} candidates ({', '.join(P.IOI_NAMES[:5])}, ...) "
                 "are: a tokenizer with at least 3 of them as single tokens makes it work")
     for group, _, words, _ in IOI_GROUPS[1:]:
         if not cands.kept[group]:
-            return f"IOI needs at least one of the {group} {list(words)} as one token; none is"
+            return 1, f"IOI needs at least one of the {group} {list(words)} as one token; none is"
     return Vocabulary(style, cands, kept, dropped_templates=dropped, layout=scans[kept[0]].layout)
 
 
@@ -209,12 +209,12 @@ def _splits_digits(model) -> bool:
     return len(pieces) > 2 and all(len(p) <= 1 for p in pieces)
 
 
-def _gt_failure(aligner: Aligner, what: str, numbers: bool = True) -> str:
+def _gt_failure(aligner: Aligner, stage: int, what: str, numbers: bool = True) -> tuple[int, str]:
     """``what`` is missing; for a missing century or year, also what would make it work."""
     if not numbers:
-        return what
+        return stage, what
     digits = " (this tokenizer writes numbers digit by digit)" if _splits_digits(aligner.model) else ""
-    return f"{what}{digits}; {GT_REMEDY}"
+    return stage, f"{what}{digits}; {GT_REMEDY}"
 
 
 def _gt_answers(aligner: Aligner, style: str, fill, centuries: list[str]) -> tuple[dict[str, int], list[str]]:
@@ -233,16 +233,16 @@ def _gt_answers(aligner: Aligner, style: str, fill, centuries: list[str]) -> tup
     return answers, dropped
 
 
-def _gt_in_style(aligner: Aligner, style: str) -> Vocabulary | str:
+def _gt_in_style(aligner: Aligner, style: str) -> Vocabulary | tuple[int, str]:
     scan = scan_template(aligner, P.GT_TEMPLATE, GT_GROUPS, style)
     kept, dropped_templates = keep_templates({0: scan})
     if not kept:
         why = dropped_templates[0]
-        return _gt_failure(aligner, f"the greater-than template is not usable: {why}", "centuries" in why or "year" in why)
+        return _gt_failure(aligner, 0, f"the greater-than template is not usable: {why}", "centuries" in why or "corrupted_year" in why)
     cands = keep_candidates({0: scan}, kept, GT_GROUPS[:2])
     centuries = cands.kept["centuries"]
     if not cands.kept["nouns"] or not centuries:
-        return _gt_failure(aligner, f"greater-than needs usable nouns and centuries; got {len(cands.kept['nouns'])} "
+        return _gt_failure(aligner, 1, f"greater-than needs usable nouns and centuries; got {len(cands.kept['nouns'])} "
                                     f"nouns, {len(centuries)} centuries", not centuries)
     slots = slot_indices(P.GT_TEMPLATE)
 
@@ -258,7 +258,7 @@ def _gt_in_style(aligner: Aligner, style: str) -> Vocabulary | str:
                        and aligner.align(fill(c, w), style).layout(slots) == scan.layout for c in centuries)
             (years if fits else dropped_years).append(w)
     if not years:
-        return _gt_failure(aligner, "greater-than needs two-digit years YY that are one token after the century "
+        return _gt_failure(aligner, 1, "greater-than needs two-digit years YY that are one token after the century "
                                     f"(' 17' + '05'); none of {P.yy(P.GT_YEARS[0])}..{P.yy(P.GT_YEARS[-1])} is")
     cands.kept.update(two_digit=list(answers), years=years)
     cands.ids["two_digit"] = answers

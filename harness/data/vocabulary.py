@@ -47,22 +47,27 @@ class Vocabulary:
         return {k: list(v) for k, v in self.candidates.dropped.items() if v}
 
 
-def choose_style(model, build: Callable[[Aligner, str], Vocabulary | str], task: str) -> Vocabulary:
-    """The vocabulary of the style that drops least (``build`` returns a failure message when the task
-    cannot be built in that style); a one-line HarnessError when no style can build it."""
+#: Why a task cannot be built in a style: ``(stage, message)``; stage 0 = no usable template, 1 = too few
+#: usable candidates.  The error reports the style that got furthest.
+Failure = tuple[int, str]
+
+
+def choose_style(model, build: Callable[[Aligner, str], "Vocabulary | Failure"], task: str) -> Vocabulary:
+    """The vocabulary of the style that drops least (ties: the preferred style); a one-line HarnessError,
+    from the style that got furthest, when no style can build the task."""
     aligner = Aligner(model)
-    results: dict[str, Vocabulary | str] = {}
+    results: dict[str, Vocabulary | Failure] = {}
     for style in preferred_styles(model):
         results[style] = build(aligner, style)
         if isinstance(results[style], Vocabulary) and results[style].n_dropped == 0:
             break
     good = [v for v in results.values() if isinstance(v, Vocabulary)]
     if not good:
-        first, *rest = results
-        tried = f" (tried the {first!r} rendering{', and ' + ', '.join(map(repr, rest)) if rest else ''})"
-        raise HarnessError(f"{task} cannot be built with this model's tokenizer: {results[first]}{tried}")
+        stage, why = max(results.values(), key=lambda f: f[0])  # max keeps the first of equals
+        tried = " and ".join(f"'{s}'" for s in results)
+        raise HarnessError(f"{task} cannot be built with this model's tokenizer: {why} (renderings tried: {tried})")
     best = min(good, key=lambda v: v.n_dropped)  # min keeps the first of equals: the preferred style
-    best.extra["styles"] = {s: (f"{v.n_dropped} dropped" if isinstance(v, Vocabulary) else v) for s, v in results.items()}
+    best.extra["styles"] = {s: f"{v.n_dropped} dropped" if isinstance(v, Vocabulary) else v[1] for s, v in results.items()}
     return best
 
 
