@@ -18,7 +18,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -211,7 +210,8 @@ def test_encode_with_offsets_of_the_harness_and_hf_models(tmp_path):
     text = "When Mary and John went to the store, John gave a drink to"
     triples = hf.encode_with_offsets(text)
     assert [t for t, _, _ in triples] == hf.encode(text)
-    assert [text[a:b].strip() for _, a, b in triples][:9] == ["When", "Mary", "and", "John", "went", "to", "the", "store", ","]
+    words = ["When", "Mary", "and", "John", "went", "to", "the", "store", ","]
+    assert [text[a:b].strip() for _, a, b in triples][:9] == words
 
 
 def test_alignment_rule_on_bpe(tmp_path):

@@ -105,7 +105,8 @@ class Aligner:
         try:
             tokens = self.model.encode_with_offsets(text)
         except (ValueError, KeyError) as e:
-            out = Alignment(text, (), (None,) * len(spans), error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            out = Alignment(text, (), (None,) * len(spans), error=why)
         else:
             out = self._align(text, spans, segments, tokens)
         if cache:

@@ -101,7 +101,8 @@ class Split:
         return int(self.clean.shape[0])
 
 
-def _tokenize(model, vocab: Vocabulary, prompts: Sequence[Sequence[str]], templates: Sequence[Sequence[str]]) -> torch.Tensor:
+def _tokenize(model, vocab: Vocabulary, prompts: Sequence[Sequence[str]],
+              templates: Sequence[Sequence[str]]) -> torch.Tensor:
     """``[n, seq]`` ids of the rendered prompts; every prompt must have the vocabulary's layout (its slots
     one aligned token each, at the same positions, the same length) and no unknown word."""
     aligner, rows = Aligner(model), []
@@ -124,7 +125,7 @@ def _slot_position(vocab: Vocabulary, slot: str) -> int:
 
 
 # ----------------------------------------------------------------------------------- IOI
-#: ``(group, slots, candidates)``: the names fill A, B and S2, a place PLACE, an object OBJECT.
+#: ``(group, slots, candidates, prefix)``: the names fill A, B and S2, a place PLACE, an object OBJECT.
 IOI_GROUPS = (
     ("names", ("A", "B", "S2"), P.IOI_NAMES, " "), ("places", ("PLACE",), P.IOI_PLACES, " "),
     ("objects", ("OBJECT",), P.IOI_OBJECTS, " "),
@@ -132,16 +133,18 @@ IOI_GROUPS = (
 
 
 def _ioi_in_style(aligner: Aligner, style: str) -> Vocabulary | tuple[int, str]:
-    scans = {t: scan_template(aligner, tpl, IOI_GROUPS, style, answers=("names",)) for t, tpl in enumerate(P.IOI_TEMPLATES)}
+    scans = {t: scan_template(aligner, template, IOI_GROUPS, style, answers=("names",))
+             for t, template in enumerate(P.IOI_TEMPLATES)}
     kept, dropped = keep_templates(scans)
     if not kept:
         return 0, (f"no IOI template is usable ({describe_dropped(dropped)}); a template needs every word known to "
                    "the tokenizer (any number of tokens each) and a candidate that is one token in each slot")
     cands = keep_candidates(scans, kept, IOI_GROUPS)
     if len(cands.kept["names"]) < 3:
-        return 1, (f"IOI needs at least 3 names that are one token each (with the space before them, in the prompt and as "
-                f"the answer); only {cands.kept['names']} of the {len(P.IOI_NAMES)} candidates ({', '.join(P.IOI_NAMES[:5])}, ...) "
-                "are: a tokenizer with at least 3 of them as single tokens makes it work")
+        return 1, (f"IOI needs at least 3 names that are one token each (with the space before them, in the prompt "
+                   f"and as the answer); only {cands.kept['names']} of the {len(P.IOI_NAMES)} candidates "
+                   f"({', '.join(P.IOI_NAMES[:5])}, ...) are: a tokenizer with at least 3 of them as single tokens "
+                   "makes it work")
     for group, _, words, _ in IOI_GROUPS[1:]:
         if not cands.kept[group]:
             return 1, f"IOI needs at least one of the {group} {list(words)} as one token; none is"
@@ -238,7 +241,8 @@ def _gt_in_style(aligner: Aligner, style: str) -> Vocabulary | tuple[int, str]:
     kept, dropped_templates = keep_templates({0: scan})
     if not kept:
         why = dropped_templates[0]
-        return _gt_failure(aligner, 0, f"the greater-than template is not usable: {why}", "centuries" in why or "corrupted_year" in why)
+        numbers = "centuries" in why or "corrupted_year" in why
+        return _gt_failure(aligner, 0, f"the greater-than template is not usable: {why}", numbers)
     cands = keep_candidates({0: scan}, kept, GT_GROUPS[:2])
     centuries = cands.kept["centuries"]
     if not cands.kept["nouns"] or not centuries:
@@ -299,7 +303,8 @@ def greater_than_split(model, n: int, seed: int, vocab: Vocabulary | None = None
         info={
             "yy": yy, "year_ids": year_ids, "year_values": torch.tensor(values), "style": vocab.style,
             "positions": {
-                "xx": torch.full((n,), _slot_position(vocab, "XX")), "yy": torch.full((n,), _slot_position(vocab, "YY")),
+                "xx": torch.full((n,), _slot_position(vocab, "XX")),
+                "yy": torch.full((n,), _slot_position(vocab, "YY")),
                 "end": torch.full((n,), clean.shape[1] - 1),
             },
         },

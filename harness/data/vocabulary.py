@@ -67,7 +67,9 @@ def choose_style(model, build: Callable[[Aligner, str], "Vocabulary | Failure"],
         tried = " and ".join(f"'{s}'" for s in results)
         raise HarnessError(f"{task} cannot be built with this model's tokenizer: {why} (renderings tried: {tried})")
     best = min(good, key=lambda v: v.n_dropped)  # min keeps the first of equals: the preferred style
-    best.extra["styles"] = {s: f"{v.n_dropped} dropped" if isinstance(v, Vocabulary) else v[1] for s, v in results.items()}
+    best.extra["styles"] = {
+        s: f"{v.n_dropped} dropped" if isinstance(v, Vocabulary) else v[1] for s, v in results.items()
+    }
     return best
 
 
@@ -80,10 +82,6 @@ class TemplateScan:
     choice: dict[str, str]  # group -> the word that fills the group's slots in probes of other groups
     layout: Layout | None = None
     reason: str | None = None
-
-
-def _fixed_words(template: Sequence[str]) -> set[str]:
-    return {seg.strip() for seg in template if not seg.startswith("{")}
 
 
 #: ``(group, slots, candidate words, prefix)``: a word fills each of the group's slots as ``prefix + word``.
@@ -115,11 +113,9 @@ def scan_template(aligner: Aligner, template: Sequence[str], groups: Sequence[Gr
             why = _why_not(aligner, probe, template, style, f"no {g} candidate is one token in its slot")
             return TemplateScan({}, choice, reason=why)
     base = aligner.align(fill(choice), style)
-    unknown = [w for w in base.unknown if w in _fixed_words(template)]
-    if unknown:
-        return TemplateScan({}, choice, reason=f"unknown word(s) {unknown}")
-    if base.layout(slots) is None:
-        return TemplateScan({}, choice, reason="its slots are not one token each when filled together")
+    if base.unknown or base.layout(slots) is None:
+        why = _why_not(aligner, base, template, style, "its slots are not one token each when filled together")
+        return TemplateScan({}, choice, reason=why)
     found: dict[str, dict[str, int]] = {}
     layouts = {base.layout(slots)}
     for g, _, words, pre in groups:  # pass 2: every candidate
@@ -139,13 +135,23 @@ def scan_template(aligner: Aligner, template: Sequence[str], groups: Sequence[Gr
     return TemplateScan(found, choice, layout=base.layout(slots))
 
 
+def _unknown_words(aligner: Aligner, probe, template: Sequence[str], style: str) -> list[str]:
+    """The template's fixed words the tokenizer does not know: refused or unknown in the probe, and on their own
+    (a word glued to its neighbour, as ``"store,"`` is for a whitespace tokenizer, is not unknown itself)."""
+    suspects = [seg for seg in template if not seg.startswith("{") and (probe.error or seg.strip() in probe.unknown)]
+    out = []
+    for seg in suspects:
+        alone = aligner.align((seg,), style)
+        if (alone.error or alone.unknown) and seg.strip() not in out:
+            out.append(seg.strip())
+    return out
+
+
 def _why_not(aligner: Aligner, probe, template: Sequence[str], style: str, default: str) -> str:
-    fixed = _fixed_words(template)
-    if probe.error:  # find the words it refuses (the harness's word tokenizer raises on an unknown word)
-        refused = [w for w in sorted(fixed) if aligner.align((w,), style).error]
-        return f"unknown word(s) {refused}" if refused else f"the tokenizer cannot read it ({probe.error[:100]})"
-    unknown = [w for w in probe.unknown if w in fixed]
-    return f"unknown word(s) {unknown}" if unknown else default
+    unknown = _unknown_words(aligner, probe, template, style)
+    if unknown:
+        return f"unknown word(s) {unknown}"
+    return f"the tokenizer cannot read it ({probe.error[:100]})" if probe.error else default
 
 
 def describe_dropped(dropped: dict[int, str]) -> str:
@@ -153,7 +159,9 @@ def describe_dropped(dropped: dict[int, str]) -> str:
     by_reason: dict[str, list[int]] = {}
     for t, why in dropped.items():
         by_reason.setdefault(why, []).append(t)
-    return "; ".join(f"template{'s' if len(ts) > 1 else ''} {', '.join(map(str, ts))}: {why}" for why, ts in by_reason.items())
+    return "; ".join(
+        f"template{'s' if len(ts) > 1 else ''} {', '.join(map(str, ts))}: {why}" for why, ts in by_reason.items()
+    )
 
 
 def keep_candidates(scans: dict[int, TemplateScan], kept: list[int], groups) -> P.Candidates:
