@@ -45,6 +45,7 @@ def _find(prompt: str, piece: str, start: int) -> int:
     while at >= 0:
         hits.append(at)
         at = folded.find(target, at + 1)
+
     def starts(at: int) -> bool:
         return at == 0 or not prompt[at - 1].isalnum() or not prompt[at].isalnum()
 
