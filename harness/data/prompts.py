@@ -1,8 +1,9 @@
 """Prompt generators of the circuits family: IOI (Wang et al.) and greater-than (Hanna et al.).
 
-A prompt is built as a list of *segments*, each meant to be exactly one token
-of the model, written the way GPT-2's BPE sees them (leading spaces
-included)::
+A prompt is built as a list of *segments*, written the way GPT-2's BPE sees
+them (leading spaces included); the variable ones (names, places, objects;
+centuries, two-digit years) must each be one token of the model, the fixed
+template words may be any number of tokens::
 
     IOI:  ["When", " Mary", " and", " John", " went", " to", " the", " store", ",",
            " John", " gave", " a", " drink", " to"]                      -> " Mary"
@@ -19,9 +20,9 @@ included)::
   century and its two-digit part ("the year 17 05"), mirroring how GPT-2's BPE
   splits " 1705" into " 17" + "05".
 
-Everything here is pure Python, deterministic in ``seed``; the checks that
-need a model's tokenizer (single-token candidates, dropped-candidate counts)
-are in :func:`usable_candidates` and :func:`check_tokenization`.
+Everything here is pure Python, deterministic in ``seed``; what needs a model's
+tokenizer (which rendering it reads, which candidates are single tokens, where
+each segment's token is) is in :mod:`harness.data.alignment`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
-
 from harness.errors import HarnessError
 
 # ----------------------------------------------------------------------------- IOI
@@ -172,39 +171,23 @@ STYLES = ("text", "words")
 
 def render(segments: Sequence[str], style: str) -> str:
     """Prompt text from segments: ``"text"`` concatenates; ``"words"`` joins stripped segments with spaces."""
-    if style == "text":
-        return "".join(segments)
-    if style == "words":
-        return " ".join(seg.strip() for seg in segments)
-    raise ValueError(f"unknown prompt style {style!r}; use one of {STYLES}")
+    return render_spans(segments, style)[0]
 
 
-def style_for(model) -> str:
-    """``"words"`` for models with the harness's word-level tokenizer, else ``"text"``."""
-    from harness.models.tokenizer import WordTokenizer
-
-    return "words" if isinstance(getattr(model, "tokenizer", None), WordTokenizer) else "text"
-
-
-# ------------------------------------------------------------- tokenizer-dependent checks
-def single_token(model, text: str) -> int | None:
-    """The id of ``text`` if the model's tokenizer makes it exactly one token that decodes back to it.
-
-    The round trip rejects "unknown word" tokens of word-level tokenizers.
-    """
-    tid = model.token_id(text)
-    if tid is None:
-        return None
-    try:
-        back = model.to_str_tokens([int(tid)])[0]
-    except Exception:  # noqa: BLE001 - a tokenizer that cannot decode the id
-        return None
-    return int(tid) if back.strip() == text.strip() else None
-
-
-def token_text(word: str, style: str, leading_space: bool = True) -> str:
-    """How a candidate word appears as a token: ``" Mary"`` in text style (or ``"05"`` without the space)."""
-    return (" " + word if leading_space else word) if style == "text" else word
+def render_spans(segments: Sequence[str], style: str) -> tuple[str, list[tuple[int, int]]]:
+    """The prompt text of :func:`render` and, per segment, the ``(start, end)`` of its text in it without
+    surrounding whitespace (``" Mary"`` in ``"When Mary"`` -> ``(5, 9)``)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; use one of {STYLES}")
+    parts = list(segments) if style == "text" else [seg.strip() for seg in segments]
+    sep = "" if style == "text" else " "
+    text, spans, at = sep.join(parts), [], 0
+    for part in parts:
+        lead = len(part) - len(part.lstrip())
+        core = part.strip()
+        spans.append((at + lead, at + lead + len(core)))
+        at += len(part) + len(sep)
+    return text, spans
 
 
 @dataclass
@@ -218,58 +201,3 @@ class Candidates:
     @property
     def n_dropped(self) -> int:
         return sum(len(v) for v in self.dropped.values())
-
-
-def usable_candidates(model, groups: dict[str, tuple[Sequence[str], bool]], style: str) -> Candidates:
-    """Filter each group of candidate words to single tokens of ``model``.
-
-    ``groups`` maps a group name to ``(words, leading_space)``.
-    """
-    out = Candidates()
-    for group, (words, leading_space) in groups.items():
-        kept, ids, dropped = [], {}, []
-        for word in words:
-            tid = single_token(model, token_text(word, style, leading_space))
-            if tid is None:
-                dropped.append(word)
-            else:
-                kept.append(word)
-                ids[word] = tid
-        out.kept[group], out.ids[group], out.dropped[group] = kept, ids, dropped
-    return out
-
-
-def usable_templates(model, templates: Sequence[Sequence[str]], style: str) -> tuple[list[int], list[str]]:
-    """Indices of templates whose fixed segments are all single tokens; and the offending words of the rest."""
-    ok, bad = [], []
-    for i, template in enumerate(templates):
-        missing = [seg for seg in template if not seg.startswith("{") and single_token(model, seg) is None]
-        if missing:
-            bad.extend(m for m in missing if m not in bad)
-        else:
-            ok.append(i)
-    return ok, bad
-
-
-def year_splits(model, century: int, year: int) -> bool:
-    """Whether the text-style year " XXYY" tokenises to exactly [" XX", "YY"]."""
-    a, b = single_token(model, f" {century}"), single_token(model, yy(year))
-    if a is None or b is None:
-        return False
-    return model.encode(f" {century}{yy(year)}") == [a, b]
-
-
-def check_tokenization(model, prompts: Sequence[Sequence[str]], style: str) -> torch.Tensor:
-    """Tokenise rendered prompts; every segment must be exactly one token.  Returns ``[n, seq]`` ids."""
-    texts = [render(p, style) for p in prompts]
-    try:
-        tokens = model.to_tokens(texts)
-    except ValueError as e:
-        raise HarnessError(f"prompts do not tokenise to one token per word with this model's tokenizer: {e}") from None
-    want_len = len(prompts[0])
-    if tokens.shape[1] != want_len:
-        raise HarnessError(
-            f"prompt {texts[0]!r} tokenises to {tokens.shape[1]} tokens, expected {want_len} "
-            f"(one per word: {list(prompts[0])})"
-        )
-    return tokens

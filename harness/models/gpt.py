@@ -213,6 +213,9 @@ class HookedGPT(HookedModel, LayeredForward):
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt)
 
+    def _encode_offsets(self, prompt: str) -> list[tuple[int, int, int]]:
+        return self.tokenizer.encode_offsets(prompt)
+
     def _decode_one(self, token: int) -> str:
         return self.tokenizer.id_to_token(token)
 

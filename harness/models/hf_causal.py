@@ -117,7 +117,8 @@ class HFCausalLM(HookedModel):
 
     def token_id(self, word: str) -> int | None:
         ids = self._encode(word)
-        return ids[0] if len(ids) == 1 else None
+        unknown = getattr(self.tokenizer, "unk_token_id", None)
+        return ids[0] if len(ids) == 1 and (unknown is None or ids[0] != unknown) else None
 
     # ------------------------------------------------------------ weights
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterable, Sequence
 
 
@@ -44,6 +45,17 @@ class WordTokenizer:
                 raise ValueError(f"unknown word {word!r} in {text!r} (not in the {len(self.vocab)}-word vocabulary)")
             ids.append(i)
         return ids
+
+    def encode_offsets(self, text: str) -> list[tuple[int, int, int]]:
+        """``(id, start, end)`` of each word of ``text`` (``text[start:end]`` is the word); unknown words as
+        in :meth:`encode`."""
+        out = []
+        for m in re.finditer(r"\S+", text):
+            i = self._index.get(m.group())
+            if i is None:
+                raise ValueError(f"unknown word {m.group()!r} in {text!r} (not in the {len(self.vocab)}-word vocabulary)")
+            out.append((i, m.start(), m.end()))
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.id_to_token(int(i)) for i in ids)

@@ -97,8 +97,10 @@ class CircuitTaskData:
     truth: np.ndarray  # bool [n_layers, n_heads]
     model: HookedModel
     dropped_candidates: int
-    dropped: dict[str, list[str]] = field(default_factory=dict)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # group -> candidate words not single tokens
     ground_truth_source: str = ""
+    dropped_templates: dict[int, str] = field(default_factory=dict)  # template index -> why it was dropped
+    prompt_style: str = ""  # the rendering the model's tokenizer reads ("text" or "words")
     _faith_cache: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -159,6 +161,10 @@ class CircuitTask(Task):
             "task candidate words (names, places, objects / nouns, years) that are not single tokens of the model",
             gated=False,
         ),
+        MetricSpec(
+            "dropped_templates", False,
+            "prompt templates the model's tokenizer cannot use (an unknown word, or another token layout)", gated=False,
+        ),
     )
     main_metric = "roc_auc"
 
@@ -199,6 +205,7 @@ class CircuitTask(Task):
         return CircuitTaskData(
             fit=circuit_data, eval=ev, fit_split=fit, truth=truth, model=model,
             dropped_candidates=vocab.dropped_candidates, dropped=vocab.dropped_summary(), ground_truth_source=source,
+            dropped_templates=dict(vocab.dropped_templates), prompt_style=vocab.style,
         )
 
     def apply(self, method: Any, data: CircuitTaskData, ctx: RunContext) -> CircuitOutput:
@@ -228,11 +235,17 @@ class CircuitTask(Task):
         out["forward_passes"] = float(output.forward_passes)
         out["backward_passes"] = float(output.backward_passes)
         out["dropped_candidates"] = float(data.dropped_candidates)
+        out["dropped_templates"] = float(len(data.dropped_templates))
         return out
 
     def artifacts(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, Any]:
-        """Head scores and the ground truth ``[L, H]`` (for the ROC curves next to the leaderboard)."""
-        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist()}
+        """Head scores and the ground truth ``[L, H]`` (for the ROC curves next to the leaderboard), and the
+        prompts' rendering with what the model's tokenizer could not express (dropped words and templates)."""
+        prompts = {
+            "style": data.prompt_style, "dropped": data.dropped,
+            "dropped_templates": {str(t): why for t, why in data.dropped_templates.items()},
+        }
+        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist(), "prompts": prompts}
 
 
 # ----------------------------------------------------------------- faithfulness
