@@ -86,7 +86,7 @@ def codes_to(codes: Codes, device: torch.device | str) -> Codes:
     if isinstance(codes, SparseCodes):
         return codes.to(device)
     if isinstance(codes, np.ndarray):
-        codes = torch.from_numpy(codes)
+        return torch.from_numpy(codes).to(device)
     return codes.to(device)
 
 #: Default sparsity of methods whose ``k`` is left unset: ``d // K_DIVISOR`` active
