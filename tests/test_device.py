@@ -140,7 +140,7 @@ def test_deterministic_settings_apply_on_cuda_only_and_are_restored(monkeypatch)
     assert inside == {
         "deterministic_algorithms": True, "warn_only": True, "cuda_matmul_allow_tf32": False,
         "cudnn_allow_tf32": False, "cudnn_deterministic": True, "cudnn_benchmark": False,
-        "cublas_workspace_config": ":4096:8",
+        "cublas_workspace_config": ":4096:8", "sdp_fused_kernels": False,
     }
     after = determinism_settings()
     assert {k: v for k, v in after.items() if k != "cublas_workspace_config"} == \
@@ -192,7 +192,8 @@ def test_cuda_cell_agrees_with_the_cpu_cell(task_name, method_name, tmp_path):
     assert gpu["cell_key"] == cpu["cell_key"]  # the device is not part of a cell's identity
     prov = gpu["provenance"]
     assert prov["device_type"] == "cuda" and prov["device_name"]
-    assert prov["determinism"]["deterministic_algorithms"] and not prov["determinism"]["cuda_matmul_allow_tf32"]
+    det = prov["determinism"]
+    assert det["deterministic_algorithms"] and not det["cuda_matmul_allow_tf32"] and not det["sdp_fused_kernels"]
     specs = {s.name: s for s in registry.get_task(task_name).create().metrics}
     far = {name: (cpu["metrics"][name], gpu["metrics"][name]) for name, s in specs.items()
            if s.gated and name in cpu["metrics"]
@@ -201,9 +202,11 @@ def test_cuda_cell_agrees_with_the_cpu_cell(task_name, method_name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task_name,method_name", [("circuits/ioi", "eap"), ("reconstruction/embedded-resid", "topk-sae")])
+@pytest.mark.parametrize("task_name,method_name", [("circuits/ioi", "eap"), ("circuits/ioi", "act-patch-mean"),
+                                                   ("reconstruction/embedded-resid", "topk-sae")])
 def test_cuda_cell_repeats_bit_for_bit(task_name, method_name, tmp_path):
-    """With the deterministic settings a CUDA cell gives the same numbers twice (timings aside)."""
+    """With the deterministic settings a CUDA cell gives the same numbers twice (timings aside); ``eap``
+    differentiates through attention (the reason fused attention kernels are off)."""
     _needs_cuda()
     first, second = (_cell_record(task_name, method_name, torch.device("cuda"), tmp_path) for _ in range(2))
     untimed = [k for k in first["metrics"] if not k.endswith("_per_s")]

@@ -57,7 +57,21 @@ def determinism_settings() -> dict[str, Any]:
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "sdp_fused_kernels": _fused_sdp_enabled(),
     }
+
+
+def _fused_sdp_enabled() -> bool:
+    """Whether ``scaled_dot_product_attention`` may use a fused CUDA kernel (flash, memory-efficient, cuDNN)."""
+    b = torch.backends.cuda
+    return bool(b.flash_sdp_enabled() or b.mem_efficient_sdp_enabled() or b.cudnn_sdp_enabled())
+
+
+def _set_fused_sdp(flash: bool, mem_efficient: bool, cudnn: bool) -> None:
+    b = torch.backends.cuda
+    b.enable_flash_sdp(flash)
+    b.enable_mem_efficient_sdp(mem_efficient)
+    b.enable_cudnn_sdp(cudnn)
 
 
 @contextmanager
@@ -67,7 +81,10 @@ def deterministic_device(device: torch.device) -> Iterator[None]:
     On CUDA: deterministic algorithms (``warn_only``: an op without a deterministic kernel warns instead of
     failing the cell; the warning names it), no TF32 in matmuls or convolutions (TF32 rounds inputs to 10
     mantissa bits: results would differ from the CPU's by far more than float32 rounding), deterministic
-    cuDNN kernels and no cuDNN benchmarking (which picks kernels by timing, so by chance).  Together with
+    cuDNN kernels and no cuDNN benchmarking (which picks kernels by timing, so by chance), and attention
+    (``scaled_dot_product_attention``) on its math kernel: with ``warn_only`` PyTorch keeps the
+    memory-efficient kernel, whose backward is not deterministic (it only warns), and attribution
+    patching, EAP-IG and the g-SAE's gradients go through it.  Together with
     :data:`CUBLAS_WORKSPACE_CONFIG` a cell repeats bit for bit on the same GPU and software.  On the CPU
     nothing is changed (its kernels are deterministic for a fixed thread count).
     """
@@ -76,16 +93,20 @@ def deterministic_device(device: torch.device) -> Iterator[None]:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    sdp = torch.backends.cuda
     old = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
            matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark)
+    old_sdp = (sdp.flash_sdp_enabled(), sdp.mem_efficient_sdp_enabled(), sdp.cudnn_sdp_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     matmul.allow_tf32 = cudnn.allow_tf32 = False
     cudnn.deterministic, cudnn.benchmark = True, False
+    _set_fused_sdp(False, False, False)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(old[0], warn_only=old[1])
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = old[2:]
+        _set_fused_sdp(*old_sdp)
 
 
 @contextmanager
