@@ -259,12 +259,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     reference = read_reference(args.reference)
     findings = check(Store(args.results_dir).load_all(), reference)
     failing = [f for f in findings if f.failing]
-    improved = [f for f in findings if not f.failing]
+    improved = [f for f in findings if f.kind == "improvement"]
+    device = [f for f in findings if f.kind == "device"]
 
     def rows(fs):
         return [[f.kind, f.task, f.method, f.metric, f.reference, f.current, f.tolerance, f.detail] for f in fs]
 
     headers = ["kind", "task", "method", "metric", "reference", "current", "tolerance", "detail"]
+    if device:
+        print(f"{len(device)} device difference(s), within the reference's cross-device tolerance (not failing):")
+        print(tabulate(rows(device), headers=headers, tablefmt="github", floatfmt=".4f"))
     if improved:
         print(f"{len(improved)} improvement(s) beyond tolerance (update the reference with `harness reference` if intended):")
         print(tabulate(rows(improved), headers=headers, tablefmt="github", floatfmt=".4f"))
@@ -278,7 +282,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from harness.report.check import build_reference, write_reference
+    from harness.report.check import build_reference, carry_device_tolerance, write_reference
     from harness.core.records import Store
 
     records = Store(args.results_dir).load_all()
@@ -289,6 +293,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
     doc = build_reference(records)
     if not doc["entries"]:
         raise HarnessError(f"no results in {args.results_dir} to build a reference from; run `harness run` first")
+    note = carry_device_tolerance(doc, args.out) if args.out.exists() else None
+    if note:
+        print(note)
     write_reference(doc, args.out)
     print(f"wrote {len(doc['entries'])} reference entries to {args.out}")
     return EXIT_OK

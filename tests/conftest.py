@@ -14,6 +14,12 @@ from harness.core import registry  # noqa: E402
 
 registry.load_builtin()
 import toy_plugin  # noqa: E402,F401  (registers the toy family)
+import fake_device  # noqa: E402
+
+# The fake second device (tests/test_device.py) is registered before any test runs: torch's autograd engine
+# sizes its per-device queues at the first backward pass of the process, and a backward on a device it did
+# not count then fails an internal assert.  When registration fails, the device tests skip with the reason.
+fake_device.available()
 
 
 @pytest.fixture

@@ -70,7 +70,8 @@ def act_patch_batched(model: HookedModel, data: CircuitData, replacement) -> np.
     :data:`MAX_OUTPUT_ELEMENTS` (full-vocabulary metrics on large models).
     """
     L, H = model.n_layers, model.n_heads
-    masks = torch.cat([torch.zeros(1, L, H, dtype=torch.bool), single_head_masks(L, H)], dim=0)
+    dev = model.device
+    masks = torch.cat([torch.zeros(1, L, H, dtype=torch.bool, device=dev), single_head_masks(L, H, dev)], dim=0)
     ids, b = data.metric.token_ids, data.clean.shape[0]
     # ablate_many returns last-position logits [n_sets, batch, k]; with a full-vocabulary metric
     # (token_ids None, e.g. greater-than's probabilities) that would be 145 x 100 x 50257 floats
@@ -99,14 +100,14 @@ def act_patch_loop(model: HookedModel, data: CircuitData, replacement) -> np.nda
     """
     L, H = model.n_layers, model.n_heads
     m_clean = data.metric.from_logits(model.logits(data.clean))
-    out = torch.empty(L, H, dtype=torch.float64)
+    out = np.empty((L, H), dtype=np.float64)
     for layer in range(L):
         for head in range(H):
-            mask = torch.zeros(L, H, dtype=torch.bool)
+            mask = torch.zeros(L, H, dtype=torch.bool, device=model.device)
             mask[layer, head] = True
             m = data.metric.from_logits(model.run_with_heads_replaced(data.clean, mask, replacement))
             out[layer, head] = float(m_clean - m)
-    return out.numpy()
+    return out
 
 
 def eap_scores(model: HookedModel, data: CircuitData) -> np.ndarray:
@@ -150,7 +151,7 @@ def eap_ig_scores(model: HookedModel, data: CircuitData, steps: int = 5) -> np.n
         alpha = k / steps
         interp = (z_corr + alpha * diff).detach()
         for layer in range(L):
-            mask = torch.zeros(L, H, dtype=torch.bool)
+            mask = torch.zeros(L, H, dtype=torch.bool, device=model.device)
             mask[layer] = True
             g = model.replacement_gradient(data.clean, mask, interp, data.metric.from_logits)
             grad_sum[:, :, layer] += g[:, :, layer]
@@ -290,7 +291,7 @@ class ACDC(CircuitMethod):
         m_clean = float(metric.from_logits(model.logits(data.clean)))
         gap = abs(m_clean - float(metric.from_logits(logits_corr)))
         gap = gap if gap > 1e-12 else 1.0
-        removed = torch.zeros(L, H, dtype=torch.bool)
+        removed = torch.zeros(L, H, dtype=torch.bool, device=model.device)
         scores = np.zeros((L, H), dtype=np.float64)
         m_cur = m_clean
         for layer in reversed(range(L)):
@@ -302,7 +303,7 @@ class ACDC(CircuitMethod):
                 scores[layer, head] = effect
                 if effect < self.tau:
                     removed, m_cur = cand, m_new
-        return scores, (~removed).numpy()
+        return scores, (~removed).cpu().numpy()
 
     def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
         scores, kept = self._run(model, data)

@@ -65,13 +65,39 @@ def machine() -> dict[str, Any]:
     }
 
 
-def provenance(device: str) -> dict[str, Any]:
-    """Everything a record needs to say where its numbers came from."""
+def device_name(device: Any) -> str:
+    """The accelerator's name (``torch.cuda.get_device_name``) for a CUDA device, else the CPU's."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return torch.cuda.get_device_name(device)
+        except (RuntimeError, AssertionError, ValueError):  # no driver / no such device
+            return "cuda (unavailable)"
+    return platform.processor() or platform.machine() or device.type
+
+
+def provenance(device: Any) -> dict[str, Any]:
+    """Everything a record needs to say where its numbers came from.
+
+    ``device`` (a ``torch.device`` or its string) is recorded as given (``"cpu"``, ``"cuda"``), with its
+    type (``device_type``: what ``harness check`` compares), the device's name and the determinism settings
+    in force (:func:`~harness.core.seeding.determinism_settings`).
+    """
+    import torch
+
+    from harness.core.seeding import determinism_settings
+
+    dev = torch.device(device)
     return {
         **git_state(),
         "packages": package_versions(),
         "machine": machine(),
-        "device": device,
+        "device": str(device),
+        "device_type": dev.type,
+        "device_name": device_name(dev),
+        "determinism": determinism_settings(),
         "argv": sys.argv[1:],
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "deterministic": "same seed, same machine, same packages -> same metrics",

@@ -84,6 +84,14 @@ def method_label(name: str, params: Mapping[str, Any]) -> str:
     return name + "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]"
 
 
+def device_type(record: Mapping[str, Any]) -> str:
+    """The type of device a record was made on (``"cpu"``, ``"cuda"``): its ``provenance.device_type``, else
+    read off ``provenance.device`` (records written before ``device_type`` existed), else ``"cpu"``."""
+    prov = record.get("provenance") or {}
+    kind = prov.get("device_type") or str(prov.get("device") or "cpu").split(":")[0]
+    return str(kind)
+
+
 def canonical_json(value: Any) -> str:
     """Deterministic JSON (sorted keys, no whitespace) used for hashing."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -5,6 +5,9 @@ seeded, timed and guarded: an exception, a NaN metric, or an output of the wrong
 with status ``error`` and the run goes on.  Cells already recorded (same identity) are skipped unless
 ``force``, so an interrupted run resumes.
 
+On a CUDA device a cell runs under :func:`~harness.core.seeding.deterministic_device` (deterministic
+kernels, no TF32); its record's provenance names the device and those settings.
+
 Seeding: python, numpy and torch are seeded with the cell's seed before the task builds its data *and*
 again before the method runs, so the method's random stream is the same whether the data was built
 just now or reused from the previous cell of the same task and seed.
@@ -26,7 +29,7 @@ from harness.core.context import RunContext
 from harness.core.provenance import provenance
 from harness.core.records import Record, Store
 from harness.core.resources import measure
-from harness.core.seeding import resolve_device, seed_everything
+from harness.core.seeding import deterministic_device, resolve_device, seed_everything
 from harness.errors import HarnessError, RecordError
 
 
@@ -76,14 +79,16 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict) -> Record:
     metrics: dict[str, float] = {}
     artifacts: dict[str, Any] = {}
     timings = dict.fromkeys(_TIMINGS, 0.0)
-    try:
-        metrics, artifacts = _execute(cell, ctx, data_cache, timings)
-    except KeyboardInterrupt:
-        raise
-    except HarnessError as exc:
-        error = cell.error or f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - isolation of a failing method is the point
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    with deterministic_device(ctx.device):  # CUDA: deterministic kernels, no TF32 (recorded in provenance)
+        try:
+            metrics, artifacts = _execute(cell, ctx, data_cache, timings)
+        except KeyboardInterrupt:
+            raise
+        except HarnessError as exc:
+            error = cell.error or f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - isolation of a failing method is the point
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        prov = provenance(ctx.device)
     if error:
         metrics, artifacts = {}, {}
     t, m, ident = cell.task_entry, cell.method_entry, cell.identity
@@ -93,7 +98,7 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict) -> Record:
         baseline=m.baseline, model=ident.model, seed=cell.seed, config=ident.config,
         config_hash=ident.config_hash, metrics=metrics, main_metric=cell.task.main_metric,
         status="error" if error else "ok", error=error, timings=timings,
-        provenance=provenance(str(ctx.device)), artifacts=artifacts,
+        provenance=prov, artifacts=artifacts,
     )
 
 

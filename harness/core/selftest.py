@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from harness.core import registry
 from harness.core.cache import default_cache_dir
 from harness.core.cell import make_cell
@@ -49,15 +51,20 @@ def _pairs(tasks: Sequence[str] | None, methods: Sequence[str] | None) -> list[t
     return pairs
 
 
-def selftest(device: str = "auto", tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+def selftest(device: str | torch.device = "auto", tasks: Sequence[str] | None = None,
+             methods: Sequence[str] | None = None,
              cache_dir: Path | None = None, report: Callable[[SelftestResult], None] | None = None,
              ) -> list[SelftestResult]:
     """Run every default-suite task x method of its family (or the ones named) once on ``device``.
 
+    ``device``: ``auto``, ``cpu``, ``cuda`` (as ``--device``), or a ``torch.device`` used as it is (the
+    tests run the matrix on a fake second device, ``tests/fake_device.py``).
+
     ``report`` is called with each result as soon as it is known (e.g. to print a line).
     """
     registry.load_all()
-    ctx = RunContext(seed=0, device=resolve_device(device),
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    ctx = RunContext(seed=0, device=dev,
                      cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), show_progress=False)
     results: list[SelftestResult] = []
     data_cache: dict = {}

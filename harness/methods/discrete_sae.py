@@ -145,8 +145,8 @@ class DiscreteSAE(CircuitMethod):
         n_total = data.clean.shape[0]
         n = min(int(self.n_examples), n_total)
         rng = np.random.default_rng(self.seed)
-        idx = torch.as_tensor(np.sort(rng.choice(n_total, size=n, replace=False)), dtype=torch.long)
-        idx = idx.to(data.clean.device)
+        idx = torch.as_tensor(np.sort(rng.choice(n_total, size=n, replace=False)), dtype=torch.long,
+                              device=data.clean.device)
         tokens = torch.cat([data.clean[idx], data.corrupted[idx]], dim=0)
         _, z = model.run_with_cache(tokens, return_logits=False)  # [2n, s, L, H, d_head]
         pooled = z.mean(dim=1)  # [2n, L, H, d_head]; pooling first: head_results is linear

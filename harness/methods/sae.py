@@ -28,7 +28,7 @@ import torch
 
 from harness.core.registry import register_method
 from harness.errors import ConfigError, HarnessError
-from harness.protocols.reconstruction import ReconstructionMethod, SparseCodes, default_k
+from harness.protocols.reconstruction import ReconstructionMethod, SparseCodes, codes_to, default_k
 from harness.sae import SAE, ArgmaxConfig, load_sae, train_relu_sae, train_topk_sae
 
 
@@ -52,7 +52,8 @@ class _SAEMethod(ReconstructionMethod):
         return self._need().encode(acts.to(self.device))
 
     def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
-        return self._need().decode(codes).cpu()
+        sae = self._need()  # the task hands the validated codes over on the CPU; the weights may be elsewhere
+        return sae.decode(codes_to(codes, sae.W_dec.device)).cpu()
 
 
 @register_method("topk-sae", version="1",

@@ -91,10 +91,11 @@ def code_activity(codes: Any, chunk_rows: int = 4096) -> tuple[torch.Tensor, tor
     """
     if hasattr(codes, "n_latents"):
         n, n_lat = codes.shape
-        per_row = torch.empty(n, dtype=torch.long)
-        fired = torch.zeros(n_lat, dtype=torch.bool)
+        dev = codes.indices.device  # counted where the codes are
+        per_row = torch.empty(n, dtype=torch.long, device=dev)
+        fired = torch.zeros(n_lat, dtype=torch.bool, device=dev)
         for i in range(0, n, chunk_rows):
-            dense = torch.zeros(min(chunk_rows, n - i), n_lat).scatter_add_(
+            dense = torch.zeros(min(chunk_rows, n - i), n_lat, dtype=codes.values.dtype, device=dev).scatter_add_(
                 1, codes.indices[i : i + chunk_rows], codes.values[i : i + chunk_rows]
             )
             active = dense != 0
@@ -143,7 +144,7 @@ def next_token_cross_entropy(logits: torch.Tensor, tokens: torch.Tensor, log_pro
         if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
             raise ValueError(f"need logits [b, s, vocab] and tokens [b, s]; got {list(logits.shape)}, {list(tokens.shape)}")
         log_probs = next_token_log_probs(logits)
-    return -log_probs.gather(-1, tokens[:, 1:, None].long()).squeeze(-1)
+    return -log_probs.gather(-1, tokens[:, 1:, None].to(log_probs.device, torch.long)).squeeze(-1)
 
 
 def kl_per_position(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

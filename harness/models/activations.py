@@ -109,6 +109,7 @@ def acts_and_grads(
         def loss_fn(logits, toks):
             return next_token_cross_entropy(logits, toks).sum()
 
+    tokens = tokens.to(model.device)  # the loss reads the tokens next to the logits
     with torch.no_grad():
         x = resid_before(model, tokens, layer)
         act = gather(model, tokens, layer, hook, resid_pre=x)

@@ -22,7 +22,9 @@ Types
 
   The task computes L0 and the dead-latent fraction from the codes, so they
   must be what :meth:`decode` actually uses.
-- ``decode(codes)`` returns float ``[N, d]`` (tensor or numpy array).
+- ``decode(codes)`` returns float ``[N, d]`` (tensor or numpy array).  The codes it is given are the
+  validated ones, on the CPU: a method computing on ``self.device`` moves them there
+  (:func:`codes_to`) and may return its output on any device (the task moves it to the CPU).
 
 Gradients (for gradient-aware methods such as g-SAE)
 ----------------------------------------------------
@@ -67,8 +69,25 @@ class SparseCodes:
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
+    def to(self, device: torch.device | str) -> "SparseCodes":
+        """The same codes with ``indices`` and ``values`` on ``device``."""
+        return SparseCodes(self.indices.to(device), self.values.to(device), self.n_latents)
+
 
 Codes = Union[torch.Tensor, np.ndarray, SparseCodes]
+
+
+def codes_to(codes: Codes, device: torch.device | str) -> Codes:
+    """``codes`` (dense tensor or :class:`SparseCodes`) on ``device``; a numpy array is made a tensor first.
+
+    The task hands ``decode`` the validated codes on the CPU (:func:`validate_codes`); a method whose
+    weights live on another device moves them there with this.
+    """
+    if isinstance(codes, SparseCodes):
+        return codes.to(device)
+    if isinstance(codes, np.ndarray):
+        return torch.from_numpy(codes).to(device)
+    return codes.to(device)
 
 #: Default sparsity of methods whose ``k`` is left unset: ``d // K_DIVISOR`` active
 #: latents for ``d``-wide activations (8 for d = 96, 32 for d = 384, 64 for d = 768).

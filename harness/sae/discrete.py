@@ -94,7 +94,7 @@ class DiscreteTrainer(Trainer):
         dev = x.device
         self.W_dec = w.to(dev).requires_grad_()
         self.W_enc_t = W_enc_t.to(dev).requires_grad_()
-        self.b_enc = torch.zeros(n).to(dev).requires_grad_()
+        self.b_enc = torch.zeros(n, device=dev).requires_grad_()
         self.b_dec = x.mean(dim=0).cpu().clone().to(dev).requires_grad_()
         self.opt = PlainAdam([self.W_dec, self.W_enc_t, self.b_enc, self.b_dec], lr=self.lr)
         return x

@@ -13,7 +13,9 @@ class TransformerLearner:
     """numpy-in / numpy-out wrapper of a trained :class:`InContextRegressor` (the ``InContextLearner`` protocol).
 
     Inference runs without autograd, in float32, in chunks of contexts, on one
-    CPU thread (deterministic, and these small ops gain nothing from more).
+    CPU thread (deterministic, and these small ops gain nothing from more).  Inputs go to the
+    device of the model's weights (the CPU, where :func:`load_icl_model` puts them) and outputs
+    come back to the CPU as numpy arrays.
     """
 
     def __init__(self, model: InContextRegressor, card: dict | None = None, model_id: str = "icl",
@@ -23,6 +25,9 @@ class TransformerLearner:
         self.model_id = model_id
         self.d, self.n_points = model.arch.d, model.arch.n_points
         self.chunk, self.threads = chunk, threads
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float32, device=next(self.model.parameters()).device)
 
     @torch.no_grad()
     def predict_prefixes(self, xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray) -> np.ndarray:
@@ -34,8 +39,7 @@ class TransformerLearner:
             for i in range(0, xs.shape[0], self.chunk):
                 sl = slice(i, i + self.chunk)
                 out.append(self.model.predict_prefixes(
-                    torch.as_tensor(xs[sl], dtype=torch.float32), torch.as_tensor(ys[sl], dtype=torch.float32),
-                    torch.as_tensor(x_query[sl], dtype=torch.float32)).double().numpy())
+                    self._tensor(xs[sl]), self._tensor(ys[sl]), self._tensor(x_query[sl])).double().cpu().numpy())
         return np.concatenate(out, axis=0)
 
     @torch.no_grad()
@@ -46,6 +50,5 @@ class TransformerLearner:
             for i in range(0, xs.shape[0], 4 * self.chunk):
                 sl = slice(i, i + 4 * self.chunk)
                 out.append(self.model.residuals_at(
-                    torch.as_tensor(xs[sl], dtype=torch.float32), torch.as_tensor(ys[sl], dtype=torch.float32),
-                    torch.as_tensor(x_query[sl], dtype=torch.float32), position).numpy())
+                    self._tensor(xs[sl]), self._tensor(ys[sl]), self._tensor(x_query[sl]), position).cpu().numpy())
         return np.concatenate(out, axis=1)

@@ -183,8 +183,8 @@ def induction_batch(
 def induction_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, reduce: bool = True) -> torch.Tensor:
     """Mean cross-entropy of the masked next-token predictions (per row when not ``reduce``)."""
     pred = logits[:, :-1]
-    target = tokens[:, 1:]
-    m = mask[:, :-1].to(pred.dtype)
+    target = tokens[:, 1:].to(pred.device)  # batches are drawn on the CPU; the logits may be on a GPU
+    m = mask[:, :-1].to(pred.device, pred.dtype)
     loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none").view(target.shape)
     per_row = (loss * m).sum(1) / m.sum(1).clamp_min(1)
     return per_row.mean() if reduce else per_row

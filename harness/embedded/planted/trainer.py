@@ -58,7 +58,7 @@ def _attention_nll(model: GPT, x_ln: torch.Tensor, layer: int, head: int, query:
     q = x_ln[:, query] @ w[qs].T + b[qs]  # [b, dh]
     k = x_ln[:, : query + 1] @ w[ks].T + b[ks]  # [b, query + 1, dh]
     scores = torch.einsum("bkd,bd->bk", k, q) / math.sqrt(dh)
-    return -torch.log_softmax(scores, dim=-1).gather(1, keys[:, None].long())[:, 0].mean()
+    return -torch.log_softmax(scores, dim=-1).gather(1, keys[:, None].to(scores.device, torch.long))[:, 0].mean()
 
 
 def attention_logprobs(model: GPT, x_ln: torch.Tensor, layer: int, head: int) -> torch.Tensor:
@@ -70,7 +70,7 @@ def attention_logprobs(model: GPT, x_ln: torch.Tensor, layer: int, head: int) ->
     q, k = x_ln @ w[qs].T + b[qs], x_ln @ w[ks].T + b[ks]
     scores = q @ k.transpose(1, 2) / math.sqrt(dh)
     s = x_ln.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    causal = torch.ones(s, s, dtype=torch.bool, device=scores.device).tril()  # verification runs on the model's device
     return torch.log_softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
 
 
@@ -80,8 +80,8 @@ def _distractor_attention_nll(model: GPT, captured: dict[int, torch.Tensor], row
     before) and an induction head (inside the repeat, each position attends to the token after the earlier
     occurrence of its own token)."""
     b, s = tokens.shape
-    pos = torch.arange(s)
-    total = torch.zeros(())
+    pos = torch.arange(s, device=tokens.device)
+    total = torch.zeros((), device=tokens.device)
     if "previous_token" in heads:
         layer, head = heads["previous_token"]
         lp = attention_logprobs(model, captured[layer][rows], layer, head)  # [b, s, s]

@@ -36,8 +36,8 @@ def _accuracy(task: str, split, logits_last: torch.Tensor) -> tuple[float, float
         logits_last if split.metric.token_ids is None else logits_last[:, split.metric.token_ids]
     )
     positive = float((per > 0).float().mean())
-    if task == "ioi":
-        acc = float((logits_last.argmax(-1) == split.info["io_ids"]).float().mean())
+    if task == "ioi":  # the split's answer ids are CPU tensors: compare them where the logits are
+        acc = float((logits_last.argmax(-1) == split.info["io_ids"].to(logits_last.device)).float().mean())
     else:
         acc = positive
     return acc, positive
@@ -60,7 +60,7 @@ def verify(model: HookedGPT, spec: PlantedSpec, recipe: PlantedRecipe | None = N
         acc, positive = _accuracy(spec.task, split, clean_logits[:, -1])
         metric = split.metric
         ids = metric.token_ids
-        singles = torch.zeros(L * H, L, H, dtype=torch.bool)
+        singles = torch.zeros(L * H, L, H, dtype=torch.bool, device=model.device)
         for i in range(L * H):
             singles[i, i // H, i % H] = True
 
@@ -88,7 +88,8 @@ def verify(model: HookedGPT, spec: PlantedSpec, recipe: PlantedRecipe | None = N
         # distractor: induction-loss increase when each head is mean-ablated
         rng = np.random.default_rng(r.verify_seed + 2)
         seq = split.clean.shape[1]
-        dist, dist_mask = induction_batch(rng, 256, seq, len(model.tokenizer))
+        dist, dist_mask = induction_batch(rng, 256, seq, len(model.tokenizer))  # drawn on the CPU
+        dist, dist_mask = dist.to(model.device), dist_mask.to(model.device)
         base_loss = float(induction_loss(model.logits(dist), dist, dist_mask))
         mean_d = model.mean_z(dist)
         effect = []
@@ -146,6 +147,7 @@ def attention_summary(model: HookedGPT, tokens: torch.Tensor, spec: PlantedSpec)
             query, key = hint
             keys = _hint_keys_from_tokens(spec, tokens, key)
             entry["hint"] = [query, key]
+            keys = keys.to(probs.device)
             entry["hint_attention"] = round(float(probs[:, query].gather(1, keys[:, None]).mean()), 3)
         out[head_name((layer, head))] = entry
     return out
@@ -154,7 +156,7 @@ def attention_summary(model: HookedGPT, tokens: torch.Tensor, spec: PlantedSpec)
 def _hint_keys_from_tokens(spec: PlantedSpec, tokens: torch.Tensor, key) -> torch.Tensor:
     """Per-prompt key positions of an attention hint, read off IOI prompts (S1 is where S2's name occurs)."""
     if isinstance(key, int):
-        return torch.full((tokens.shape[0],), key, dtype=torch.long)
+        return torch.full((tokens.shape[0],), key, dtype=torch.long, device=tokens.device)
     pos = fill_positions(P.IOI_TEMPLATES[0])
     a, b, s2 = pos["A"][0], pos["B"][0], pos["S2"][0]
     s1 = torch.where(tokens[:, a] == tokens[:, s2], a, b)
