@@ -211,3 +211,28 @@ def test_cuda_cell_repeats_bit_for_bit(task_name, method_name, tmp_path):
     first, second = (_cell_record(task_name, method_name, torch.device("cuda"), tmp_path) for _ in range(2))
     untimed = [k for k in first["metrics"] if not k.endswith("_per_s")]
     assert {k: first["metrics"][k] for k in untimed} == {k: second["metrics"][k] for k in untimed}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
+def test_hf_adapter_runs_on_the_device(fake, family):
+    """The Hugging Face adapter of each family on the device: logits, resumed and full-forward patching,
+    head gradients and the reconstruction sites, with tokens handed over on the CPU as the tasks do."""
+    pytest.importorskip("transformers")
+    from test_models_hf_causal import make_hf, make_tokenizer, rand_tokens, random_masks
+
+    from harness.models import HFCausalLM
+    from harness.models import activations as hook_acts
+
+    cpu = HFCausalLM(make_hf(family=family, dtype=torch.float32), make_tokenizer())
+    model = HFCausalLM(make_hf(family=family, dtype=torch.float32), make_tokenizer(), device=fake)
+    toks, masks = rand_tokens(), random_masks()
+    with torch.no_grad():
+        assert torch.allclose(model.logits(toks).cpu(), cpu.logits(toks), atol=1e-5)
+        rep = model.run_with_cache(rand_tokens(seed=9))[1]
+        got = model.ablate_many(toks, masks, rep, token_ids=[2, 3])
+        want = cpu.ablate_many(toks, masks, rep.cpu(), token_ids=[2, 3])
+        assert got.device == fake and torch.allclose(got.cpu(), want, atol=1e-5)
+    z, grad = model.head_gradients(toks, lambda logits: logits[:, -1, 2].sum())
+    assert grad.device == fake and torch.isfinite(grad.cpu()).all()
+    act, g = hook_acts.acts_and_grads(model, toks, 1, "z")
+    assert act.device == fake and g.shape == act.shape
