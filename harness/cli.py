@@ -68,6 +68,11 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache for built models and data (default: $HARNESS_CACHE or ~/.cache/interp-harness)")
     p.add_argument("--force", action="store_true", help="re-run cells that already have a record")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", default="1", metavar="N|auto",
+                   help="run cells in N worker processes on this machine (auto: one per free core; default 1)")
+    p.add_argument("--threads-per-cell", type=int, metavar="N",
+                   help="threads each cell may use in torch, OpenMP and BLAS (default: the free cores shared out "
+                        "among the cells running at once)")
     _add_results_dir(p)
 
 
@@ -171,7 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds=args.seeds if args.seeds else SUITES[args.suite],
         task_overrides=overrides, grid=_parse_assignments(args.grid, "--grid", multi=True),
         device=args.device, results_dir=args.results_dir, cache_dir=args.cache_dir,
-        force=args.force, progress=not args.no_progress,
+        force=args.force, progress=not args.no_progress, jobs=_jobs(args.jobs),
+        threads_per_cell=_positive(args.threads_per_cell, "--threads-per-cell"), plugins=tuple(args.plugin),
     )
     try:
         summary = run(spec)
@@ -187,6 +193,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     for r in summary.failed:
         print(f"  FAILED {r['task']} | {r['method']} | seed {r['seed']}: {r['error'].splitlines()[0]}")
     return EXIT_FAIL if summary.failed else EXIT_OK
+
+
+def _jobs(value: str) -> int | str:
+    """``--jobs``: ``auto`` or a positive integer (a usage error otherwise, before any work)."""
+    from harness.core.threads import resolve_jobs
+
+    try:
+        resolve_jobs(value if value == "auto" else value)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+    return value if value == "auto" else int(value)
+
+
+def _positive(value: int | None, flag: str) -> int | None:
+    if value is not None and value < 1:
+        raise HarnessError(f"{flag} must be a positive integer, got {value}")
+    return value
 
 
 def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path | None = None,

@@ -39,6 +39,9 @@ class RunSpec:
     cache_dir: Path | None = None
     force: bool = False
     progress: bool = True
+    jobs: int | str = 1  # worker processes on this machine, or "auto" (the free cores)
+    threads_per_cell: int | None = None  # None: the free cores shared out among the concurrent cells
+    plugins: Sequence[str] = ()  # modules imported before running (worker processes import them too)
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,13 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine() or device.type
 
 
-def provenance(device: Any) -> dict[str, Any]:
+def provenance(device: Any, executor: str = "serial") -> dict[str, Any]:
     """Everything a record needs to say where its numbers came from.
 
     ``device`` (a ``torch.device`` or its string) is recorded as given (``"cpu"``, ``"cuda"``), with its
     type (``device_type``: what ``harness check`` compares), the device's name and the determinism settings
-    in force (:func:`~harness.core.seeding.determinism_settings`).
+    in force (:func:`~harness.core.seeding.determinism_settings`); ``execution`` says how the cell ran
+    (``executor``; ``threads``: the cell's thread budget in torch, as ``machine.torch_threads``).
     """
     import torch
 
@@ -98,7 +99,8 @@ def provenance(device: Any) -> dict[str, Any]:
         "device_type": dev.type,
         "device_name": device_name(dev),
         "determinism": determinism_settings(),
+        "execution": {"executor": executor, "threads": torch.get_num_threads()},
         "argv": sys.argv[1:],
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "deterministic": "same seed, same machine, same packages -> same metrics",
+        "deterministic": "same seed, same machine, same packages, same thread budget -> same metrics",
     }

@@ -29,7 +29,9 @@ from harness.core.context import RunContext
 from harness.core.provenance import provenance
 from harness.core.records import Record, Store
 from harness.core.resources import measure
+from harness.core.parallel import WorkerSetup, run_in_workers, units_of
 from harness.core.seeding import deterministic_device, resolve_device, seed_everything
+from harness.core.threads import default_threads, resolve_jobs, thread_budget
 from harness.errors import HarnessError, RecordError
 
 
@@ -88,9 +90,18 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict) -> Record:
             error = cell.error or f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - isolation of a failing method is the point
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        prov = provenance(ctx.device)
+        prov = provenance(ctx.device, ctx.executor)
     if error:
         metrics, artifacts = {}, {}
+    return _record(cell, metrics, artifacts, error, timings, prov)
+
+
+def error_record(cell: Cell, ctx: RunContext, error: str) -> Record:
+    """The record of a cell that failed outside :func:`run_cell` (e.g. its worker process died)."""
+    return _record(cell, {}, {}, error, dict.fromkeys(_TIMINGS, 0.0), provenance(ctx.device, ctx.executor))
+
+
+def _record(cell: Cell, metrics: dict, artifacts: dict, error: str | None, timings: dict, prov: dict) -> Record:
     t, m, ident = cell.task_entry, cell.method_entry, cell.identity
     return Record(
         cell_key=ident.key, task=t.name, task_version=t.version, family=t.family,
@@ -103,36 +114,89 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict) -> Record:
 
 
 def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
-    """Run every cell of ``spec``; each finished cell is written to the store at once."""
+    """Run every cell of ``spec`` (serially, or in ``spec.jobs`` worker processes); each finished cell is
+    written to the store at once, by this process."""
     cells = expand(spec)
     device = resolve_device(spec.device)
     store = Store(Path(spec.results_dir))
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
     summary = RunSummary()
-    data_cache: dict = {}
-    bar = tqdm(cells, desc="cells", unit="cell", disable=not spec.progress, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(cell.label, refresh=False)
-        existing = None
-        if not spec.force and cell.error is None:
-            try:
-                existing = store.find(cell.task_entry.name, cell.method_entry.name, cell.seed, cell.identity.key)
-            except RecordError as exc:
-                bar.write(f"warning: {exc}; re-running that cell")
+    done: dict[int, dict[str, Any]] = {}
+    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not spec.progress, dynamic_ncols=True)
+    todo = []
+    for i, cell in enumerate(cells):
+        existing = _recorded(cell, spec, store, bar)
         if existing is not None and existing["status"] == "ok":
             summary.skipped += 1
-            summary.records.append(existing)
-            continue
-        ctx = RunContext(seed=cell.seed, device=device, cache_dir=cache_dir, show_progress=spec.progress)
-        record = run_cell(cell, ctx, data_cache).to_dict()
-        cell.method = None  # release the fitted method (a run may hold hundreds of cells)
+            done[i] = existing
+            bar.update(1)
+        else:
+            todo.append(i)
+    jobs = min(resolve_jobs(spec.jobs), max(1, len(todo)))
+    threads = spec.threads_per_cell or default_threads(jobs)
+
+    def deliver(i: int, record: dict[str, Any]) -> None:
         store.write(record)
         summary.ran += 1
-        summary.records.append(record)
+        done[i] = record
+        bar.set_postfix_str(cells[i].label, refresh=False)
+        bar.update(1)
         if record["status"] != "ok":
             summary.failed.append(record)
-            bar.write(f"FAILED {cell.label}: {record['error'].splitlines()[0]}")
+            bar.write(f"FAILED {cells[i].label}: {record['error'].splitlines()[0]}")
         if on_record:
             on_record(record)
-    bar.close()
+
+    try:
+        if jobs == 1:
+            data_cache: dict = {}
+            for i in todo:
+                ctx = RunContext(seed=cells[i].seed, device=device, cache_dir=cache_dir, show_progress=spec.progress,
+                                 threads=threads)
+                with thread_budget(threads):
+                    record = run_cell(cells[i], ctx, data_cache).to_dict()
+                cells[i].method = None  # release the fitted method (a run may hold hundreds of cells)
+                deliver(i, record)
+        else:
+            setup = WorkerSetup(spec, str(device), cache_dir, threads, f"local:{jobs}")
+            units = units_of(cells, todo, _expected_seconds(store))
+
+            def fail(i: int, why: str) -> None:
+                ctx = RunContext(seed=cells[i].seed, device=device, cache_dir=cache_dir, threads=threads,
+                                 executor=setup.executor)
+                deliver(i, error_record(cells[i], ctx, why).to_dict())
+
+            run_in_workers(setup, units, jobs, deliver, fail)
+    finally:
+        bar.close()
+        summary.records = [done[i] for i in sorted(done)]
     return summary
+
+
+def _recorded(cell: Cell, spec: RunSpec, store: Store, bar) -> dict[str, Any] | None:
+    """The record already stored for ``cell`` (None when there is none, it is unreadable, or ``force``)."""
+    if spec.force or cell.error is not None:
+        return None
+    try:
+        return store.find(cell.task_entry.name, cell.method_entry.name, cell.seed, cell.identity.key)
+    except RecordError as exc:
+        bar.write(f"warning: {exc}; re-running that cell")
+        return None
+
+
+def _expected_seconds(store: Store) -> Callable[[Cell], float]:
+    """A cell's expected seconds: the mean wall + build time of the same task and method in the store's
+    earlier records (any config), else 1 s."""
+    seen: dict[tuple[str, str], list[float]] = {}
+    try:
+        for r in store.load_all():
+            t = r.get("timings") or {}
+            seen.setdefault((r["task"], r["method"]), []).append(float(t.get("wall_s", 0)) + float(t.get("build_s", 0)))
+    except (RecordError, OSError, KeyError, TypeError, ValueError):
+        seen = {}
+
+    def expected(cell: Cell) -> float:
+        past = seen.get((cell.task_entry.name, cell.method_entry.name))
+        return sum(past) / len(past) if past else 1.0
+
+    return expected

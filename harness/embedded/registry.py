@@ -30,6 +30,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
+from harness.core.cache import cache_lock
 from harness.core.card import CardFormat, compare_cards, compare_weights
 from harness.embedded.recipe import Log
 from harness.errors import DuplicateNameError, HarnessError, UnknownNameError, did_you_mean
@@ -85,11 +86,14 @@ class EmbeddedModel(ABC):
         if models_dir is None:
             raise HarnessError(f"embedded model {self.name!r} is not built; run `harness models build --name {self.name}`")
         target = Path(models_dir) / self.name
-        tmp = target.with_name(target.name + ".building")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.build(tmp, log)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.replace(target)
+        with cache_lock(target, f"embedded model {self.name!r}"):
+            if self.is_current(target):  # built by another process while this one waited
+                return target
+            tmp = target.with_name(target.name + ".building")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.build(tmp, log)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.replace(target)
         return target
 
     def reproduce(self, log: Log = print) -> bool:

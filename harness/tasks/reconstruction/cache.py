@@ -15,6 +15,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from harness.core.cache import cache_lock
 from harness.tasks.reconstruction.sources import Gathered, Source
 
 FORMAT = 1
@@ -31,14 +32,23 @@ def cache_path(source: Source, cache_dir: Path) -> Path:
 
 def load_or_gather(source: Source, cache_dir: Path) -> tuple[Gathered, bool]:
     """``(activations, was_cached)``: from memory, else the cache file, else gathered and written."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = cache_path(source, cache_dir)
     key = str(path)
     if key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key], True
+    with cache_lock(path, "activations"):  # one process gathers an entry; the others wait and load it
+        data, cached = _load_or_gather_locked(source, cache_dir, path)
+    _MEMO[key] = data
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return data, cached
+
+
+def _load_or_gather_locked(source: Source, cache_dir: Path, path: Path) -> tuple[Gathered, bool]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     data = None
     if path.is_file():
         try:
@@ -58,9 +68,6 @@ def load_or_gather(source: Source, cache_dir: Path) -> tuple[Gathered, bool]:
         else:
             data = source.gather()
             _write(path, source, data)
-    _MEMO[key] = data
-    while len(_MEMO) > _MEMO_SIZE:
-        _MEMO.popitem(last=False)
     return data, cached
 
 

@@ -1,0 +1,109 @@
+"""`harness run --jobs N`: worker processes, the thread policy, and the cache lock.
+
+Quality metrics must not depend on how cells are executed (same seed, same thread budget -> same metrics),
+a worker that dies costs only its cell, and two processes never build one cache entry at once.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.core import registry
+from harness.core.cache import cache_lock
+from harness.core.cell import RunSpec
+from harness.core.records import Store
+from harness.core.runner import run
+from harness.core.threads import default_threads, resolve_jobs, thread_budget
+
+TASKS = ["clustering/wine", "circuits/ioi", "icl/linear-d5"]
+METHODS = ["kmeans-raw", "gmm", "eap", "act-patch-mean", "ols", "ridge"]
+OVERRIDES = {"n_fit": 8, "n_eval": 16}
+
+
+def spec(tmp_path: Path, name: str, **kw) -> RunSpec:
+    base = dict(tasks=TASKS, methods=METHODS, seeds=[0, 1], results_dir=tmp_path / name,
+                cache_dir=tmp_path / "cache", progress=False, threads_per_cell=1)
+    return RunSpec(**{**base, **kw})
+
+
+def metrics_by_cell(summary) -> dict:
+    return {r["cell_key"]: r["metrics"] for r in summary.records}
+
+
+def test_jobs_give_the_metrics_of_a_serial_run(tmp_path):
+    registry.load_all()
+    serial = run(spec(tmp_path, "serial"))
+    parallel = run(spec(tmp_path, "jobs2", jobs=2))
+    assert serial.ok and parallel.ok and serial.ran == parallel.ran > 8
+    assert metrics_by_cell(serial) == metrics_by_cell(parallel)  # bit-identical
+    assert [r["cell_key"] for r in serial.records] == [r["cell_key"] for r in parallel.records]
+    execution = {r["provenance"]["execution"]["executor"] for r in parallel.records}
+    assert execution == {"local:2"} and {r["provenance"]["execution"]["threads"] for r in parallel.records} == {1}
+    again = run(spec(tmp_path, "jobs2", jobs=2))  # resume: nothing left to do
+    assert again.ran == 0 and again.skipped == parallel.ran
+
+
+def test_a_worker_that_dies_costs_only_its_cell(tmp_path):
+    registry.load_plugin_module("parallel_plugin")
+    registry.load_all()
+    s = RunSpec(tasks=["clustering/wine"], methods=["test-exit", "kmeans-raw"], seeds=[0, 1],
+                grid={"exit_code": [3]}, results_dir=tmp_path / "res", cache_dir=tmp_path / "cache",
+                progress=False, jobs=2, threads_per_cell=1, plugins=("parallel_plugin",))
+    summary = run(s)
+    by_method = {}
+    for r in summary.records:
+        by_method.setdefault(r["method"], []).append(r)
+    assert [r["status"] for r in by_method["kmeans-raw"]] == ["ok", "ok"]
+    assert [r["status"] for r in by_method["test-exit"]] == ["error", "error"]
+    assert all("exited with code 3" in r["error"] for r in by_method["test-exit"])
+    stored = Store(tmp_path / "res").load_all(statuses=("ok", "error"))
+    assert len(stored) == 4 and len({r["cell_key"] for r in stored}) == 4
+
+
+def _hold(entry: str, log: str, seconds: float) -> None:
+    with cache_lock(entry):
+        start = time.time()
+        time.sleep(seconds)
+        with open(log, "a") as fh:
+            fh.write(json.dumps([start, time.time()]) + "\n")
+
+
+def test_cache_lock_admits_one_process_at_a_time(tmp_path):
+    ctx = mp.get_context("spawn")
+    log = tmp_path / "log.jsonl"
+    procs = [ctx.Process(target=_hold, args=(str(tmp_path / "entry"), str(log), 0.5)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    spans = sorted(json.loads(line) for line in log.read_text().splitlines())
+    assert len(spans) == 3
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no two holders overlap
+
+
+def test_thread_policy():
+    assert default_threads(1, free=8) == 8 and default_threads(3, free=8) == 2 and default_threads(4, free=2) == 1
+    assert resolve_jobs("3") == 3 and resolve_jobs("auto") >= 1
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ValueError, match="--jobs"):
+            resolve_jobs(bad)
+    import torch
+
+    before = torch.get_num_threads()
+    with thread_budget(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_cli_rejects_bad_jobs_before_any_work(tmp_path, capsys):
+    from harness.cli import main
+
+    code = main(["run", "--tasks", "clustering/wine", "--jobs", "0", "--results-dir", str(tmp_path / "r")])
+    assert code == 2 and "--jobs" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
