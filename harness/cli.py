@@ -70,6 +70,11 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--jobs", default="1", metavar="N|auto",
                    help="run cells in N worker processes on this machine (auto: one per free core; default 1)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (serial or --jobs); ray: each group of cells a Ray task (pip install "
+                        "'interp-harness[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster ('auto' or HOST:PORT; default: start a local one bound to 127.0.0.1)")
     p.add_argument("--threads-per-cell", type=int, metavar="N",
                    help="threads each cell may use in torch, OpenMP and BLAS (default: the free cores shared out "
                         "among the cells running at once)")
@@ -171,6 +176,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.ground_truth.is_file():
             raise HarnessError(f"--ground-truth {args.ground_truth}: no such file")
         overrides["ground_truth"] = str(args.ground_truth.resolve())
+    if args.executor == "ray":
+        from harness.core.ray_executor import import_ray
+
+        import_ray(local=args.ray_address is None)  # the install command now, before any work
     spec = RunSpec(
         tasks=args.tasks, methods=args.methods,
         seeds=args.seeds if args.seeds else SUITES[args.suite],
@@ -178,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, results_dir=args.results_dir, cache_dir=args.cache_dir,
         force=args.force, progress=not args.no_progress, jobs=_jobs(args.jobs),
         threads_per_cell=_positive(args.threads_per_cell, "--threads-per-cell"), plugins=tuple(args.plugin),
+        executor=args.executor, ray_address=args.ray_address,
     )
     try:
         summary = run(spec)

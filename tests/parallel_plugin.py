@@ -1,24 +1,28 @@
-"""A plugin for tests/test_parallel.py: a clustering method that kills its own process (``os._exit``), or not.
-
-Importable by name (``--plugin parallel_plugin``) from the worker processes, which rebuild the run's cells.
-"""
+"""A plugin for tests/test_parallel.py and tests/test_ray_executor.py: a toy-family method that kills its own
+process (``os._exit``), always or once. In the toy family, so that registering it in the test process leaves
+the real families' method lists (which other tests count) unchanged. Importable by name (``parallel_plugin``)
+from worker processes, which rebuild the run's cells; it imports ``toy_plugin`` for the toy task."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-
+from harness.core.method import Method
 from harness.core.registry import register_method
-from harness.protocols.clustering import ClusteringMethod, kmeans_labels
+
+import toy_plugin  # noqa: F401  (registers the toy family in worker processes too)
 
 
-@register_method("test-exit", version="1", description="test plugin: os._exit(3) when exit_code is set")
-class ExitingMethod(ClusteringMethod):
-    def __init__(self, exit_code: int = 0) -> None:
-        self.exit_code = exit_code
+@register_method("test-exit", family="toy", version="1",
+                 description="test plugin: os._exit(exit_code) always, or once (when the file exit_once names is absent)")
+class ExitingMethod(Method):
+    def __init__(self, exit_code: int = 0, exit_once: str = "") -> None:
+        self.exit_code, self.exit_once = exit_code, exit_once
 
-    def fit_predict(self, X: np.ndarray, n_clusters: int) -> np.ndarray:
+    def predict(self, x):
+        if self.exit_once and not os.path.exists(self.exit_once):
+            open(self.exit_once, "w").close()
+            os._exit(9)  # the worker dies once; a retry finds the marker and succeeds
         if self.exit_code:
             os._exit(self.exit_code)  # what no try/except can catch in-process
-        return kmeans_labels(X, n_clusters, 1, self.seed)
+        return x

@@ -42,6 +42,8 @@ class RunSpec:
     jobs: int | str = 1  # worker processes on this machine, or "auto" (the free cores)
     threads_per_cell: int | None = None  # None: the free cores shared out among the concurrent cells
     plugins: Sequence[str] = ()  # modules imported before running (worker processes import them too)
+    executor: str = "local"  # "local" (this machine: serial or --jobs) or "ray"
+    ray_address: str | None = None  # None: a local Ray cluster on 127.0.0.1; "auto" or HOST:PORT: join one
 
 
 @dataclass(frozen=True)

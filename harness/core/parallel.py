@@ -42,6 +42,7 @@ class WorkerSetup:
     cache_dir: Path
     threads: int
     executor: str
+    paths: tuple[str, ...] = ()  # the driver's sys.path: plugin modules importable there are importable here
 
 
 @dataclass

@@ -15,6 +15,7 @@ just now or reused from the previous cell of the same task and seed.
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -132,8 +133,9 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
             bar.update(1)
         else:
             todo.append(i)
-    jobs = min(resolve_jobs(spec.jobs), max(1, len(todo)))
-    threads = spec.threads_per_cell or default_threads(jobs)
+    ray = spec.executor == "ray"
+    jobs = 1 if ray else min(resolve_jobs(spec.jobs), max(1, len(todo)))
+    threads = spec.threads_per_cell or (1 if ray else default_threads(jobs))
 
     def deliver(i: int, record: dict[str, Any]) -> None:
         store.write(record)
@@ -148,7 +150,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
             on_record(record)
 
     try:
-        if jobs == 1:
+        if jobs == 1 and not ray:
             data_cache: dict = {}
             for i in todo:
                 ctx = RunContext(seed=cells[i].seed, device=device, cache_dir=cache_dir, show_progress=spec.progress,
@@ -158,7 +160,8 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
                 cells[i].method = None  # release the fitted method (a run may hold hundreds of cells)
                 deliver(i, record)
         else:
-            setup = WorkerSetup(spec, str(device), cache_dir, threads, f"local:{jobs}")
+            setup = WorkerSetup(spec, str(device), cache_dir, threads, "ray" if ray else f"local:{jobs}",
+                                tuple(sys.path))
             units = units_of(cells, todo, _expected_seconds(store))
 
             def fail(i: int, why: str) -> None:
@@ -166,7 +169,12 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
                                  executor=setup.executor)
                 deliver(i, error_record(cells[i], ctx, why).to_dict())
 
-            run_in_workers(setup, units, jobs, deliver, fail)
+            if ray:
+                from harness.core.ray_executor import run_on_ray
+
+                run_on_ray(setup, units, spec.ray_address, deliver, fail)
+            else:
+                run_in_workers(setup, units, jobs, deliver, fail)
     finally:
         bar.close()
         summary.records = [done[i] for i in sorted(done)]

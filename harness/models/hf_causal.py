@@ -316,7 +316,8 @@ class _Run:
             pre = self.resid_pre[l]
             mid = pre + out
             new = self._point(i, mid, l == self.m.n_layers - 1)
-            if new is mid or torch.equal(new, mid):  # read only, or written back unchanged: keep the exact output
+            unchanged = new is mid or (not new.requires_grad and not mid.requires_grad and torch.equal(new, mid))
+            if unchanged:  # read only, or the same values written back outside autograd: keep the exact output
                 return None
             return _replace_first(output, new - pre)  # the layer adds pre back: new up to float rounding
 
