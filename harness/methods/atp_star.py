@@ -25,10 +25,14 @@ respect to it (``J^T g`` is one backward through that sublayer alone).  Exact: q
 the layer norm and the softmax of every later layer, for the path from ``h`` straight through the
 residual stream into it.  Linearised (as in AtP): everything after that layer's ``z`` (so chains
 ``h -> l1 -> l2`` are exact at the first hop only), and paths into later attention that pass through
-an MLP first.  In a model whose only non-linearity after the last attention layer is none (attention
-only, no final layer norm, a metric linear in the logits) and that has two layers, ``AtP_QK`` equals
-activation patching exactly, whatever the weights.  ``qk_window`` limits the exact recomputation to
-the next ``qk_window`` layers (cheaper; farther layers keep AtP's linear term).
+an MLP first.  So in a two-layer attention-only model without layer norm and a metric linear in the
+logits (nothing non-linear after layer 1's attention), ``AtP_QK`` is activation patching exactly,
+whatever the weights; a head whose effect runs through a saturated later head gets its true effect up
+to the linearisation after that head.  ``qk_window`` limits the exact recomputation to the next
+``qk_window`` layers (cheaper; farther layers keep AtP's linear term).  The paper defines the QK fix
+on query and key nodes (the softmax recomputed with the patched query or key, the change of the
+pattern then linearised); with head outputs as the nodes, the nearest exact unit the public hook
+points offer is a later layer's whole attention sublayer, values included.
 
 **GradDrop** (cancellation between direct and indirect paths).  The paper defines, for each layer
 ``l = 1..L``, the estimate with the gradient through layer ``l``'s output to the residual stream
@@ -43,8 +47,9 @@ estimate of the effect on the task metric (the mean over prompts), as the task's
 measures it.  A one-layer model has no GradDrop (the plain ``|AtP_QK|``).
 
 GradDrop's average over layers scales down heads whose effect runs through later layers: a head whose
-effect goes entirely through one later head's attention keeps ``(L - 2) / (L - 1)`` of it (0 in a
-two-layer model, 1/2 in the three-layer planted models); ``grad_drop=False`` gives ``|AtP_QK|``.
+effect goes entirely through one later head keeps ``(L - 2) / (L - 1)`` of it (0 in a two-layer
+model, 1/2 in the three-layer planted models), and one at the start of a chain through every later
+layer keeps none of what runs through that chain; ``grad_drop=False`` gives ``|AtP_QK|``.
 
 Cost: 1 forward on the corrupted prompts; ``L`` forward + backward passes on the clean ones
 (``head_gradients``; 1 without GradDrop); per later layer ``l'``, one run of its attention sublayer with
