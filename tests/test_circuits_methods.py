@@ -23,7 +23,7 @@ from harness.protocols.circuits import CircuitData, LastTokenMetric, PassCounter
 from harness.methods.discrete_sae import unique_positive_codes
 from harness.sae.discrete import PlainAdam as _Adam
 
-CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae"]
+CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae", "atp-star"]
 
 
 # ----------------------------------------------------------------- fixtures
@@ -332,7 +332,7 @@ def test_every_method_returns_finite_scores(name, ctx):
     data = make_data(model)
     entry = registry.get_method(name)
     assert entry.family == "circuits" and entry.version == "1"
-    assert entry.baseline == (name != "discrete-sae")
+    assert entry.baseline == (name not in ("discrete-sae", "atp-star"))
     m = method(name, ctx)
     scores = m.score_heads(model, data)
     assert isinstance(scores, np.ndarray) and scores.shape == (2, 4)

@@ -4,3 +4,4 @@ from harness.methods import stacked_autoencoder  # noqa: F401
 from harness.methods import discrete_sae  # noqa: F401
 from harness.methods import sae  # noqa: F401
 from harness.methods import icl  # noqa: F401
+from harness.methods import atp_star  # noqa: F401

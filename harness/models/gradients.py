@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from harness.models.forward import HookFn, describe
+from harness.models.forward import FwdHooks, HookFn, describe
 
 #: ``metric_fn(logits [b, s, vocab]) -> scalar tensor``
 MetricFn = Callable[[torch.Tensor], torch.Tensor]
@@ -20,18 +20,23 @@ MetricFn = Callable[[torch.Tensor], torch.Tensor]
 class GradientsMixin:
     """Attribution gradients. Needs :class:`HookedForward` and :class:`PatchingMixin`."""
 
-    def head_gradients(self, tokens: torch.Tensor, metric_fn: MetricFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_gradients(self, tokens: torch.Tensor, metric_fn: MetricFn,
+                       fwd_hooks: FwdHooks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, d metric / d z)``, both ``[b, s, L, H, d_head]``, from one forward and one backward pass.
 
         ``metric_fn`` maps logits ``[b, s, vocab]`` to a scalar tensor. The gradient
         is the total derivative through every later layer (as in attribution
         patching); no parameter gradients are computed or accumulated.
+        ``fwd_hooks`` (optional, as in :meth:`run_with_hooks`) run in the same pass, before
+        the gradient taps at ``attn.hook_z``: e.g. to read the clean residual stream, or to
+        stop the gradient through one block (GradDrop) without changing any value.
         """
         tokens = self._check_tokens(tokens)
         with torch.enable_grad():
             probe = torch.zeros(self._z_shape(tokens), dtype=self.dtype, device=self.device, requires_grad=True)
             zs: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
-            hooks = {f"blocks.{l}.attn.hook_z": _tap(zs, probe, l) for l in range(self.n_layers)}
+            hooks = [(name, fn) for name, fns in self._check_hooks(fwd_hooks).items() for fn in fns]
+            hooks += [(f"blocks.{l}.attn.hook_z", _tap(zs, probe, l)) for l in range(self.n_layers)]
             metric = metric_fn(self.run_with_hooks(tokens, hooks, sparse_logit_grad=True))
             if not isinstance(metric, torch.Tensor) or metric.numel() != 1:
                 raise ValueError(f"metric_fn must return a scalar tensor, got {describe(metric)}")
