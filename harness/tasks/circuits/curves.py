@@ -22,10 +22,11 @@ clean.  When a model's scored components include MLP nodes, :func:`component_mas
 that maps the top-``k`` set of flat components to what is ablated (extend it to return MLP masks next
 to the head masks, and the ablation call below to take them).
 
-All sizes go through *one* :meth:`~harness.models.patching.PatchingMixin.ablate_many` call (split only
-when the logits it returns would exceed :data:`MAX_OUTPUT_ELEMENTS`): ``m(empty)``, ``m(model)`` and every
-distinct ``|C_k|`` are sets of the same call, so ``f(100%) == 1`` and ``f`` of an empty ``C_k`` ``== 0``
-hold exactly.
+Cost: :class:`CurveEvaluator` measures the anchors ``m(model)`` and ``m(empty)`` once per split, then
+each curve is *one* :meth:`~harness.models.patching.PatchingMixin.ablate_many` call (split only when the
+logits it returns would exceed :data:`MAX_OUTPUT_ELEMENTS`) over its distinct sizes strictly between 0
+and ``N``; ``C_k`` of size 0 or ``N`` takes the anchor itself, so ``f(100%) == 1`` and ``f`` of an empty
+``C_k`` ``== 0`` hold exactly.
 """
 
 from __future__ import annotations
@@ -92,27 +93,52 @@ def replacement(model: HookedModel, split: D.Split, ablation: str) -> torch.Tens
     raise ValueError(f"unknown faithfulness ablation {ablation!r}; use one of {ABLATIONS}")
 
 
-@torch.no_grad()
-def faithfulness_curve(model: HookedModel, split: D.Split, scores: np.ndarray, ablation: str = "resample",
-                       ks: Sequence[float] = MIB_KS, rep: torch.Tensor | None = None) -> FaithfulnessCurve:
-    """The faithfulness curve of the top-``k``% heads by ``scores`` ``[L, H]`` on ``split`` (see the module doc).
+class CurveEvaluator:
+    """Faithfulness curves of many score arrays on one split: what they share is computed once.
 
-    ``rep``: the replacement ``z`` when the caller has it already (:func:`replacement`).  ValueError when
-    ``m(model) == m(empty)`` (no effect to explain).
+    On creation: the replacement ``z`` (:func:`replacement`) and the anchors ``m(model)`` / ``m(empty)`` (one
+    :meth:`~harness.models.patching.PatchingMixin.ablate_many` call with the two sets).  Per curve: one call
+    with the circuits of the sizes strictly between 0 and every component; a curve whose circuits (the
+    nested top-``n`` sets) were measured before reuses those numbers.  A result never depends on which curves
+    came before it: each circuit sequence is always measured in the same batch.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    n = int(scores.size)
-    sizes = faithfulness_curve_sizes(n, ks)
-    uniq = np.unique(np.r_[0, sizes, n])  # first = empty circuit, last = every component (the model)
-    masks = torch.as_tensor(component_masks(scores, uniq), device=model.device)
-    if rep is None:
-        rep = replacement(model, split, ablation)
-    ids = split.metric.token_ids
-    width = len(ids) if ids is not None else model.vocab_size
-    per_call = max(1, MAX_OUTPUT_ELEMENTS // (len(split) * width))
-    m = torch.cat([split.metric.from_last(model.ablate_many(split.clean, group, rep, token_ids=ids))
-                   for group in masks.split(per_call)]).to("cpu", torch.float64).numpy()
-    by_size = dict(zip(uniq.tolist(), m.tolist()))
-    m_empty, m_model = by_size[0], by_size[n]
-    f = np.array([faithfulness(by_size[int(s)], m_empty, m_model) for s in sizes])
-    return FaithfulnessCurve(tuple(float(k) for k in ks), sizes, f, m_model, m_empty, ablation, n)
+
+    def __init__(self, model: HookedModel, split: D.Split, ablation: str = "resample") -> None:
+        self.model, self.split, self.ablation = model, split, ablation
+        self.rep = replacement(model, split, ablation)
+        L, H = model.n_layers, model.n_heads
+        none_all = torch.stack([torch.zeros(L, H, dtype=torch.bool), torch.ones(L, H, dtype=torch.bool)])
+        self.m_model, self.m_empty = (float(v) for v in self._metrics(none_all))
+        self._seen: dict[bytes, np.ndarray] = {}
+
+    @torch.no_grad()
+    def _metrics(self, ablated: torch.Tensor) -> np.ndarray:
+        """Mean task metric over the split for each set of ablated heads ``[n_sets, L, H]``, float64 ``[n_sets]``."""
+        ids = self.split.metric.token_ids
+        width = len(ids) if ids is not None else self.model.vocab_size
+        per_call = max(1, MAX_OUTPUT_ELEMENTS // (len(self.split) * width))
+        ablated = ablated.to(self.model.device)
+        parts = [self.split.metric.from_last(self.model.ablate_many(self.split.clean, group, self.rep, token_ids=ids))
+                 for group in ablated.split(per_call)]
+        return torch.cat(parts).to("cpu", torch.float64).numpy()
+
+    def curve(self, scores: np.ndarray, ks: Sequence[float] = MIB_KS) -> FaithfulnessCurve:
+        """The curve of the top-``k``% heads by ``scores`` ``[L, H]``.  ValueError when ``m(model) == m(empty)``."""
+        scores = np.asarray(scores, dtype=np.float64)
+        n = int(scores.size)
+        sizes = faithfulness_curve_sizes(n, ks)
+        inner = np.unique(sizes[(sizes > 0) & (sizes < n)])
+        ablated = component_masks(scores, inner)
+        key = inner.tobytes() + ablated.tobytes()
+        if key not in self._seen:
+            self._seen[key] = self._metrics(torch.as_tensor(ablated)) if inner.size else np.zeros(0)
+        by_size = {0: self.m_empty, n: self.m_model, **dict(zip(inner.tolist(), self._seen[key].tolist()))}
+        f = np.array([faithfulness(by_size[int(s)], self.m_empty, self.m_model) for s in sizes])
+        return FaithfulnessCurve(tuple(float(k) for k in ks), sizes, f, self.m_model, self.m_empty, self.ablation, n)
+
+
+def faithfulness_curve(model: HookedModel, split: D.Split, scores: np.ndarray, ablation: str = "resample",
+                       ks: Sequence[float] = MIB_KS) -> FaithfulnessCurve:
+    """The faithfulness curve of the top-``k``% heads by ``scores`` ``[L, H]`` on ``split`` (see the module
+    doc); for many score arrays on one split, keep one :class:`CurveEvaluator`."""
+    return CurveEvaluator(model, split, ablation).curve(scores, ks)

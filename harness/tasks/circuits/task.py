@@ -49,7 +49,7 @@ from harness.protocols.circuits import CircuitData, PassCounter, validate_scores
 from harness.core.task import MetricSpec, Task
 from harness.data import circuits as D
 from harness.embedded import planted
-from harness.tasks.circuits.curves import ABLATIONS, FaithfulnessCurve, faithfulness_curve, replacement
+from harness.tasks.circuits.curves import ABLATIONS, CurveEvaluator, FaithfulnessCurve
 from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
 
 
@@ -106,7 +106,7 @@ class CircuitTaskData:
     dropped_templates: dict[int, str] = field(default_factory=dict)  # template index -> why it was dropped
     prompt_style: str = ""  # the rendering the model's tokenizer reads ("text" or "words")
     _faith_cache: dict[str, float] = field(default_factory=dict, repr=False)
-    _curve_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # replacement z and curves per scores
+    _curve_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # curve evaluators and curves
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -297,19 +297,18 @@ def circuit_faithfulness(data: CircuitTaskData, selected: np.ndarray) -> float:
 
 
 def score_curve(data: CircuitTaskData, scores: np.ndarray, ablation: str) -> FaithfulnessCurve:
-    """The faithfulness curve of head ``scores`` on the eval prompts (cached per scores and ablation; the
-    replacement ``z`` is computed once per task data and shared by every method of the seed)."""
+    """The faithfulness curve of head ``scores`` on the eval prompts, cached per scores and ablation; one
+    :class:`~harness.tasks.circuits.curves.CurveEvaluator` per task data and ablation (its replacement ``z``,
+    anchors and measured circuits) is shared by every method of the seed."""
     if ablation not in ABLATIONS:
         raise ConfigError(f"faithfulness_ablation must be one of {ABLATIONS}, got {ablation!r}")
     scores = np.asarray(scores, dtype=np.float64)
     key = f"curve:{ablation}:{scores.shape}:{scores.tobytes().hex()}"
     if key not in data._curve_cache:
-        rep_key = f"replacement:{ablation}"
-        if rep_key not in data._curve_cache:
-            data._curve_cache[rep_key] = replacement(data.model, data.eval, ablation)
         try:
-            curve = faithfulness_curve(data.model, data.eval, scores, ablation, rep=data._curve_cache[rep_key])
+            evaluator = data._curve_cache.get(ablation) or CurveEvaluator(data.model, data.eval, ablation)
+            data._curve_cache[ablation] = evaluator
+            data._curve_cache[key] = evaluator.curve(scores)
         except ValueError as e:
             raise HarnessError(f"faithfulness curve on the eval prompts: {e}") from None
-        data._curve_cache[key] = curve
     return data._curve_cache[key]
