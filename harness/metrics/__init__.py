@@ -1,18 +1,35 @@
 """Every metric of the harness, defined once; tasks call these."""
 
-from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, roc_curve, set_metrics, top_k_mask
+from harness.metrics.circuits import (
+    MIB_KS,
+    cmd,
+    cpr,
+    faithfulness,
+    faithfulness_curve_sizes,
+    pr_auc,
+    roc_auc,
+    roc_curve,
+    set_metrics,
+    top_k_mask,
+    top_k_masks,
+)
 from harness.metrics.clustering import adjusted_rand_index, clustering_accuracy, normalized_mutual_info
 
 __all__ = [
+    "MIB_KS",
     "adjusted_rand_index",
     "clustering_accuracy",
+    "cmd",
+    "cpr",
     "faithfulness",
+    "faithfulness_curve_sizes",
     "normalized_mutual_info",
     "pr_auc",
     "roc_auc",
     "roc_curve",
     "set_metrics",
     "top_k_mask",
+    "top_k_masks",
 ]
 
 from harness.metrics.reconstruction import (  # noqa: E402

@@ -168,4 +168,100 @@ def faithfulness(m_circuit: float, m_empty: float, m_full: float) -> float:
     return (m_c - m_e) / (m_f - m_e)
 
 
-__all__ = ["faithfulness", "pr_auc", "roc_auc", "set_metrics", "top_k_mask"]
+# ------------------------------------------------------------- faithfulness curves (MIB)
+#: MIB's circuit sizes ``k``, in percent of the scored components (Mueller et al. 2025, the circuit
+#: track's ``evaluate_area_under_curve``: fractions .001 .002 .005 .01 .02 .05 .1 .2 .5 1).
+MIB_KS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+def _check_ks(ks) -> np.ndarray:
+    k = np.asarray(ks, dtype=np.float64)
+    if k.ndim != 1 or k.size < 1:
+        raise ValueError(f"ks must be a non-empty 1-D sequence of percentages, got shape {k.shape}")
+    if not np.isfinite(k).all() or (k <= 0).any() or (k > 100).any():
+        raise ValueError(f"ks must be percentages in (0, 100], got {k.tolist()}")
+    if (np.diff(k) <= 0).any():
+        raise ValueError(f"ks must be strictly increasing, got {k.tolist()}")
+    return k
+
+
+def faithfulness_curve_sizes(n_components: int, ks=MIB_KS) -> np.ndarray:
+    """Number of components in the top-``k``% circuit ``C_k`` for each ``k`` in ``ks`` (percent): int64 ``[len(ks)]``.
+
+    ``|C_k| = floor(k / 100 * n_components)``, MIB's convention (its evaluation code takes
+    ``int(pct * n_scored_items)``), so ``k = 100`` is every component and a ``k`` whose share is
+    below one component gives the *empty* circuit (``f = 0`` by definition), not a forced
+    single component: with 12 heads, ``k`` = 0.1 ... 5% are 0 heads, 10% is 1, 20% is 2, 50% is 6.
+    (A 1e-9 guard keeps float error from flooring an exact product, e.g. 10% of 30 = 3.)
+    ValueError unless ``n_components >= 1`` and ``ks`` are strictly increasing percentages in (0, 100].
+    """
+    if isinstance(n_components, bool) or int(n_components) != n_components or n_components < 1:
+        raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
+    k = _check_ks(ks)
+    return np.floor(k / 100.0 * int(n_components) + 1e-9).astype(np.int64)
+
+
+def top_k_masks(scores, sizes) -> np.ndarray:
+    """Nested top-``n`` masks of ``scores`` for each ``n`` in ``sizes``: bool ``[len(sizes), *scores.shape]``.
+
+    The same deterministic order as :func:`top_k_mask` (stable sort on ``-score``: ties go to the
+    lower flat, layer-major, index), so ``top_k_masks(s, [n])[0] == top_k_mask(s, n)`` and a larger
+    size's circuit always contains a smaller one's.  Sizes are clipped to the number of components.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    n = np.asarray(sizes, dtype=np.int64).ravel()
+    if (n < 0).any():
+        raise ValueError(f"sizes must be >= 0, got {n.tolist()}")
+    rank = np.empty(s.size, dtype=np.int64)
+    rank[np.argsort(-s.ravel(), kind="stable")] = np.arange(s.size)
+    return (rank[None, :] < n[:, None]).reshape(n.size, *s.shape)
+
+
+def _curve(ks, f) -> tuple[np.ndarray, np.ndarray]:
+    x = _check_ks(ks) / 100.0
+    y = np.asarray(f, dtype=np.float64)
+    if y.shape != x.shape:
+        raise ValueError(f"f must have one value per k: {x.size} ks, f of shape {y.shape}")
+    if x.size < 2:
+        raise ValueError("an area needs at least two points of the curve")
+    if not np.isfinite(y).all():
+        raise ValueError(f"f contains NaN or infinite values: {y.tolist()}")
+    return x, y
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (y[:-1] + y[1:]) / 2.0))
+
+
+def cpr(ks, f) -> float:
+    """MIB's CPR: the area under the faithfulness curve ``f(k)``, by the trapezoid rule.
+
+    ``ks``: circuit sizes in percent of the components (strictly increasing, in (0, 100]); ``f``: the
+    faithfulness ``(m(C_k) - m(empty)) / (m(model) - m(empty))`` at each (unitless, may leave [0, 1]).
+    The x-axis is the *fraction* of components, ``x = k / 100``, linear (MIB's default), from the first
+    ``k`` to the last with no point added at 0:
+    ``CPR = sum_i (x_{i+1} - x_i) (f_i + f_{i+1}) / 2``.  Units: fraction of components x faithfulness;
+    on :data:`MIB_KS` the axis spans 0.999, so ``f = 1`` everywhere gives 0.999.  Higher is better;
+    ``f`` above 1 raises it (a circuit that beats the model counts as more than the model).
+    """
+    x, y = _curve(ks, f)
+    return _trapezoid(x, y)
+
+
+def cmd(ks, f) -> float:
+    """MIB's CMD: the area between the faithfulness curve and 1, ``trapezoid over x = k / 100 of |1 - f(k)|``.
+
+    Same axis and rule as :func:`cpr` (linear fraction of components, first ``k`` to last, no point at
+    0).  0 = the circuit matches the model at every size; lower is better; overshoot (``f > 1``) and
+    undershoot count alike.  On :data:`MIB_KS` a curve with ``f = 0`` everywhere gives 0.999.
+    """
+    x, y = _curve(ks, f)
+    return _trapezoid(x, np.abs(1.0 - y))
+
+
+__all__ = [
+    "MIB_KS", "cmd", "cpr", "faithfulness", "faithfulness_curve_sizes", "pr_auc", "roc_auc", "set_metrics",
+    "top_k_mask", "top_k_masks",
+]

@@ -1,4 +1,5 @@
-"""ROC curves of the circuit methods, drawn from the head scores kept in the result records."""
+"""Figures of the circuit methods, drawn from what the result records keep: ROC curves of the head scores
+and MIB faithfulness curves f(k) (:func:`plot_circuits` is the family's registered plotter)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,72 @@ def plot_circuit_rocs(records: Iterable[Mapping[str, Any]], out_dir: Path) -> li
         ax.legend(fontsize=7, loc="lower right")
         written.append(save_figure(fig, out_dir / f"circuits-roc-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"))
     return written
+
+
+def mean_faithfulness_curve(curves: list[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(ks, mean f)`` over seeds of ``faithfulness_curve`` artifacts that share their ks; ValueError otherwise."""
+    ks = np.asarray(curves[0]["ks"], float)
+    for c in curves[1:]:
+        if not np.array_equal(np.asarray(c["ks"], float), ks):
+            raise ValueError("faithfulness curves of one method differ in their ks")
+    return ks, np.mean([np.asarray(c["f"], float) for c in curves], axis=0)
+
+
+def _mean(values: list) -> float:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else float("nan")
+
+
+def plot_faithfulness_curves(records: Iterable[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """One ``circuits-faithfulness-<task>.png`` per circuits task and model: each method's f(k) (mean over
+    seeds) against k, the % of heads kept, on a log axis; the legend gives CPR / CMD (mean over seeds).
+
+    Records without ``artifacts.faithfulness_curve`` (older harness versions) are skipped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_task: dict[tuple[str, str], dict[tuple[str, bool], list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        curve = (r.get("artifacts") or {}).get("faithfulness_curve")
+        if not curve:
+            continue
+        m = r["metrics"]
+        by_task[(r["task"], r["model"])][(r["method"], r["baseline"])].append((curve, m.get("cpr"), m.get("cmd")))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (task, model), methods in sorted(by_task.items()):
+        fig, ax = plt.subplots(figsize=(6, 5))
+        ranked = sorted(methods.items(), key=lambda kv: -np.nan_to_num(_mean([run[1] for run in kv[1]])))
+        ablations = set()
+        for i, ((method, baseline), runs) in enumerate(ranked):
+            ks, f = mean_faithfulness_curve([c for c, _, _ in runs])
+            ablations |= {c.get("ablation", "?") for c, _, _ in runs}
+            cpr_, cmd_ = (_mean([run[j] for run in runs]) for j in (1, 2))
+            ax.plot(ks, f, marker="o", ms=3, lw=1.2 if baseline else 2.2, ls="--" if baseline else "-",
+                    color=f"C{i % 10}", label=f"{method}{' (baseline)' if baseline else ''}: CPR {cpr_:.3f}, "
+                                              f"CMD {cmd_:.3f} ({len(runs)} seeds)")
+        ax.axhline(1.0, color="grey", lw=0.6, ls=":")
+        ax.axhline(0.0, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [f"{k:g}" for k in ks], fontsize=7)
+        ax.minorticks_off()
+        ax.set(xlabel="k: % of heads kept (top-k% by score; log scale)",
+               ylabel="faithfulness f(k) = (m(C_k) - m(empty)) / (m(model) - m(empty))",
+               title=f"{task} on {model}: faithfulness curves, {'/'.join(sorted(ablations))} ablation "
+                     "(mean over seeds)")
+        ax.title.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(8)
+        ax.legend(fontsize=7, loc="upper left")
+        name = f"circuits-faithfulness-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"
+        written.append(save_figure(fig, out_dir / name))
+    return written
+
+
+def plot_circuits(records: Iterable[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """The circuits family's plotter: per task, the ROC curves, then the faithfulness curves."""
+    records = list(records)
+    return plot_circuit_rocs(records, out_dir) + plot_faithfulness_curves(records, out_dir)

@@ -17,7 +17,10 @@ Per cell (DESIGN.md section 2, "circuits"):
   is mean-ablated (mean ``z`` over the eval split's corrupted prompts, per
   position), ``f = (m(C) - m(empty)) / (m(model) - m(empty))`` with
   ``m(empty)`` = every head mean-ablated and ``m`` the mean task metric over
-  the eval prompts.
+  the eval prompts; and MIB's faithfulness curve of the head scores on the
+  same prompts (:mod:`harness.tasks.circuits.curves`: ``f(k)`` of the top-k%
+  heads, k = 0.1 ... 100%, the others resample-ablated from the paired
+  corrupted prompt by default) with its areas ``cpr`` and ``cmd``.
 
 Models (config ``model``): the embedded planted-circuit model of the task
 (``planted-ioi`` / ``planted-greater-than``, see :mod:`harness.embedded.planted`),
@@ -46,6 +49,7 @@ from harness.protocols.circuits import CircuitData, PassCounter, validate_scores
 from harness.core.task import MetricSpec, Task
 from harness.data import circuits as D
 from harness.embedded import planted
+from harness.tasks.circuits.curves import ABLATIONS, CurveEvaluator, FaithfulnessCurve
 from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
 
 
@@ -102,6 +106,7 @@ class CircuitTaskData:
     dropped_templates: dict[int, str] = field(default_factory=dict)  # template index -> why it was dropped
     prompt_style: str = ""  # the rendering the model's tokenizer reads ("text" or "words")
     _faith_cache: dict[str, float] = field(default_factory=dict, repr=False)
+    _curve_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # curve evaluators and curves
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -143,6 +148,10 @@ class CircuitTask(Task):
     vocabulary: Callable[[HookedModel], D.Vocabulary] | None = None
     #: ``split(model, n, seed, vocab) -> Split``: ``n`` clean / corrupted prompt pairs
     split: Callable[..., D.Split] | None = None
+    #: How the faithfulness curve (cpr, cmd) ablates the heads outside the circuit: "resample" (MIB's
+    #: counterfactual default) or "mean".  A class attribute, not a Config field, so that it stays out of
+    #: the cell identity: a variant sets it (``add_task(..., faithfulness_ablation="mean")``) under its own name.
+    faithfulness_ablation: str = "resample"
     metrics = (
         MetricSpec("roc_auc", True, "ROC-AUC of head scores against the ground-truth heads", abs_tol=0.05),
         MetricSpec("pr_auc", True, "average precision of head scores against the ground-truth heads", abs_tol=0.05),
@@ -154,6 +163,13 @@ class CircuitTask(Task):
             "(m(C) - m(empty)) / (m(model) - m(empty)) on the eval prompts, heads outside C mean-ablated",
             abs_tol=0.1,
         ),
+        MetricSpec(
+            "cpr", True,
+            "MIB CPR: trapezoid area under f(k) = (m(C_k) - m(empty)) / (m(model) - m(empty)) of the top-k% heads by "
+            "score, k = 0.1 ... 100%, over x = k/100 (linear, 0.001 to 1); others resample-ablated by default",
+            abs_tol=0.1,
+        ),
+        MetricSpec("cmd", False, "MIB CMD: trapezoid area under |1 - f(k)|, same curve and axis as cpr", abs_tol=0.1),
         MetricSpec("forward_passes", False, "model passes over the fit batch used by the method", gated=False),
         MetricSpec("backward_passes", False, "backward passes used by the method", gated=False),
         MetricSpec(
@@ -167,6 +183,10 @@ class CircuitTask(Task):
         ),
     )
     main_metric = "roc_auc"
+    leaderboard_metrics = (
+        "cpr", "cmd", "pr_auc", "faithfulness", "precision", "recall", "f1", "forward_passes", "backward_passes",
+        "dropped_candidates", "dropped_templates",
+    )
 
     # config -----------------------------------------------------------------
     def _check_config(self, config: CircuitConfig) -> None:
@@ -232,6 +252,8 @@ class CircuitTask(Task):
         out = {"roc_auc": roc_auc(output.scores, truth), "pr_auc": pr_auc(output.scores, truth)}
         out.update(set_metrics(selected, truth))
         out["faithfulness"] = circuit_faithfulness(data, selected)
+        curve = score_curve(data, output.scores, self.faithfulness_ablation)
+        out["cpr"], out["cmd"] = curve.cpr, curve.cmd
         out["forward_passes"] = float(output.forward_passes)
         out["backward_passes"] = float(output.backward_passes)
         out["dropped_candidates"] = float(data.dropped_candidates)
@@ -239,13 +261,16 @@ class CircuitTask(Task):
         return out
 
     def artifacts(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, Any]:
-        """Head scores and the ground truth ``[L, H]`` (for the ROC curves next to the leaderboard), and the
-        prompts' rendering with what the model's tokenizer could not express (dropped words and templates)."""
+        """Head scores and the ground truth ``[L, H]`` (for the ROC curves next to the leaderboard), the
+        faithfulness curve behind ``cpr`` / ``cmd`` (ks, sizes, f), and the prompts' rendering with what the
+        model's tokenizer could not express (dropped words and templates)."""
         prompts = {
             "style": data.prompt_style, "dropped": data.dropped,
             "dropped_templates": {str(t): why for t, why in data.dropped_templates.items()},
         }
-        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist(), "prompts": prompts}
+        curve = score_curve(data, output.scores, self.faithfulness_ablation).artifact()
+        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist(), "prompts": prompts,
+                "faithfulness_curve": curve}
 
 
 # ----------------------------------------------------------------- faithfulness
@@ -269,3 +294,21 @@ def circuit_faithfulness(data: CircuitTaskData, selected: np.ndarray) -> float:
         except ValueError as e:
             raise HarnessError(f"faithfulness on the eval prompts: {e}") from None
     return data._faith_cache[key]
+
+
+def score_curve(data: CircuitTaskData, scores: np.ndarray, ablation: str) -> FaithfulnessCurve:
+    """The faithfulness curve of head ``scores`` on the eval prompts, cached per scores and ablation; one
+    :class:`~harness.tasks.circuits.curves.CurveEvaluator` per task data and ablation (its replacement ``z``,
+    anchors and measured circuits) is shared by every method of the seed."""
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"faithfulness_ablation must be one of {ABLATIONS}, got {ablation!r}")
+    scores = np.asarray(scores, dtype=np.float64)
+    key = f"curve:{ablation}:{scores.shape}:{scores.tobytes().hex()}"
+    if key not in data._curve_cache:
+        try:
+            evaluator = data._curve_cache.get(ablation) or CurveEvaluator(data.model, data.eval, ablation)
+            data._curve_cache[ablation] = evaluator
+            data._curve_cache[key] = evaluator.curve(scores)
+        except ValueError as e:
+            raise HarnessError(f"faithfulness curve on the eval prompts: {e}") from None
+    return data._curve_cache[key]
