@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
-from harness.core.io import atomic_write_text
+from harness.core.io import atomic_write_text, temp_path_beside
 from harness.errors import HarnessError
 
 WEIGHTS = "model.safetensors"
@@ -63,10 +63,13 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=dict(metadata) if metadata else None)
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    tmp = temp_path_beside(path)
+    try:
+        save_file(state, str(tmp), metadata=dict(metadata) if metadata else None)
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -33,3 +34,10 @@ def atomic_write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def temp_path_beside(path: Path, suffix: str = "") -> Path:
+    """A fresh hidden file name in ``path``'s directory for writing ``path`` atomically (write, then
+    ``replace``): unique per process and call, so concurrent writers of one file never share it."""
+    path = Path(path)
+    return path.with_name(f".tmp-{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix or path.suffix}")

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.core.io import temp_path_beside
+
 Plotter = Callable[[list[dict[str, Any]], Path], list[Path]]
 _PLOTTERS: dict[str, Plotter] = {}
 
@@ -28,10 +30,13 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = temp_path_beside(path, ".png")  # unique: two runs may write the same plot at once
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
