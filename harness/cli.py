@@ -78,6 +78,17 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--threads-per-cell", type=int, metavar="N",
                    help="threads each cell may use in torch, OpenMP and BLAS (default: the free cores shared out "
                         "among the cells running at once)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each cell in a worker process even without --jobs (a method that kills its process "
+                        "costs its own cell only)")
+    p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                   help="stop a cell that runs longer and record it as an error (implies --isolate)")
+    p.add_argument("--cell-memory", type=float, metavar="GB",
+                   help="address space a cell's worker may add over its size at rest; beyond it the cell is an "
+                        "error (RLIMIT_AS; CPU runs; implies --isolate)")
+    p.add_argument("--allow-pickle-weights", action="store_true",
+                   help="load a model directory's pickle weights (pytorch_model.bin, with weights_only=True) when "
+                        "it has no safetensors (default: safetensors only)")
     _add_results_dir(p)
 
 
@@ -187,7 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, results_dir=args.results_dir, cache_dir=args.cache_dir,
         force=args.force, progress=not args.no_progress, jobs=_jobs(args.jobs),
         threads_per_cell=_positive(args.threads_per_cell, "--threads-per-cell"), plugins=tuple(args.plugin),
-        executor=args.executor, ray_address=args.ray_address,
+        executor=args.executor, ray_address=args.ray_address, isolate=args.isolate,
+        cell_timeout=_positive(args.cell_timeout, "--cell-timeout"), cell_memory_gb=_positive(args.cell_memory, "--cell-memory"),
+        allow_pickle_weights=args.allow_pickle_weights,
     )
     try:
         summary = run(spec)
@@ -216,9 +229,11 @@ def _jobs(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
-def _positive(value: int | None, flag: str) -> int | None:
-    if value is not None and value < 1:
-        raise HarnessError(f"{flag} must be a positive integer, got {value}")
+def _positive(value: float | None, flag: str) -> float | None:
+    import math
+
+    if value is not None and (not math.isfinite(value) or value <= 0 or (isinstance(value, int) and value < 1)):
+        raise HarnessError(f"{flag} must be a positive {'integer' if isinstance(value, int) else 'number'}, got {value}")
     return value
 
 

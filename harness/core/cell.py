@@ -44,6 +44,10 @@ class RunSpec:
     plugins: Sequence[str] = ()  # modules imported before running (worker processes import them too)
     executor: str = "local"  # "local" (this machine: serial or --jobs) or "ray"
     ray_address: str | None = None  # None: a local Ray cluster on 127.0.0.1; "auto" or HOST:PORT: join one
+    isolate: bool = False  # run serial cells in a worker process too (a method's os._exit costs its cell only)
+    cell_timeout: float | None = None  # seconds a cell may run (in a worker process) before it is stopped
+    cell_memory_gb: float | None = None  # address space a worker may add over its size at rest (RLIMIT_AS)
+    allow_pickle_weights: bool = False  # user models: also load pickle weights (.bin, weights_only); else safetensors only
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,14 @@ earlier records of the results directory), so a long cell does not start last. E
 back one record per cell; the driver writes them (one writer), so the store, the progress bar, the
 resume logic and the exit codes are those of a serial run. A worker that dies (a segfault, the OOM
 killer, ``os._exit`` in a method) costs an error record for the cell it was running, naming the exit
-code; a new worker takes the rest of its unit. Each worker's thread budget is set in its environment
-before torch loads and again per cell (:func:`harness.core.threads.thread_budget`).
+code or signal; a new worker takes the rest of its unit. Each worker's thread budget is set in its
+environment before torch loads and again per cell (:func:`harness.core.threads.thread_budget`).
+
+Limits (``--cell-timeout``, ``--cell-memory``): a worker tells the driver when it starts a cell; the
+driver kills a worker whose current cell has run past the timeout and records that cell as an error
+(``CellTimeout``). A memory limit is an address-space limit (``RLIMIT_AS``) set in each worker, the
+given amount above the worker's own size at rest; an allocation beyond it fails inside the cell, which
+is recorded as an error (``CellMemoryLimit``). ``--isolate`` runs serial cells this way too, in one worker.
 
 Only the standard library is imported at module level: a worker sets its thread environment before
 anything imports torch.
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -50,6 +58,7 @@ class _Worker:
     process: Any
     conn: Any
     unit: deque = field(default_factory=deque)  # cell indices sent and not yet recorded
+    started: float | None = None  # time.monotonic() when the worker said it started the cell unit[0]
 
 
 def units_of(cells: Sequence["Cell"], todo: Sequence[int], expected_s: Callable[["Cell"], float]) -> list[list[int]]:
@@ -69,6 +78,7 @@ def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, delive
     ctx = mp.get_context("spawn")
     pending = deque(deque(u) for u in units)
     workers: list[_Worker] = []
+    timeout = getattr(setup.spec, "cell_timeout", None)
     try:
         for _ in range(min(jobs, len(pending))):
             workers.append(_start(ctx, setup))
@@ -76,18 +86,49 @@ def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, delive
             _assign(w, pending)
         while any(w.unit for w in workers):
             busy = [w for w in workers if w.unit]
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_next_deadline(busy, timeout))
             for w in busy:
                 if w.conn in ready and _receive(w, deliver):
                     continue
                 if w.process.sentinel in ready or not w.process.is_alive():
                     _replace_dead(w, workers, ctx, setup, fail, pending)
+            for w in busy:
+                if timeout and w.unit and w.started is not None and time.monotonic() - w.started > timeout:
+                    _kill(w)
+                    _replace_dead(w, workers, ctx, setup, fail, pending, why=(
+                        f"CellTimeout: the cell ran past --cell-timeout {timeout:g} s; its worker process was "
+                        "stopped and the run went on"))
             for w in workers:
                 if not w.unit:
                     _assign(w, pending)
     finally:
         for w in workers:
             _stop(w)
+
+
+def _next_deadline(busy: list[_Worker], timeout: float | None) -> float | None:
+    """Seconds until the first running cell reaches ``timeout`` (None: wait without a deadline)."""
+    started = [w.started for w in busy if w.started is not None]
+    if not timeout or not started:
+        return None
+    return max(0.0, min(started) + timeout - time.monotonic()) + 0.01
+
+
+def _kill(w: _Worker) -> None:
+    if w.process.is_alive():
+        w.process.kill()
+    w.process.join(timeout=10)
+
+
+def exit_reason(code: int | None) -> str:
+    """``exited with code 3`` or ``was killed by signal 9 (SIGKILL)``."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
 
 
 def _start(ctx, setup: WorkerSetup) -> _Worker:
@@ -127,7 +168,10 @@ def _receive(w: _Worker, deliver: Deliver) -> bool:
         kind, index, record = w.conn.recv()
     except (EOFError, OSError):
         return False
-    if kind == "record":
+    if kind == "start":
+        w.started = time.monotonic()
+    elif kind == "record":
+        w.started = None
         deliver(index, record)
         if w.unit and w.unit[0] == index:
             w.unit.popleft()
@@ -135,16 +179,21 @@ def _receive(w: _Worker, deliver: Deliver) -> bool:
 
 
 def _replace_dead(w: _Worker, workers: list[_Worker], ctx, setup: WorkerSetup,
-                  fail: Callable[[int, str], None], pending: deque) -> None:
-    """Record the cell a dead worker was running as failed, queue the rest of its unit, start a new worker."""
+                  fail: Callable[[int, str], None], pending: deque, why: str | None = None) -> None:
+    """Record the cell a dead (or killed) worker was running as failed, queue the rest of its unit, start a
+    new worker."""
     w.process.join(timeout=5)
-    code = w.process.exitcode
     if w.unit:
-        fail(w.unit.popleft(), f"WorkerDied: the worker process running this cell exited with code {code} "
-                               "(a crash, the OOM killer or os._exit in the method); the run went on")
+        if why is None:
+            memory = getattr(setup.spec, "cell_memory_gb", None)
+            why = (f"WorkerDied: the worker process running this cell {exit_reason(w.process.exitcode)} "
+                   "(a crash, the OOM killer or os._exit in the method"
+                   + (f"; or an allocation beyond --cell-memory {memory:g} GB" if memory else "")
+                   + "); the run went on")
+        fail(w.unit.popleft(), why)
         if w.unit:
             pending.appendleft(w.unit)
-    w.unit = deque()
+    w.unit, w.started = deque(), None
     workers[workers.index(w)] = _start(ctx, setup)
 
 
@@ -177,6 +226,9 @@ def worker_main(conn, setup: WorkerSetup) -> None:
     cells = expand(setup.spec)
     device = torch.device(setup.device)
     data_cache: dict = {}
+    memory_gb = getattr(setup.spec, "cell_memory_gb", None)
+    if memory_gb:
+        limit_address_space(memory_gb)
     while True:
         try:
             unit = conn.recv()
@@ -188,7 +240,41 @@ def worker_main(conn, setup: WorkerSetup) -> None:
             cell = cells[i]
             ctx = RunContext(seed=cell.seed, device=device, cache_dir=setup.cache_dir, show_progress=False,
                              threads=setup.threads, executor=setup.executor)
+            conn.send(("start", i, None))
             with thread_budget(setup.threads):
                 record = run_cell(cell, ctx, data_cache).to_dict()
             cell.method = None
+            if memory_gb:
+                record = memory_limit_reason(record, memory_gb)
             conn.send(("record", i, record))
+
+
+def _address_space() -> int:
+    """This process's virtual size in bytes (``VmSize``; 0 where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def limit_address_space(gb: float) -> None:
+    """``RLIMIT_AS`` of this process: its size now plus ``gb`` GiB (an allocation beyond fails)."""
+    import resource
+
+    limit = _address_space() + int(gb * 2**30)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+_MEMORY_ERRORS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc",
+                  "out of memory")
+
+
+def memory_limit_reason(record: dict, gb: float) -> dict:
+    """An error record whose error is an allocation failure, its reason named: the cell exceeded the limit."""
+    error = record.get("error") or ""
+    if record.get("status") == "error" and any(m in error for m in _MEMORY_ERRORS):
+        record = dict(record, error=f"CellMemoryLimit: the cell exceeded --cell-memory {gb:g} GB "
+                                    f"(address space of its worker); {error}")
+    return record

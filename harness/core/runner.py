@@ -33,7 +33,7 @@ from harness.core.resources import measure
 from harness.core.parallel import WorkerSetup, run_in_workers, units_of
 from harness.core.seeding import deterministic_device, resolve_device, seed_everything
 from harness.core.threads import default_threads, resolve_jobs, thread_budget
-from harness.errors import HarnessError, RecordError
+from harness.errors import ConfigError, HarnessError, RecordError
 
 
 @dataclass
@@ -89,7 +89,10 @@ def run_cell(cell: Cell, ctx: RunContext, data_cache: dict) -> Record:
             raise
         except HarnessError as exc:
             error = cell.error or f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - isolation of a failing method is the point
+        except SystemExit as exc:  # sys.exit() in a method ends the cell, never the run
+            error = (f"SystemExit: the cell called sys.exit({exc.code!r}); recorded as an error, the run went on\n"
+                     f"{traceback.format_exc()}")
+        except BaseException as exc:  # noqa: BLE001 - isolation of a failing method is the point
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         prov = provenance(ctx.device, ctx.executor)
     if error:
@@ -119,6 +122,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
     written to the store at once, by this process."""
     cells = expand(spec)
     device = resolve_device(spec.device)
+    _check_limits(spec, device)
     store = Store(Path(spec.results_dir))
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
     summary = RunSummary()
@@ -136,6 +140,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
     ray = spec.executor == "ray"
     jobs = 1 if ray else min(resolve_jobs(spec.jobs), max(1, len(todo)))
     threads = spec.threads_per_cell or (1 if ray else default_threads(jobs))
+    in_process = jobs == 1 and not ray and not isolated(spec)
 
     def deliver(i: int, record: dict[str, Any]) -> None:
         store.write(record)
@@ -150,7 +155,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
             on_record(record)
 
     try:
-        if jobs == 1 and not ray:
+        if in_process:
             data_cache: dict = {}
             for i in todo:
                 ctx = RunContext(seed=cells[i].seed, device=device, cache_dir=cache_dir, show_progress=spec.progress,
@@ -179,6 +184,21 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
         bar.close()
         summary.records = [done[i] for i in sorted(done)]
     return summary
+
+
+def _check_limits(spec: RunSpec, device) -> None:
+    if spec.executor == "ray" and (spec.cell_timeout or spec.cell_memory_gb):
+        raise ConfigError("--cell-timeout and --cell-memory work with the local executor (serial or --jobs), "
+                          "not with --executor ray")
+    if spec.cell_memory_gb and device.type == "cuda":
+        raise ConfigError("--cell-memory limits a worker's address space (RLIMIT_AS), which CUDA's own reservations "
+                          "exceed; use it on CPU runs (--device cpu)")
+
+
+def isolated(spec: RunSpec) -> bool:
+    """Cells run in worker processes even with one job: ``--isolate``, or a per-cell time or memory limit
+    (only a worker can be stopped or limited without stopping the run)."""
+    return bool(spec.isolate or spec.cell_timeout or spec.cell_memory_gb)
 
 
 def _recorded(cell: Cell, spec: RunSpec, store: Store, bar) -> dict[str, Any] | None:
