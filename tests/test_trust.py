@@ -70,3 +70,134 @@ def test_cell_memory_limit_records_an_error_with_the_reason(results_dir):
     assert by_gb[3.0]["status"] == "error"
     assert by_gb[3.0]["error"].startswith("CellMemoryLimit: the cell exceeded --cell-memory 1 GB")
     assert by_gb[0.01]["status"] == "ok"
+
+
+# ------------------------------------------------------------ a cell's identity covers every input
+def _cells(**kw):
+    from harness.core.cell import RunSpec, expand
+
+    return expand(RunSpec(**{"seeds": [0], "progress": False, **kw}))
+
+
+def test_default_cells_keep_their_identity():
+    """Counting external inputs changed no built-in cell: keys computed on main before inputs existed, and every
+    entry of the committed reference (task-config and method-config hashes) is still a cell of the suite."""
+    import json
+    from pathlib import Path
+
+    from harness.core.records import side_config_hash
+
+    registry.load_all()
+    keys = {c.label: c.identity.key for c in _cells(seeds=[0, 1])}
+    assert keys["clustering/wine | kmeans-raw | seed 0"] == "8d9dd85c24d2a81e1697"
+    assert keys["circuits/ioi | eap | seed 0"] == "7688a62fcd93ca68e5c9"
+    assert keys["reconstruction/embedded-resid | topk-sae | seed 1"] == "3bb9ff0aad761a68d6ed"
+    builtin = [c for c in _cells() if c.task_entry.source == c.method_entry.source == "builtin"]
+    assert builtin and all("inputs" not in c.identity.config and not c.identity.inputs for c in builtin)
+    ref = json.loads((Path(__file__).resolve().parents[1] / "results" / "reference.json").read_text())
+    have = {(c.task_entry.name, c.task_entry.version, c.identity.task_config_hash, c.method_entry.name,
+             side_config_hash(c.identity.config, "method")) for c in _cells()}
+    wanted = {(e["task"], e["task_version"], e["task_config_hash"], e["method"], e["method_config_hash"])
+              for e in ref["entries"]}
+    assert wanted and wanted <= have
+
+
+def _ioi(results_dir, **overrides):
+    from harness.core.cell import RunSpec
+
+    return RunSpec(tasks=["circuits/ioi"], methods=["eap"], seeds=[0], results_dir=results_dir, device="cpu",
+                   progress=False, task_overrides={"n_fit": 8, "n_eval": 16, **overrides})
+
+
+def test_editing_the_ground_truth_file_reruns_the_cell(results_dir, tmp_path):
+    import hashlib
+    import json
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps([[0, 1], [1, 0]]))
+    first = run(_ioi(results_dir, ground_truth=str(gt)))
+    gt.write_text(json.dumps([[0, 1], [2, 0], [1, 2]]))  # edited in place: same path, new content
+    second = run(_ioi(results_dir, ground_truth=str(gt)))
+    assert first.ran == 1 and second.ran == 1 and second.skipped == 0
+    a, b = first.records[0], second.records[0]
+    assert a["cell_key"] != b["cell_key"] and a["metrics"] != b["metrics"]
+    assert b["provenance"]["inputs"]["task"]["ground_truth"] == {
+        "path": str(gt.resolve()), "sha256": hashlib.sha256(gt.read_bytes()).hexdigest()}
+    assert b["config"]["inputs"] == {"task": {"ground_truth": hashlib.sha256(gt.read_bytes()).hexdigest()[:16]}}
+    assert run(_ioi(results_dir, ground_truth=str(gt))).skipped == 1  # same bytes: the same experiment
+
+
+def test_replacing_the_model_weights_reruns_the_cell(results_dir, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    import harness.embedded
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(harness.embedded.__file__).parent / "weights" / "planted-ioi", model)
+    first = run(_ioi(results_dir, model=str(model)))
+    tensors = load_file(model / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] * 0.5
+    save_file(tensors, str(model / "model.safetensors"))
+    second = run(_ioi(results_dir, model=str(model)))
+    assert first.ran == 1 and second.ran == 1, "a replaced model kept its old numbers"
+    assert first.records[0]["cell_key"] != second.records[0]["cell_key"]
+    assert set(second.records[0]["provenance"]["inputs"]["task"]) == {"model"}
+
+
+def test_user_sae_and_plugin_source_and_data_file_join_the_identity(tmp_path, monkeypatch):
+    plugin = tmp_path / "trust_data_plugin.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\n"
+        "from harness.core.registry import register_task\n"
+        "from harness.core.task import MetricSpec, Task\n"
+        "@dataclass(frozen=True)\n"
+        "class Cfg:\n"
+        "    data: str = ''\n"
+        "@register_task('toy/trust-data', family='toy', version='1', description='reads a data file')\n"
+        "class DataTask(Task):\n"
+        "    metrics = (MetricSpec('err', False, 'error'),)\n"
+        "    main_metric = 'err'\n"
+        "    Config = Cfg\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.load_plugin_module("trust_data_plugin")
+    data = tmp_path / "data.csv"
+    data.write_text("1,2\n")
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "sae.json").write_text("{}")
+    try:
+        def keys():
+            cells = _cells(tasks=["toy/trust-data", "reconstruction/embedded-resid"], methods=["toy-zero", "user-sae"],
+                           task_overrides={"data": str(data)}, grid={"path": [str(sae)]})
+            return {c.label.split(" | ")[0]: c.identity for c in cells}
+
+        before = keys()
+        assert set(before["toy/trust-data"].inputs["task"]) == {"data", "plugin:trust_data_plugin"}
+        assert set(before["reconstruction/embedded-resid"].inputs) == {"method"}
+        data.write_text("1,3\n")
+        (sae / "sae.json").write_text('{"k": 4}')
+        after = keys()
+        assert all(before[t].key != after[t].key for t in before)
+        plugin.write_text(plugin.read_text() + "# edited\n")
+        assert keys()["toy/trust-data"].key != after["toy/trust-data"].key
+    finally:
+        registry.unregister("toy/trust-data")
+
+
+def test_a_parameter_at_its_default_is_the_plain_method(results_dir):
+    from harness.core.cell import RunSpec
+    from harness.report.leaderboard import build_tables
+
+    def spec(**grid):
+        return RunSpec(tasks=["clustering/wine"], methods=["kmeans-raw"], seeds=[0], grid=grid,
+                       results_dir=results_dir, device="cpu", progress=False)
+
+    first = run(spec(n_init=[10, 3]))
+    assert [r["method_params"] for r in first.records] == [{}, {"n_init": 3}]
+    assert run(spec()).skipped == 1
+    rows = [row for table in build_tables(Store(results_dir).load_all()) for row in table.rows]
+    assert len(rows) == 2

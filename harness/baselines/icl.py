@@ -64,6 +64,8 @@ class RidgeBayes(ICLPredictor):
 @register_method("gd-1step", version="1", baseline=True,
                  description="one gradient-descent step from w = 0 (w = eta X^T y), eta risk-optimal per k unless given")
 class GDOneStep(ICLPredictor):
+    input_keys = ()  # lr names a rule
+
     def __init__(self, lr: float | str = "risk-optimal"):
         self.lr = lr
 
@@ -74,6 +76,8 @@ class GDOneStep(ICLPredictor):
 @register_method("gd-multistep", version="1", baseline=True,
                  description=f"{DEFAULT_GD_STEPS} full-batch gradient-descent steps from w = 0, step 1 / lambda_max(X^T X)")
 class GDMultiStep(ICLPredictor):
+    input_keys = ()  # lr names a rule
+
     def __init__(self, n_steps: int = DEFAULT_GD_STEPS, lr: float | str = "lipschitz"):
         self.n_steps, self.lr = n_steps, lr
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from harness.core import registry
+from harness.core import inputs, registry
 from harness.core.method import Method
-from harness.core.records import canonical_json, cell_key, config_hash, method_label
+from harness.core.records import canonical_json, cell_key, config_hash, method_label, side_config_hash
 from harness.core.task import Task, config_dict
 from harness.errors import ConfigError, HarnessError
 
@@ -54,11 +54,12 @@ class RunSpec:
 class CellIdentity:
     """Everything that makes two cells the same experiment (see :func:`harness.core.records.cell_key`)."""
 
-    config: dict[str, Any]  # {"task": task config, "method": every method parameter}, JSON-safe
+    config: dict[str, Any]  # {"task": task config, "method": every method parameter[, "inputs": hashes]}, JSON-safe
     config_hash: str
-    task_config_hash: str  # the task's inputs alone: cells sharing it share built data
+    task_config_hash: str  # the task's settings (and input hashes) alone: cells sharing it share built data
     model: str
     key: str
+    inputs: dict[str, Any] = field(default_factory=dict)  # {"task"/"method": {key: {"path", "sha256"}}}: provenance
 
 
 @dataclass
@@ -85,23 +86,53 @@ def json_safe(value: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(canonical_json(dict(value)))
 
 
+def explicit_params(method_entry: registry.Entry, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` less those given at the method's default value: ``--grid n_init=10`` for a method whose
+    default is 10 is the plain method (one label, one leaderboard row)."""
+    defaults = method_entry.cls.default_params() if hasattr(method_entry.cls, "default_params") else {}
+    return {k: v for k, v in params.items()
+            if not (k in defaults and canonical_json(v) == canonical_json(defaults[k]))}
+
+
+def cell_inputs(task_entry: registry.Entry, task: Task, config: Any, method_entry: registry.Entry,
+                params: Mapping[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """The external inputs of a cell by content (:mod:`harness.core.inputs`), per side; empty sides left out."""
+    method_paths = method_entry.cls.input_paths(dict(params)) if hasattr(method_entry.cls, "input_paths") else {}
+    sides = {
+        "task": (task.input_paths(config), [task_entry.cls, *task_entry.variant.values()]),
+        "method": (method_paths, [method_entry.cls]),
+    }
+    out = {}
+    for side, (paths, objects) in sides.items():
+        try:
+            described = inputs.describe(paths, inputs.plugin_sources(objects))
+        except OSError as exc:
+            raise ConfigError(f"cannot read an input of {task_entry.name} | {method_entry.name} ({side}): "
+                              f"{exc.filename}: {exc.strerror}") from None
+        if described:
+            out[side] = described
+    return out
+
+
 def make_cell(task_entry: registry.Entry, task: Task, config: Any, method_entry: registry.Entry,
               params: Mapping[str, Any], seed: int) -> Cell:
     """Create the method once and compute the cell's identity once."""
-    params = dict(params)
+    params = explicit_params(method_entry, params)
     method, error, full_params = None, None, params
     try:
         method = method_entry.create(params)
         full_params = method.get_params()
     except HarnessError as exc:  # bad parameters: the runner records the error
         error = f"{type(exc).__name__}: {exc}"
-    task_config = config_dict(config)
-    ident_config = {"task": task_config, "method": json_safe(full_params)}
+    ident_config: dict[str, Any] = {"task": config_dict(config), "method": json_safe(full_params)}
+    described = cell_inputs(task_entry, task, config, method_entry, full_params)
+    if described:  # only then: a cell without external inputs keeps the identity it always had
+        ident_config["inputs"] = {side: inputs.short(d) for side, d in described.items()}
     cfg_hash = config_hash(ident_config)
     model = task.model_id(config)
     key = cell_key(task_entry.name, task_entry.version, method_entry.name, method_entry.version, cfg_hash,
                    int(seed), model)
-    identity = CellIdentity(ident_config, cfg_hash, config_hash(task_config), model, key)
+    identity = CellIdentity(ident_config, cfg_hash, side_config_hash(ident_config, "task"), model, key, described)
     return Cell(task_entry, task, config, method_entry, params, int(seed), method, error, identity)
 
 

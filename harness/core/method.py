@@ -33,6 +33,10 @@ class Method:
     #: Parameters that make the method fast for ``harness selftest`` (e.g. fewer epochs).
     selftest_params: ClassVar[dict[str, Any]] = {}
 
+    #: Parameters that name files or directories the method reads (``user-sae``'s ``path``): their content
+    #: joins the cell's identity.  None: every string parameter naming an existing file or directory.
+    input_keys: ClassVar[tuple[str, ...] | None] = None
+
     seed: int = 0
     device: torch.device = torch.device("cpu")
 
@@ -66,6 +70,13 @@ class Method:
                 f"its parameters are: {', '.join(known) or '(none)'}"
             )
         return cls(**params)
+
+    @classmethod
+    def input_paths(cls, params: dict[str, Any]) -> dict[str, str]:
+        """``{parameter: path}`` of the files and directories these parameters make the method read."""
+        from harness.core.inputs import named_paths
+
+        return named_paths(params, cls.input_keys)
 
     def get_params(self) -> dict[str, Any]:
         """Current hyper-parameters (attributes named like the ``__init__`` arguments)."""

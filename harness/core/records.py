@@ -102,6 +102,16 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
 
 
+def side_config_hash(config: Mapping[str, Any], side: str) -> str:
+    """The hash of one side (``"task"`` or ``"method"``) of a record's config: its settings, and with them the
+    content hashes of that side's external inputs when it has any (``config["inputs"][side]``; cells
+    without inputs keep the plain hash of their settings)."""
+    inputs = (config.get("inputs") or {}).get(side)
+    if not inputs:
+        return config_hash(config[side])
+    return config_hash({side: config[side], "inputs": inputs})
+
+
 def cell_key(task: str, task_version: str, method: str, method_version: str, cfg_hash: str, seed: int,
              model: str) -> str:
     """Identity of a cell: two runs with the same key are the same experiment."""

@@ -107,6 +107,8 @@ def error_record(cell: Cell, ctx: RunContext, error: str) -> Record:
 
 def _record(cell: Cell, metrics: dict, artifacts: dict, error: str | None, timings: dict, prov: dict) -> Record:
     t, m, ident = cell.task_entry, cell.method_entry, cell.identity
+    if ident.inputs:  # the external inputs by content: path and SHA-256 of each (harness.core.inputs)
+        prov = {**prov, "inputs": ident.inputs}
     return Record(
         cell_key=ident.key, task=t.name, task_version=t.version, family=t.family,
         method=m.name, method_version=m.version, method_params=json_safe(cell.method_params),

@@ -74,6 +74,10 @@ class Task:
     #: Metrics shown as columns in the Markdown / HTML leaderboard besides the main one
     #: (None: all of them).  Every metric is still recorded, compared, checked and in the CSV.
     leaderboard_metrics: tuple[str, ...] | None = None
+    #: Config keys that name files or directories the task reads (a model directory, a data file): their
+    #: content joins the cell's identity (:mod:`harness.core.inputs`).  None: every string setting that
+    #: names an existing file or directory (the default, right for most plugins); () when none do.
+    input_keys: tuple[str, ...] | None = None
 
     # --- configuration -------------------------------------------------
     def config_keys(self) -> tuple[str, ...]:
@@ -94,6 +98,16 @@ class Task:
                 raise ConfigError(f"task {self.name!r} has no config key {key!r}; known keys: {known}")
             _check_type(self.name, key, value, hints[key])
         return replace(config, **overrides)
+
+    def input_paths(self, config: Any) -> dict[str, str]:
+        """``{config key: path}`` of the files and directories ``config`` makes the task read."""
+        from harness.core.inputs import named_paths, settings_of
+
+        return named_paths(settings_of(config), self.input_keys)
+
+    def preflight(self, config: Any, ctx: RunContext) -> None:
+        """Check, before any cell runs, what can be checked of ``config`` alone (a model loads, a ground-truth
+        file is in range for it); raise :class:`~harness.errors.HarnessError` with one line.  None by default."""
 
     def model_id(self, config: Any) -> str:
         """Identifier of the model the task reads activations from ("-" when none)."""

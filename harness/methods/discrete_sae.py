@@ -113,6 +113,7 @@ class DiscreteSAE(CircuitMethod):
     """
 
     selftest_params = {"epochs": 2, "n_latents": 16}
+    input_keys = ()  # normalise and source are names, not paths
 
     def __init__(
         self,

@@ -149,6 +149,7 @@ class UserSAE(_SAEMethod):
     selftest_params: dict = {}  # nothing to shorten: it loads the user's SAE
 
     in_default_suite = False
+    input_keys = ("path",)  # the SAE directory: its content joins the cell's identity
 
     def __init__(self, path: str | None = None, k: int | None = None):
         self.path, self.k = path, k

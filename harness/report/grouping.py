@@ -14,16 +14,16 @@ def table_key(r: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 def _task_cfg(r: dict[str, Any]) -> str:
-    from harness.core.records import config_hash
+    from harness.core.records import side_config_hash
 
-    return config_hash(r["config"]["task"])
+    return side_config_hash(r["config"], "task")
 
 
 def row_key(r: dict[str, Any]) -> tuple[str, str, str]:
     """Records in one row also share method, method version and full method config."""
-    from harness.core.records import config_hash
+    from harness.core.records import side_config_hash
 
-    return (method_label(r["method"], r["method_params"]), r["method_version"], config_hash(r["config"]["method"]))
+    return (method_label(r["method"], r["method_params"]), r["method_version"], side_config_hash(r["config"], "method"))
 
 
 def group(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[tuple, list[dict[str, Any]]]]:

@@ -189,6 +189,16 @@ class CircuitTask(Task):
     )
 
     # config -----------------------------------------------------------------
+    input_keys = ("model", "ground_truth")
+
+    def input_paths(self, config: CircuitConfig) -> dict[str, str]:
+        """A model directory and a ground-truth file (a planted model's name is no path, even where a
+        directory of that name exists: the harness loads it from its registry)."""
+        paths = super().input_paths(config)
+        if str(config.model) in planted.PLANTED:
+            paths.pop("model", None)
+        return paths
+
     def _check_config(self, config: CircuitConfig) -> None:
         for key in ("n_fit", "n_eval"):
             value = getattr(config, key)

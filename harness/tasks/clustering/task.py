@@ -42,6 +42,7 @@ class ClusteringTask(Task):
     )
     main_metric = "acc"
     loader: Loader | None = None
+    input_keys = ()  # the data sets are generated or bundled with scikit-learn
 
     def build(self, config: Any, ctx: RunContext) -> ClusteringData:
         X, y = self.loader(config, ctx.seed)

@@ -123,6 +123,7 @@ class ICLPredictorTask(Task):
 
     family: ClassVar[str] = "icl"
     Config: ClassVar[type] = ICLPredictorConfig
+    input_keys = ()  # the models are named embedded models
     selftest = {"n_contexts": 20}
     main_metric = "err_final"
     leaderboard_metrics = ("err_mean", "spd_transformer", "ilwd_transformer", "spd_ols", "spd_ridge")
@@ -206,6 +207,7 @@ class ICLProbeTask(Task):
     """The probe tasks; a variant sets ``metrics`` (they depend on the number of layers) and defaults."""
 
     family: ClassVar[str] = "icl-probe"
+    input_keys = ()  # the models are named embedded models
     Config: ClassVar[type] = ICLProbeConfig
     selftest = {"n_train": 60, "n_test": 20}
 

@@ -91,6 +91,7 @@ class ReconstructionTask(Task):
 
     family: ClassVar[str] = "reconstruction"
     hook: str = "resid"
+    input_keys = ()  # the embedded LM and MiniLM are named models; GPT2Task reads a model directory
     selftest = {"n_train": 8, "n_test": 4}
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
@@ -272,6 +273,7 @@ class GPT2Task(ReconstructionTask):
     main_metric = "loss_recovered"
     Config = GPT2Config
     defaults = {"model": "gpt2", "layer": 6}
+    input_keys = ("model",)  # a directory written by save_pretrained (a Hugging Face id is no path)
     in_default_suite = False  # needs GPT-2 weights in the local Hugging Face cache
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
