@@ -201,3 +201,35 @@ def test_a_parameter_at_its_default_is_the_plain_method(results_dir):
     assert run(spec()).skipped == 1
     rows = [row for table in build_tables(Store(results_dir).load_all()) for row in table.rows]
     assert len(rows) == 2
+
+
+# ------------------------------------------------------------ names stay inside the results directory
+@pytest.mark.parametrize("name", ["..", "../up", "a/../b", "x/y", "/abs", "a b", "a\\\\b", ".hidden", "", "ok/../.."])
+def test_unsafe_method_names_are_refused_at_registration(name):
+    from harness.core.method import Method
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="invalid method name"):
+        registry.register_method(name, family="toy", version="1", description="x")(type("M", (Method,), {}))
+    assert name not in {m.name for m in registry.methods()}
+
+
+@pytest.mark.parametrize("name", ["..", "toy/..", "toy/../x", "a/b/c", "toy/", "/toy", "toy/a b"])
+def test_unsafe_task_names_are_refused_at_registration(name):
+    from toy_plugin import ToyTask
+
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="invalid task name"):
+        registry.add_task(name, ToyTask, version="1", description="x", family="toy")
+    assert name not in {t.name for t in registry.tasks()}
+
+
+def test_record_paths_stay_inside_the_results_directory(results_dir):
+    from harness.core.records import record_path
+    from harness.errors import RecordError
+
+    assert record_path(results_dir, "circuits/ioi", "eap", 0, "abc").parent == results_dir / "records" / "circuits_ioi" / "eap"
+    for task, method, key in [("..", "eap", "k"), ("t", "..", "k"), ("t", "m", "../../../x")]:
+        with pytest.raises(RecordError, match="outside"):
+            record_path(results_dir, task, method, 0, key)

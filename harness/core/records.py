@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, get_args, get_origin, get_type_hints
@@ -124,7 +125,15 @@ def _slug(name: str) -> str:
 
 
 def record_path(results_dir: Path, task: str, method: str, seed: int, key: str) -> Path:
-    return Path(results_dir) / "records" / _slug(task) / _slug(method) / f"seed{seed}-{key}.json"
+    """``<results_dir>/records/<task>/<method>/seed<S>-<key>.json``; a path that would lie outside
+    ``records/`` (a name or key such as ``..``) is a :class:`RecordError`."""
+    base = Path(results_dir) / "records"
+    path = base / _slug(task) / _slug(method) / f"seed{seed}-{key}.json"
+    inside = os.path.normpath(path).startswith(os.path.join(os.path.normpath(base), ""))
+    if not inside or any(part in (".", "..") for part in (_slug(task), _slug(method))) or "/" in str(key):
+        raise RecordError(f"the record of task {task!r}, method {method!r}, seed {seed}, key {key!r} would be written "
+                          f"outside {base}; refusing")
+    return path
 
 
 def validate(record: Any, source: str = "record") -> dict[str, Any]:

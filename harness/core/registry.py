@@ -21,6 +21,7 @@ from import paths a user names explicitly (:func:`load_plugin_module`).
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping, TypeVar
@@ -72,9 +73,22 @@ _loaded_builtin = False
 _loaded_plugins = False
 
 
+#: one name segment: a letter or digit, then letters, digits and ``. _ + -`` (a name is also a directory name)
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
 def _check_name(name: str, kind: str) -> None:
-    if not isinstance(name, str) or not name or name != name.strip() or " " in name:
-        raise HarnessError(f"invalid {kind} name {name!r}: use a non-empty name without spaces")
+    """A name is safe as a directory of the results: ASCII letters, digits and ``. _ + -``, starting with a letter
+    or digit, no ``..``; a task may have one ``/`` after its family (``circuits/ioi``)."""
+    segments = name.split("/") if isinstance(name, str) else [None]
+    ok = (isinstance(name, str) and len(segments) <= (2 if kind == "task" else 1) and ".." not in name
+          and all(s is not None and _SEGMENT.fullmatch(s) for s in segments))
+    if not ok:
+        slash = " and one '/' after the family (family/name)" if kind == "task" else ""
+        raise HarnessError(
+            f"invalid {kind} name {name!r}: use ASCII letters, digits and . _ + - (starting with a letter or digit, "
+            f"no '..', no spaces or path separators){slash}; the name becomes a directory of the results"
+        )
 
 
 def _register(table: dict[str, Entry], kind: str, entry: Entry) -> None:
@@ -116,6 +130,7 @@ def add_task(name: str, cls: type, *, version: str, description: str, family: st
     description="...", hook="z")``; ``config={...}`` overrides default config values.  Unknown attribute
     names are an error (a typo would otherwise be silently ignored).
     """
+    _check_name(name, "task")
     if isinstance(getattr(cls, "default_config", None), Mapping):
         raise HarnessError(f"task {name!r}: {cls.__qualname__}.default_config is a dict; declare the settings as a "
                            "frozen dataclass in `Config = MyConfig` (and variant values in `defaults={...}`)")
@@ -149,6 +164,7 @@ def register_method(
     """
 
     def deco(cls: T) -> T:
+        _check_name(name, "method")
         fam = _family(cls, family, name)
         cls.name, cls.family, cls.version = name, fam, str(version)
         cls.description, cls.baseline = description, bool(baseline)
