@@ -45,9 +45,21 @@ def _parse_assignments(items: Sequence[str], flag: str, multi: bool) -> dict[str
     return out
 
 
-def _add_results_dir(p: argparse.ArgumentParser) -> None:
+def _add_results_dir(p: argparse.ArgumentParser, reader: bool = False) -> None:
     p.add_argument("--results-dir", type=Path, default=Path("results"),
                    help="directory holding records/ and LEADERBOARD.md (default: ./results)")
+    if reader:
+        p.add_argument("--skip-bad-records", action="store_true",
+                       help="list record files that are corrupt or invalid and go on without them (default: refuse)")
+
+
+def _add_plugin(p: argparse.ArgumentParser) -> None:
+    """``--plugin`` after the subcommand too (``harness run --plugin X``), merged with the top-level one."""
+    p.add_argument("--plugin", dest="sub_plugins", action="append", metavar="MODULE",
+                   help="import this module first (registers its tasks/methods); repeatable")
+    for action in p._subparsers._group_actions if p._subparsers else ():
+        for sub in action.choices.values():
+            _add_plugin(sub)
 
 
 def _add_run(sub: Any) -> None:
@@ -105,24 +117,24 @@ def _add_readers(sub: Any) -> None:
     p.add_argument("--asv-results", type=Path, default=None, metavar="DIR",
                    help="html: asv results directory whose track_* benchmarks are charted "
                         "(default: results/asv/results)")
-    _add_results_dir(p)
+    _add_results_dir(p, reader=True)
 
     p = sub.add_parser("compare", help="paired difference of two methods over shared seeds")
     p.add_argument("method_a")
     p.add_argument("method_b")
     p.add_argument("--task", required=True)
     p.add_argument("--metric", help="metric to compare (default: the task's main metric)")
-    _add_results_dir(p)
+    _add_results_dir(p, reader=True)
 
     p = sub.add_parser("check", help="compare current results with a committed reference")
     p.add_argument("--reference", type=Path, default=Path("results/reference.json"))
-    _add_results_dir(p)
+    _add_results_dir(p, reader=True)
 
     p = sub.add_parser("reference", help="write a reference file from the current results")
     p.add_argument("--out", type=Path, default=Path("results/reference.json"))
     p.add_argument("--tasks", nargs="+", help="only these tasks")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (the quick suite's reference: --seeds 0)")
-    _add_results_dir(p)
+    _add_results_dir(p, reader=True)
 
 
 def _add_models(sub: Any) -> None:
@@ -172,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     for add in (_add_run, _add_readers, _add_models, _add_selftest, _add_speed):
         add(sub)
+    for p in sub.choices.values():
+        _add_plugin(p)
     return parser
 
 
@@ -274,11 +288,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _records(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The ok records of ``--results-dir`` for a reader; bad files refuse the directory (one line naming the
+    file and the field) unless ``--skip-bad-records``, which lists them on stderr and goes on."""
+    from harness.core.records import Store
+    from harness.errors import RecordError
+
+    store = Store(args.results_dir)
+    store.check_readable()
+    bad: list[RecordError] = []
+    try:
+        records = store.load_all(on_bad=bad.append if args.skip_bad_records else None)
+    except RecordError as exc:
+        raise RecordError(f"{exc} (pass --skip-bad-records to leave such files out and go on)") from None
+    if bad:
+        print(f"skipped {len(bad)} bad record file(s) (--skip-bad-records):", file=sys.stderr)
+        for exc in bad:
+            print(f"  {exc}", file=sys.stderr)
+    return records
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.report.leaderboard import build_tables, render_csv, render_markdown
-    from harness.core.records import Store
 
-    records = Store(args.results_dir).load_all()  # read once: printed and written from the same records
+    records = _records(args)  # read once: printed and written from the same records
     if args.format == "html":  # the page is the output: print only where it is
         print(_write_leaderboard_and_plots(args.results_dir, "html", args.out, args.asv_results, records))
         return EXIT_OK
@@ -291,9 +324,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.report.compare import compare
-    from harness.core.records import Store
 
-    c = compare(Store(args.results_dir).load_all(), args.method_a, args.method_b, args.task, args.metric)
+    c = compare(_records(args), args.method_a, args.method_b, args.task, args.metric)
     rows = [[s, a, b, a - b] for s, a, b in zip(c.seeds, c.a, c.b)]
     print(tabulate(rows, headers=["seed", c.method_a, c.method_b, "difference"], tablefmt="github", floatfmt=".4f"))
     print(c.verdict)
@@ -302,10 +334,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from harness.report.check import check, read_reference
-    from harness.core.records import Store
 
     reference = read_reference(args.reference)
-    findings = check(Store(args.results_dir).load_all(), reference)
+    if not reference["entries"]:
+        print(f"check FAILED: the reference {args.reference} has no entries, so it checks nothing; build one with "
+              "`harness reference`")
+        return EXIT_FAIL
+    findings = check(_records(args), reference)
     failing = [f for f in findings if f.failing]
     improved = [f for f in findings if f.kind == "improvement"]
     device = [f for f in findings if f.kind == "device"]
@@ -331,9 +366,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_reference(args: argparse.Namespace) -> int:
     from harness.report.check import build_reference, carry_device_tolerance, write_reference
-    from harness.core.records import Store
 
-    records = Store(args.results_dir).load_all()
+    records = _records(args)
     if args.tasks:
         records = [r for r in records if r["task"] in set(args.tasks)]
     if args.seeds:
@@ -404,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    args.plugin = list(args.plugin) + list(getattr(args, "sub_plugins", None) or [])
     try:
         for module in args.plugin:
             registry.load_plugin_module(module)

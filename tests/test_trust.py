@@ -233,3 +233,225 @@ def test_record_paths_stay_inside_the_results_directory(results_dir):
     for task, method, key in [("..", "eap", "k"), ("t", "..", "k"), ("t", "m", "../../../x")]:
         with pytest.raises(RecordError, match="outside"):
             record_path(results_dir, task, method, 0, key)
+
+
+# ------------------------------------------------------------ bad input: one line, exit 2, before any work
+def _cli(capsys, *argv):
+    from harness.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(capsys, *argv, match: str):
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: error:") and match in lines[0], err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("kind", ["file", "records-file"])
+def test_results_dir_that_cannot_hold_records_is_one_line_before_any_work(capsys, tmp_path, kind):
+    target = tmp_path / "results"
+    if kind == "file":
+        target.write_text("not a directory")
+    else:
+        target.mkdir()
+        (target / "records").write_text("in the way")
+    _one_line_error(capsys, "run", "--tasks", "clustering/wine", "--methods", "kmeans-raw", "--seeds", "0",
+                    "--no-progress", "--results-dir", str(target), match="is a file")
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+                    reason="root writes into read-only directories")
+def test_read_only_results_dir_is_one_line_before_any_work(capsys, tmp_path):
+    target = tmp_path / "results"
+    target.mkdir()
+    target.chmod(0o555)
+    try:
+        _one_line_error(capsys, "run", "--tasks", "clustering/wine", "--methods", "kmeans-raw", "--seeds", "0",
+                        "--no-progress", "--results-dir", str(target), match="not writable")
+    finally:
+        target.chmod(0o755)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--seeds", "-1"], "seed -1 is not an integer from 0"),
+    (["--set", "height=abc"], "config key 'height' must be an integer"),
+    (["--grid", "n_init=abc"], "parameter 'n_init' must be"),
+    (["--grid", "n_init=1.5"], "parameter 'n_init' must be"),
+])
+def test_bad_values_are_one_line_naming_the_key(capsys, tmp_path, argv, match):
+    _one_line_error(capsys, "run", "--tasks", "clustering/multispectral", "--methods", "kmeans-raw", "--no-progress",
+                    "--results-dir", str(tmp_path / "r"), *argv, match=match)
+    assert not (tmp_path / "r" / "records").exists() or not list((tmp_path / "r" / "records").rglob("*.json"))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing-model", "does not exist"),
+    ("bad-json", "cannot read ground-truth file"),
+    ("out-of-range", "outside the model"),
+    ("every-head", "lists every head"),
+])
+def test_model_and_ground_truth_are_checked_before_any_work(capsys, tmp_path, case, match):
+    gt = tmp_path / "gt.json"
+    gt.write_text({"bad-json": "[[0, 1", "out-of-range": "[[0, 1], [40, 0]]"}.get(case, "[[0, 1]]"))
+    argv = ["run", "--tasks", "circuits/ioi", "--methods", "eap", "--seeds", "0", "--no-progress",
+            "--results-dir", str(tmp_path / "r"), "--ground-truth", str(gt)]
+    if case == "missing-model":
+        argv += ["--model", str(tmp_path / "nonexistent")]
+    if case == "every-head":
+        from harness.embedded import planted
+        from harness.tasks.circuits.task import get_model
+
+        model = get_model("planted-ioi", "cpu", tmp_path / "cache" / "models")
+        gt.write_text(str([[layer, h] for layer in range(model.n_layers) for h in range(model.n_heads)]))
+        assert planted.PLANTED
+    _one_line_error(capsys, *argv, match=match)
+    assert not list((tmp_path / "r").rglob("*.json"))
+
+
+# ------------------------------------------------------------ malformed records and references name the file
+def _toy_results(results_dir):
+    assert run(toy_spec(results_dir, ["toy-good", "toy-zero"], seeds=[0, 1])).ok
+    return sorted(Store(results_dir).paths())
+
+
+def _rewrite(path, edit):
+    import json
+
+    from harness.core.records import config_hash
+
+    record = json.loads(path.read_text())
+    edit(record)
+    record["config_hash"] = config_hash(record["config"])  # recomputed: the file passes the hash check
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("reader", [["leaderboard"], ["compare", "toy-good", "toy-zero", "--task", "toy/vector"],
+                                    ["check", "--reference", "REF"]])
+@pytest.mark.parametrize("fault, match", [
+    (lambda r: r["config"].pop("task"), "field 'config' lacks the object 'task'"),
+    (lambda r: r["metrics"].update(err=10**400), "metric 'err' is 1000"),
+    (lambda r: r["provenance"].pop("timestamp"), "provenance.timestamp"),
+])
+def test_a_malformed_record_names_the_file_and_field_and_can_be_skipped(capsys, results_dir, tmp_path, reader,
+                                                                        fault, match):
+    paths = _toy_results(results_dir)
+    ref = tmp_path / "ref.json"
+    assert _cli(capsys, "reference", "--out", str(ref), "--results-dir", str(results_dir))[0] == 0
+    _rewrite(paths[0], fault)
+    argv = [a if a != "REF" else str(ref) for a in reader] + ["--results-dir", str(results_dir)]
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and str(paths[0]) in err and match in err, err
+    code, out, err = _cli(capsys, *argv, "--skip-bad-records")
+    assert "Traceback" not in err and "skipped 1 bad record file(s)" in err and str(paths[0]) in err
+    if reader[0] != "check":  # check then reports the seed it lacks as missing (exit 1)
+        assert code == 0, err
+    else:
+        assert code == 1 and "missing" in out
+
+
+def test_readers_on_a_file_or_missing_results_dir_are_one_line(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, "leaderboard", "--results-dir", str(tmp_path / "file"), match="not a directory")
+    _one_line_error(capsys, "leaderboard", "--results-dir", str(tmp_path / "missing"), match="does not exist")
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda doc: doc.update(entries=[None]), "entry 0 is null, expected an object"),
+    (lambda doc: doc["entries"][0].update(seeds="0"), "field 'seeds' is str"),
+    (lambda doc: doc["entries"][0]["metrics"]["err"].update(value=10**400), "no finite numeric value"),
+    (lambda doc: doc.update(entries={}), "field 'entries' must be a list"),
+])
+def test_a_malformed_reference_names_the_file_and_field(capsys, results_dir, tmp_path, edit, match):
+    import json
+
+    _toy_results(results_dir)
+    ref = tmp_path / "ref.json"
+    _cli(capsys, "reference", "--out", str(ref), "--results-dir", str(results_dir))
+    doc = json.loads(ref.read_text())
+    edit(doc)
+    ref.write_text(json.dumps(doc))
+    _one_line_error(capsys, "check", "--reference", str(ref), "--results-dir", str(results_dir), match=match)
+
+
+def test_check_fails_on_an_empty_reference_and_names_removed_tasks(capsys, results_dir, tmp_path):
+    import json
+
+    _toy_results(results_dir)
+    ref = tmp_path / "ref.json"
+    _cli(capsys, "reference", "--out", str(ref), "--results-dir", str(results_dir))
+    doc = json.loads(ref.read_text())
+    empty = dict(doc, entries=[])
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    code, out, _ = _cli(capsys, "check", "--reference", str(tmp_path / "empty.json"), "--results-dir", str(results_dir))
+    assert code == 1 and "no entries" in out
+    doc["entries"][0]["task"] = "toy/retired"
+    ref.write_text(json.dumps(doc))
+    code, out, _ = _cli(capsys, "check", "--reference", str(ref), "--results-dir", str(results_dir))
+    assert code == 1 and "removed" in out and "task 'toy/retired' no longer exists" in out
+
+
+# ------------------------------------------------------------ --plugin after the subcommand; safetensors only
+def test_plugin_is_accepted_after_every_subcommand(capsys, tmp_path, monkeypatch):
+    plugin = tmp_path / "trust_cli_plugin.py"
+    plugin.write_text("from harness.core.registry import register_method\n"
+                      "from harness.core.method import Method\n"
+                      "@register_method('trust-cli-method', family='toy', version='1', description='x')\n"
+                      "class M(Method):\n"
+                      "    def predict(self, x):\n"
+                      "        return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = tmp_path / "r"
+    try:
+        code, out, err = _cli(capsys, "run", "--plugin", "trust_cli_plugin", "--tasks", "toy/vector", "--methods",
+                              "trust-cli-method", "--seeds", "0", "--no-progress", "--results-dir", str(results))
+        assert code == 0, err
+        code, out, _ = _cli(capsys, "list", "--plugin", "trust_cli_plugin", "--family", "toy")
+        assert code == 0 and "trust-cli-method" in out
+        for argv in (["leaderboard"], ["reference", "--out", str(tmp_path / "ref.json")]):
+            assert _cli(capsys, *argv, "--plugin", "trust_cli_plugin", "--results-dir", str(results))[0] == 0
+        code, _, err = _cli(capsys, "leaderboard", "--plugin", "no_such_plugin_module", "--results-dir", str(results))
+        assert code == 2 and "cannot import plugin module 'no_such_plugin_module'" in err
+    finally:
+        registry.unregister("trust-cli-method")
+
+
+def test_pickle_only_model_weights_need_allow_pickle_weights(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from harness.errors import HarnessError
+    from harness.models.loading import load_model
+
+    words = ["[UNK]", "the", "a", "b"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    config = transformers.GPT2Config(vocab_size=len(words), n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    model.save_pretrained(tmp_path / "m")
+    fast.save_pretrained(tmp_path / "m")
+    import torch
+
+    (tmp_path / "m" / "model.safetensors").unlink()  # a checkpoint that has only a pickle file
+    torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    assert (tmp_path / "m" / "pytorch_model.bin").exists() and not list((tmp_path / "m").glob("*.safetensors"))
+    with pytest.raises(HarnessError, match="only as pickle files.*--allow-pickle-weights"):
+        load_model(str(tmp_path / "m"))
+    assert load_model(str(tmp_path / "m"), allow_pickle_weights=True).n_layers == 1
+    # from the command line: refused before any work, and the flag reaches the loader
+    gt = tmp_path / "gt.json"
+    gt.write_text("[[0, 1]]")
+    argv = ["run", "--tasks", "circuits/ioi", "--methods", "random", "--seeds", "0", "--model", str(tmp_path / "m"),
+            "--ground-truth", str(gt), "--no-progress", "--results-dir", str(tmp_path / "r")]
+    from harness.cli import main
+
+    assert main(argv) == 2
+    assert main(argv + ["--allow-pickle-weights"]) == 1  # loads; the 4-word vocabulary cannot build IOI prompts
+    assert len(Store(tmp_path / "r").load_all(("error",))) == 1

@@ -22,6 +22,7 @@ from harness.core.task import Task, config_dict
 from harness.errors import ConfigError, HarnessError
 
 DEFAULT_SEEDS = (0, 1, 2)
+MAX_SEED = 2**31 - 1  # numpy seeds below 2**32, and the circuits tasks use 2 * seed + 1
 SUITES: dict[str, tuple[int, ...]] = {"default": DEFAULT_SEEDS, "quick": (0,)}
 
 
@@ -153,6 +154,9 @@ def _select(spec: RunSpec) -> tuple[list[registry.Entry], list[registry.Entry] |
     method_entries = [registry.get_method(n) for n in spec.methods] if spec.methods is not None else None
     if not spec.seeds:
         raise ConfigError("no seeds given; pass e.g. --seeds 0 1 2")
+    for seed in spec.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed {seed!r} is not an integer from 0 to {MAX_SEED}; pass e.g. --seeds 0 1 2")
     families = {t.family for t in task_entries}
     for m in method_entries or []:
         if m.family not in families:
@@ -182,7 +186,10 @@ def expand(spec: RunSpec) -> list[Cell]:
         for m in candidates:
             accepted = set(m.cls.param_names())
             used_grid |= accepted & set(spec.grid)
-            points.append((m, _grid_points(spec.grid, accepted)))
+            grid_points = _grid_points(spec.grid, accepted)
+            for point in grid_points:  # values of the wrong type: one line naming the parameter, before any work
+                m.cls.check_params(point)
+            points.append((m, grid_points))
         for seed in spec.seeds:
             for m, grid_points in points:
                 cells.extend(make_cell(t, task, config, m, params, seed) for params in grid_points)

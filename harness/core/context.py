@@ -20,3 +20,4 @@ class RunContext:
     show_progress: bool = False
     threads: int = 0
     executor: str = "serial"
+    allow_pickle_weights: bool = False  # a user's model may be read from pickle weights (weights_only); else safetensors

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 import torch
 
 from harness.core.context import RunContext
 from harness.errors import ConfigError
+
+
+def _sequence_ok(value: Any, typ: Any) -> bool:
+    """A JSON list where the annotation is a tuple / list / sequence type (``--grid`` values come from JSON)."""
+    options = get_args(typ) if get_origin(typ) is not None and get_origin(typ) not in (list, tuple) else (typ,)
+    for t in options:
+        origin = get_origin(t) or t
+        if isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str and isinstance(value, list):
+            return True
+    return False
 
 
 class Method:
@@ -57,6 +68,28 @@ class Method:
             for name in cls.param_names()
             if sig.parameters[name].default is not inspect.Parameter.empty
         }
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Each value of ``params`` against the type annotation of its ``__init__`` argument (when it has one):
+        a :class:`ConfigError` naming the parameter, so ``--grid n_init=abc`` fails before any work."""
+        from harness.core.task import describe_type, accepts_type
+
+        try:
+            hints = get_type_hints(cls.__init__)
+        except Exception:  # noqa: BLE001 - annotations that do not resolve: nothing to check against
+            hints = {}
+        for key, value in params.items():
+            typ = hints.get(key)
+            if typ is None or _sequence_ok(value, typ):
+                continue
+            try:
+                ok = accepts_type(value, typ)
+            except TypeError:  # a typing construct isinstance cannot test (Literal, Callable, ...): not checked
+                ok = True
+            if not ok:
+                raise ConfigError(f"method {cls.name!r}: parameter {key!r} must be {describe_type(typ)}, got {value!r}; "
+                                  f"e.g. --grid {key}=... with values of that type")
 
     @classmethod
     def create(cls, params: dict[str, Any] | None = None) -> "Method":

@@ -239,7 +239,8 @@ def worker_main(conn, setup: WorkerSetup) -> None:
         for i in unit:
             cell = cells[i]
             ctx = RunContext(seed=cell.seed, device=device, cache_dir=setup.cache_dir, show_progress=False,
-                             threads=setup.threads, executor=setup.executor)
+                             threads=setup.threads, executor=setup.executor,
+                             allow_pickle_weights=setup.spec.allow_pickle_weights)
             conn.send(("start", i, None))
             with thread_budget(setup.threads):
                 record = run_cell(cell, ctx, data_cache).to_dict()

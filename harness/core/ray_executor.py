@@ -108,7 +108,8 @@ def _run_unit(setup: WorkerSetup, unit: Sequence[int]) -> list[tuple[int, dict[s
     out = []
     for i in unit:
         ctx = RunContext(seed=cells[i].seed, device=torch.device(setup.device), cache_dir=setup.cache_dir,
-                         threads=setup.threads, executor=setup.executor)
+                         threads=setup.threads, executor=setup.executor,
+                         allow_pickle_weights=setup.spec.allow_pickle_weights)
         with thread_budget(setup.threads):
             out.append((i, run_cell(cells[i], ctx, data_cache).to_dict()))
         cells[i].method = None

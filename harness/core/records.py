@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Iterable, Mapping, Optional, get_args, get_origin, get_type_hints
 
 from harness.errors import RecordError
 from harness.core.io import atomic_write_text
@@ -161,8 +161,9 @@ def validate(record: Any, source: str = "record") -> dict[str, Any]:
     if record["status"] not in STATUSES:
         raise RecordError(f"{source}: status {record['status']!r} is not one of {STATUSES}")
     for key, value in record["metrics"].items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise RecordError(f"{source}: metric {key!r} is {value!r}, expected a finite number")
+        if not _finite(value):
+            raise RecordError(f"{source}: metric {key!r} is {_short(value)}, expected a finite number")
+    _validate_parts(record, source)
     if record["status"] == "ok":
         if record["main_metric"] not in record["metrics"]:
             raise RecordError(f"{source}: main metric {record['main_metric']!r} missing from metrics")
@@ -170,11 +171,43 @@ def validate(record: Any, source: str = "record") -> dict[str, Any]:
         raise RecordError(f"{source}: status is 'error' but no error message is recorded")
     for key in _TIMINGS:
         value = record["timings"].get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise RecordError(f"{source}: timings.{key} is {value!r}, expected a number")
+        if not _finite(value):
+            raise RecordError(f"{source}: timings.{key} is {_short(value)}, expected a finite number")
     if config_hash(record["config"]) != record["config_hash"]:
         raise RecordError(f"{source}: config_hash does not match the config (the file was edited or corrupted)")
     return record
+
+
+def _finite(value: Any) -> bool:
+    """A real, finite number that is also finite as a float (``10**400`` is an int no float can hold)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _validate_parts(record: dict[str, Any], source: str) -> None:
+    """The nested fields readers index: ``config.task`` / ``config.method`` (and ``config.inputs``) objects,
+    ``provenance.timestamp`` a string, ``seed`` a non-negative integer."""
+    config = record["config"]
+    for side in ("task", "method"):
+        if not isinstance(config.get(side), dict):
+            raise RecordError(f"{source}: field 'config' lacks the object {side!r} (it holds "
+                              f"{', '.join(map(repr, sorted(config))) or 'nothing'})")
+    inputs = config.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(isinstance(v, dict) for v in inputs.values()):
+        raise RecordError(f"{source}: field 'config.inputs' must map 'task' / 'method' to objects")
+    if not isinstance(record["provenance"].get("timestamp"), str):
+        raise RecordError(f"{source}: field 'provenance.timestamp' is missing or not a string")
+    if record["seed"] < 0:
+        raise RecordError(f"{source}: field 'seed' is {record['seed']}, expected a non-negative integer")
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> Path:
@@ -213,6 +246,40 @@ class Store:
     def write(self, record: Mapping[str, Any]) -> Path:
         return write_record(self.path_for(record), record)
 
+    def check_writable(self, stale_after_s: float = 3600.0) -> None:
+        """Before a run's first cell: the results directory is a directory this process can write records into
+        (a :class:`RecordError` in one line otherwise); temporary files of writes that died more than
+        ``stale_after_s`` ago are removed."""
+        import tempfile
+        import time
+
+        root = Path(self.results_dir)
+        for d in (root, self.records_dir):
+            if d.exists() and not d.is_dir():
+                raise RecordError(f"results directory {root}: {d} is a file, not a directory; pass another --results-dir")
+        try:
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.records_dir, prefix=".tmp-probe-"):
+                pass
+        except OSError as exc:
+            raise RecordError(f"results directory {root} is not writable ({exc.strerror}: {exc.filename}); "
+                              "pass another --results-dir") from None
+        now = time.time()
+        for tmp in self.records_dir.rglob(".tmp-*"):
+            try:
+                if tmp.is_file() and now - tmp.stat().st_mtime > stale_after_s:
+                    tmp.unlink()
+            except OSError:
+                pass
+
+    def check_readable(self) -> None:
+        """For readers: the results directory exists and is a directory (one line otherwise; nothing is created)."""
+        root = Path(self.results_dir)
+        if not root.exists():
+            raise RecordError(f"results directory {root} does not exist; run `harness run --results-dir {root}` first")
+        if not root.is_dir() or (self.records_dir.exists() and not self.records_dir.is_dir()):
+            raise RecordError(f"results directory {root} is not a directory of results (a file is in the way)")
+
     def find(self, task: str, method: str, seed: int, key: str) -> dict[str, Any] | None:
         """The record of a cell, or None.  A corrupt file raises :class:`RecordError`."""
         path = record_path(self.results_dir, task, method, seed, key)
@@ -223,7 +290,20 @@ class Store:
             return []
         return sorted(p for p in self.records_dir.rglob("*.json") if not p.name.startswith(".tmp-"))
 
-    def load_all(self, statuses: Iterable[str] = ("ok",)) -> list[dict[str, Any]]:
-        """Every record with one of ``statuses``; corrupt files raise :class:`RecordError`."""
+    def load_all(self, statuses: Iterable[str] = ("ok",),
+                 on_bad: Callable[[RecordError], None] | None = None) -> list[dict[str, Any]]:
+        """Every record with one of ``statuses``.  A bad file (corrupt, foreign, invalid) raises
+        :class:`RecordError`, or with ``on_bad`` is passed to it and skipped (``--skip-bad-records``)."""
         wanted = set(statuses)
-        return [r for r in (read_record(p) for p in self.paths()) if r["status"] in wanted]
+        records = []
+        for p in self.paths():
+            try:
+                r = read_record(p)
+            except RecordError as exc:
+                if on_bad is None:
+                    raise
+                on_bad(exc)
+                continue
+            if r["status"] in wanted:
+                records.append(r)
+        return records

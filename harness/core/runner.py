@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from harness.core.cache import default_cache_dir
@@ -126,23 +127,18 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
     device = resolve_device(spec.device)
     _check_limits(spec, device)
     store = Store(Path(spec.results_dir))
+    store.check_writable()  # before any work: a results directory that is a file or read-only is one line
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
     summary = RunSummary()
     done: dict[int, dict[str, Any]] = {}
-    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not spec.progress, dynamic_ncols=True)
-    todo = []
-    for i, cell in enumerate(cells):
-        existing = _recorded(cell, spec, store, bar)
-        if existing is not None and existing["status"] == "ok":
-            summary.skipped += 1
-            done[i] = existing
-            bar.update(1)
-        else:
-            todo.append(i)
+    todo = _todo(cells, spec, store, summary, done)
     ray = spec.executor == "ray"
     jobs = 1 if ray else min(resolve_jobs(spec.jobs), max(1, len(todo)))
     threads = spec.threads_per_cell or (1 if ray else default_threads(jobs))
     in_process = jobs == 1 and not ray and not isolated(spec)
+    preflight(cells, todo, device if in_process else torch.device("cpu"), cache_dir, spec.allow_pickle_weights)
+    bar = tqdm(total=len(cells), initial=len(done), desc="cells", unit="cell", disable=not spec.progress,
+               dynamic_ncols=True)
 
     def deliver(i: int, record: dict[str, Any]) -> None:
         store.write(record)
@@ -161,7 +157,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
             data_cache: dict = {}
             for i in todo:
                 ctx = RunContext(seed=cells[i].seed, device=device, cache_dir=cache_dir, show_progress=spec.progress,
-                                 threads=threads)
+                                 threads=threads, allow_pickle_weights=spec.allow_pickle_weights)
                 with thread_budget(threads):
                     record = run_cell(cells[i], ctx, data_cache).to_dict()
                 cells[i].method = None  # release the fitted method (a run may hold hundreds of cells)
@@ -188,6 +184,38 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
     return summary
 
 
+def _todo(cells: list[Cell], spec: RunSpec, store: Store, summary: RunSummary, done: dict[int, dict]) -> list[int]:
+    """The indices of the cells to run; the others (recorded ok, not ``force``) go to ``done`` as skipped."""
+    todo = []
+    for i, cell in enumerate(cells):
+        existing = _recorded(cell, spec, store)
+        if existing is not None and existing["status"] == "ok":
+            summary.skipped += 1
+            done[i] = existing
+        else:
+            todo.append(i)
+    return todo
+
+
+def preflight(cells: list[Cell], todo: list[int], device, cache_dir: Path, allow_pickle_weights: bool = False) -> None:
+    """What can be checked before the first cell, once per task config of the cells to run: the inputs it
+    names (a model loads, a ground-truth file is in range for it; :meth:`~harness.core.task.Task.preflight`).
+    A failure is a :class:`ConfigError` naming the task."""
+    seen = set()
+    for i in todo:
+        c = cells[i]
+        if (c.task_entry.name, c.identity.task_config_hash) in seen:
+            continue
+        seen.add((c.task_entry.name, c.identity.task_config_hash))
+        ctx = RunContext(seed=c.seed, device=device, cache_dir=cache_dir, allow_pickle_weights=allow_pickle_weights)
+        try:
+            c.task.preflight(c.config, ctx)
+        except HarnessError as exc:
+            raise ConfigError(f"{c.task_entry.name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a user's model or file that cannot be read: one line, before any work
+            raise ConfigError(f"{c.task_entry.name}: its inputs cannot be used: {type(exc).__name__}: {exc}") from None
+
+
 def _check_limits(spec: RunSpec, device) -> None:
     if spec.executor == "ray" and (spec.cell_timeout or spec.cell_memory_gb):
         raise ConfigError("--cell-timeout and --cell-memory work with the local executor (serial or --jobs), "
@@ -203,14 +231,14 @@ def isolated(spec: RunSpec) -> bool:
     return bool(spec.isolate or spec.cell_timeout or spec.cell_memory_gb)
 
 
-def _recorded(cell: Cell, spec: RunSpec, store: Store, bar) -> dict[str, Any] | None:
+def _recorded(cell: Cell, spec: RunSpec, store: Store) -> dict[str, Any] | None:
     """The record already stored for ``cell`` (None when there is none, it is unreadable, or ``force``)."""
     if spec.force or cell.error is not None:
         return None
     try:
         return store.find(cell.task_entry.name, cell.method_entry.name, cell.seed, cell.identity.key)
     except RecordError as exc:
-        bar.write(f"warning: {exc}; re-running that cell")
+        tqdm.write(f"warning: {exc}; re-running that cell")
         return None
 
 

@@ -159,11 +159,12 @@ def config_dict(config: Any) -> dict[str, Any]:
 _SIMPLE = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def _accepts(value: Any, typ: Any) -> bool:
+def accepts_type(value: Any, typ: Any) -> bool:
+    """Whether ``value`` (parsed from JSON) fits the annotation ``typ`` (an int is a float; a bool is no int)."""
     if typ is Any:
         return True
     if get_origin(typ) in (Union, UnionType):
-        return any(_accepts(value, t) for t in get_args(typ))
+        return any(accepts_type(value, t) for t in get_args(typ))
     if typ is type(None):
         return value is None
     if typ is float:
@@ -173,10 +174,14 @@ def _accepts(value: Any, typ: Any) -> bool:
     return isinstance(value, get_origin(typ) or typ)
 
 
+def describe_type(typ: Any) -> str:
+    """``an integer or null`` for ``int | None``."""
+    options = [t for t in (get_args(typ) if get_origin(typ) in (Union, UnionType) else (typ,))]
+    return " or ".join(_SIMPLE.get(t, "null" if t is type(None) else getattr(t, "__name__", str(t))) for t in options)
+
+
 def _check_type(task: str, key: str, value: Any, typ: Any) -> None:
-    if not _accepts(value, typ):
-        options = [t for t in (get_args(typ) or (typ,))]
-        wanted = " or ".join(_SIMPLE.get(t, "null" if t is type(None) else getattr(t, "__name__", str(t)))
-                             for t in options)
+    if not accepts_type(value, typ):
+        wanted = describe_type(typ)
         raise ConfigError(f"task {task!r}: config key {key!r} must be {wanted}, got {value!r}; "
                           f"e.g. --set {key}=... with a value of that type")

@@ -6,6 +6,10 @@ Specs:
   loaded from the local Hugging Face cache only, never downloaded;
 - a directory written by :func:`harness.models.gpt.save_gpt` (holds ``gpt.json``);
 - a directory written by ``save_pretrained`` holding such a model and its tokenizer.
+
+Weights are read from safetensors only: a model whose weights exist only as pickle files
+(``pytorch_model.bin``) is refused unless ``allow_pickle_weights`` (``--allow-pickle-weights``), and
+then ``transformers`` still reads them with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from harness.models.hf_families import FAMILIES, family_of
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 _DOWNLOAD_HINT = (
     "python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
@@ -40,21 +45,34 @@ def hf_cache_dir() -> Path:
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
-def load_model(spec: str, device: torch.device | str = "cpu") -> HookedModel:
+def load_model(spec: str, device: torch.device | str = "cpu", allow_pickle_weights: bool = False) -> HookedModel:
     """Resolve a model spec (see the module docstring) to a :class:`HookedModel` on ``device``."""
     if not isinstance(spec, str) or not spec.strip():
         raise HarnessError(f"model spec must be a non-empty string, got {spec!r}")
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _load_directory(path, device)
+        return _load_directory(path, device, allow_pickle_weights)
     if path.exists():
         raise HarnessError(f"model spec {spec!r} is a file; expected a Hugging Face id such as 'gpt2' or a model directory")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise HarnessError(f"model directory {spec!r} does not exist")
-    return _load_hub_id(spec, device)
+    return _load_hub_id(spec, device, allow_pickle_weights)
 
 
-def _load_directory(path: Path, device) -> HookedModel:
+def _check_safetensors(path: Path, allow_pickle_weights: bool) -> None:
+    """A directory with pickle weights and no safetensors is refused unless pickle weights are allowed."""
+    if allow_pickle_weights or any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickled:
+        raise HarnessError(
+            f"{path} holds its weights only as pickle files ({', '.join(pickled)}); the harness reads safetensors: "
+            "re-save with model.save_pretrained(DIR) (safetensors by default), or pass --allow-pickle-weights "
+            "(read with torch.load(weights_only=True))"
+        )
+
+
+def _load_directory(path: Path, device, allow_pickle_weights: bool = False) -> HookedModel:
     if GPT_CARD.holds(path):
         return load_gpt(path, device)
     if (path / "config.json").is_file():
@@ -64,14 +82,16 @@ def _load_directory(path: Path, device) -> HookedModel:
                 f"{path} holds a Hugging Face model but no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
                 "save it next to the model with tokenizer.save_pretrained"
             )
-        return _load_hf(str(path), device, model_id=f"hf:{path.name}", cache_dir=None)
+        _check_safetensors(path, allow_pickle_weights)
+        return _load_hf(str(path), device, model_id=f"hf:{path.name}", cache_dir=None,
+                        allow_pickle_weights=allow_pickle_weights)
     raise HarnessError(
         f"{path} holds no model: expected {GPT_JSON} + model.safetensors (a harness GPT written by save_gpt) "
         "or config.json + weights + tokenizer files (a causal LM written by save_pretrained)"
     )
 
 
-def _load_hub_id(name: str, device) -> HookedModel:
+def _load_hub_id(name: str, device, allow_pickle_weights: bool = False) -> HookedModel:
     from transformers import AutoConfig
 
     cache = hf_cache_dir()
@@ -87,19 +107,22 @@ def _load_hub_id(name: str, device) -> HookedModel:
             f"[{type(e).__name__}]"
         ) from None
     family_of(config, name)
-    return _load_hf(name, device, model_id=name, cache_dir=str(cache))
+    return _load_hf(name, device, model_id=name, cache_dir=str(cache), allow_pickle_weights=allow_pickle_weights)
 
 
-def _load_hf(source: str, device, model_id: str, cache_dir: str | None) -> HookedModel:
+def _load_hf(source: str, device, model_id: str, cache_dir: str | None, allow_pickle_weights: bool = False) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     from harness.models.hf_causal import HFCausalLM
 
     kwargs = dict(local_files_only=True, cache_dir=cache_dir)
+    # safetensors only unless pickle weights are allowed (transformers then reads them with weights_only=True)
+    weights = {} if allow_pickle_weights else {"use_safetensors": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs).float()  # no dtype argument: its name changed in 5.0
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **weights).float()  # no dtype argument: renamed in 5.0
     except (OSError, ValueError) as e:
-        raise HarnessError(f"cannot load the model weights from {source}: {e}") from None
+        hint = "" if allow_pickle_weights else " (safetensors only; --allow-pickle-weights also reads pickle weights)"
+        raise HarnessError(f"cannot load the model weights from {source}{hint}: {e}") from None
     # A directory's tokenizer.json is the whole tokenizer (normaliser, pre-tokenizer, model): load it as
     # written. AutoTokenizer would pick a class from the model type and, in transformers 5, rebuild a
     # Qwen2/Llama tokenizer's pipeline around the saved vocabulary (a word-level tokenizer saved next to a

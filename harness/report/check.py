@@ -111,18 +111,48 @@ def read_reference(path: Path) -> dict[str, Any]:
         raise HarnessError(f"{path}: not a harness reference file (schema {doc.get('schema') if isinstance(doc, dict) else None!r})")
     if doc.get("schema_version") != REF_SCHEMA_VERSION:
         raise HarnessError(f"{path}: reference schema version {doc.get('schema_version')!r} is not supported")
-    for i, e in enumerate(doc.get("entries", [])):
-        for key in ("task", "task_version", "model", "task_config_hash", "method", "method_version",
-                    "method_params", "method_config_hash", "seeds", "metrics"):
-            if key not in e:
-                raise HarnessError(f"{path}: entry {i} lacks field {key!r}")
-        for name, m in e["metrics"].items():
-            if not isinstance(m, dict) or not isinstance(m.get("value"), (int, float)):
-                raise HarnessError(f"{path}: entry {i} ({e['task']} / {e['method']}) metric {name!r} has no numeric value")
+    entries = doc.get("entries", [])
+    if not isinstance(entries, list):
+        raise HarnessError(f"{path}: field 'entries' must be a list, got {type(entries).__name__}")
+    for i, e in enumerate(entries):
+        _check_entry_fields(e, f"{path}: entry {i}")
     if not isinstance(doc.get("device_type", "cpu"), str):
         raise HarnessError(f"{path}: device_type must be a string such as \"cpu\" or \"cuda\"")
     _check_device_tolerance(doc.get("device_tolerance", {}), path)
     return doc
+
+
+#: the fields of a reference entry and their JSON types
+_ENTRY_FIELDS = {"task": str, "task_version": str, "model": str, "task_config_hash": str, "method": str,
+                 "method_version": str, "method_params": dict, "method_config_hash": str, "seeds": list, "metrics": dict}
+
+
+def _check_entry_fields(e: Any, where: str) -> None:
+    if not isinstance(e, dict):
+        raise HarnessError(f"{where} is {type(e).__name__ if e is not None else 'null'}, expected an object")
+    for key, typ in _ENTRY_FIELDS.items():
+        if key not in e:
+            raise HarnessError(f"{where} lacks field {key!r}")
+        if not isinstance(e[key], typ):
+            raise HarnessError(f"{where}: field {key!r} is {type(e[key]).__name__}, expected {typ.__name__}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in e["seeds"]):
+        raise HarnessError(f"{where}: field 'seeds' must list integers")
+    for name, m in e["metrics"].items():
+        value = m.get("value") if isinstance(m, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not _finite(value):
+            raise HarnessError(f"{where} ({e['task']} / {e['method']}) metric {name!r} has no finite numeric value")
+        for tol in ("abs_tol", "rel_tol"):
+            if tol in m and (not isinstance(m[tol], (int, float)) or isinstance(m[tol], bool) or not _finite(m[tol])):
+                raise HarnessError(f"{where} ({e['task']} / {e['method']}) metric {name!r}: {tol} is not a finite number")
+
+
+def _finite(value: float) -> bool:
+    import math
+
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _check_tol(spec: Any, where: str) -> None:
@@ -187,7 +217,7 @@ class Finding:
     task: str
     method: str
     metric: str
-    kind: str  # "regression", "missing", "version", "improvement", "device"
+    kind: str  # "regression", "missing", "removed", "version", "improvement", "device"
     reference: float | None = None
     current: float | None = None
     tolerance: float | None = None
@@ -211,6 +241,10 @@ def check(records: Iterable[dict[str, Any]], reference: dict[str, Any]) -> list[
     for e in reference["entries"]:
         label = method_label(e["method"], e["method_params"])
         found = current.get(_entry_id(e))
+        removed = _removed(e)
+        if found is None and removed:
+            findings.append(Finding(e["task"], label, "*", "removed", detail=removed))
+            continue
         if found is None:
             findings.append(Finding(e["task"], label, "*", "missing", detail="no current results for this task/method/config"))
             continue
@@ -228,6 +262,20 @@ def check(records: Iterable[dict[str, Any]], reference: dict[str, Any]) -> list[
             continue
         findings += _check_entry(e, label, [by_seed[s] for s in e["seeds"]], reference)
     return findings
+
+
+def _removed(e: dict[str, Any]) -> str:
+    """Why a reference entry can have no current results: its task or method is no longer registered ("" if both are)."""
+    gone = []
+    for kind, lookup in (("task", registry.get_task), ("method", registry.get_method)):
+        try:
+            lookup(e[kind])
+        except UnknownNameError:
+            gone.append(f"{kind} {e[kind]!r}")
+    if not gone:
+        return ""
+    return (f"{' and '.join(gone)} no longer exist{'s' if len(gone) == 1 else ''} (removed or renamed; not loaded: a "
+            "plugin?); regenerate the reference with `harness reference` if intended")
 
 
 def _check_entry(e: dict[str, Any], label: str, recs: list[dict[str, Any]], reference: dict[str, Any]) -> list[Finding]:

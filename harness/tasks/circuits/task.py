@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from harness.core.context import RunContext
+from harness.core.inputs import content_hash
 from harness.errors import ConfigError, HarnessError, InvalidOutputError
 from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
 from harness.models.base import HookedModel
@@ -58,12 +59,16 @@ _MODELS: dict[tuple[str, str, str], HookedModel] = {}
 _LOCK = threading.Lock()
 
 
-def get_model(spec: str, device: torch.device | str = "cpu", cache_dir: Path | None = None) -> HookedModel:
-    """Load (once per process) the model named by ``spec``: a planted model name, ``gpt2``, or a directory."""
+def get_model(spec: str, device: torch.device | str = "cpu", cache_dir: Path | None = None,
+              allow_pickle_weights: bool = False) -> HookedModel:
+    """Load (once per process) the model named by ``spec``: a planted model name, ``gpt2``, or a directory (held
+    per content: a directory whose files changed is loaded again)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"config 'model' must be a model name or directory, got {spec!r}")
     device = torch.device(device)
-    resolved = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
+    path = Path(spec).expanduser()
+    local = spec not in planted.PLANTED and path.exists()
+    resolved = f"{path.resolve()}@{content_hash(path)}" if local else spec
     key = (resolved, str(device), str(cache_dir) if spec in planted.PLANTED else "")
     with _LOCK:
         model = _MODELS.get(key)
@@ -73,7 +78,7 @@ def get_model(spec: str, device: torch.device | str = "cpu", cache_dir: Path | N
             else:
                 from harness.models.loading import load_model
 
-                model = load_model(spec, device)
+                model = load_model(spec, device, allow_pickle_weights=allow_pickle_weights)
                 card = getattr(model, "card", None)
                 if isinstance(card, dict) and "verification" in card:
                     planted.check_card(card, where=spec)  # a planted model saved elsewhere: refuse if it failed
@@ -223,10 +228,19 @@ class CircuitTask(Task):
             f"--set ground_truth=FILE (a JSON list of [layer, head] pairs, e.g. [[0, 1], [2, 0]])"
         )
 
+    def preflight(self, config: CircuitConfig, ctx: RunContext) -> None:
+        """A model the user brings (a directory or a Hugging Face id) loads, and its ground truth (the file given,
+        the card's or GPT-2's) is in range for it: checked once, before any cell runs."""
+        if str(config.model) in planted.PLANTED and not config.ground_truth:
+            return
+        self._check_config(config)
+        model = get_model(str(config.model), ctx.device, Path(ctx.cache_dir) / "models", ctx.allow_pickle_weights)
+        self.ground_truth(config, model)
+
     # the three steps ----------------------------------------------------------
     def build(self, config: CircuitConfig, ctx: RunContext) -> CircuitTaskData:
         self._check_config(config)
-        model = get_model(str(config.model), ctx.device, Path(ctx.cache_dir) / "models")
+        model = get_model(str(config.model), ctx.device, Path(ctx.cache_dir) / "models", ctx.allow_pickle_weights)
         truth, source = self.ground_truth(config, model)
         vocab = self.vocabulary(model)
         fit = self.split(model, int(config.n_fit), 2 * int(ctx.seed), vocab)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -216,11 +217,17 @@ class EmbeddedLMTask(ReconstructionTask):
     Config = SourceConfig
     defaults = {"model": "docstring-gpt", "layer": 1}
 
-    def make_source(self, config: Any, ctx: RunContext) -> Source:
+    def preflight(self, config: Any, ctx: RunContext) -> None:
         from harness.embedded import docstring_lm as lm
 
         if config.model != lm.NAME:
-            raise ConfigError(f"task {self.name!r} reads the embedded model {lm.NAME!r}; got model {config['model']!r}")
+            raise ConfigError(f"task {self.name!r} reads the embedded model {lm.NAME!r}; got model {config.model!r} "
+                              "(a model of your own: the reconstruction/gpt2-* tasks)")
+
+    def make_source(self, config: Any, ctx: RunContext) -> Source:
+        from harness.embedded import docstring_lm as lm
+
+        self.preflight(config, ctx)
         n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
         layer = int(config.layer)
         mkey = ("docstring-gpt", str(ctx.cache_dir), str(ctx.device))
@@ -243,12 +250,16 @@ class MiniLMTask(ReconstructionTask):
     Config = MiniLMConfig
     defaults = {"model": MINILM_ID, "layer": 3, "n_train": 400, "n_test": 150}
 
+    def preflight(self, config: Any, ctx: RunContext) -> None:
+        if config.model != MINILM_ID:
+            raise ConfigError(f"task {self.name!r} reads {MINILM_ID!r}; got model {config.model!r} "
+                              "(a model of your own: the reconstruction/gpt2-* tasks)")
+
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         from harness.data import corpus
         from harness.models.minilm import load_minilm
 
-        if config.model != MINILM_ID:
-            raise ConfigError(f"task {self.name!r} reads {MINILM_ID!r}; got model {config['model']!r}")
+        self.preflight(config, ctx)
         n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
         max_tokens = self._positive_int(config, "max_tokens")
         layer = int(config.layer)
@@ -276,24 +287,37 @@ class GPT2Task(ReconstructionTask):
     input_keys = ("model",)  # a directory written by save_pretrained (a Hugging Face id is no path)
     in_default_suite = False  # needs GPT-2 weights in the local Hugging Face cache
 
-    def make_source(self, config: Any, ctx: RunContext) -> Source:
+    def preflight(self, config: Any, ctx: RunContext) -> None:
+        """The model loads (a directory, or a Hugging Face id in the local cache): checked before any cell runs."""
+        self._model(config, ctx)
+
+    def _model(self, config: Any, ctx: RunContext) -> tuple[Any, tuple, torch.Tensor, str]:
+        """``(model, memo key, token ids of the corpus, fingerprint)``, loaded once per process and content."""
+        from harness.core.inputs import content_hash
         from harness.models.loading import load_model
         from harness.data import corpus
 
-        n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
-        seq_len = self._positive_int(config, "seq_len")
-        layer = int(config.layer)
         spec = str(config.model)
-        mkey = ("hf", spec, str(ctx.device))
+        path = Path(spec).expanduser()
+        content = content_hash(path)[:16] if path.exists() else ""  # a directory: held per content
+        mkey = ("hf", spec, content, str(ctx.device))
         if mkey not in _MODELS:
-            model = load_model(spec, device=ctx.device)  # HarnessError with instructions when not cached
+            # HarnessError with instructions when not cached
+            model = load_model(spec, device=ctx.device, allow_pickle_weights=ctx.allow_pickle_weights)
             if getattr(model, "tokenizer", None) is None:
                 raise ConfigError(f"model {spec!r} has no tokenizer; these tasks tokenise text")
             text = "\n\n".join(d for d in corpus.documents() if corpus.split_of(d) == "sae")
             ids = torch.tensor(model.tokenizer(text)["input_ids"], dtype=torch.long)
             fingerprint = f"{model.model_id}:{sum(p.numel() for p in model.model.parameters())}:{corpus.text_hash([text])}"
-            _MODELS[mkey] = (model, ids, fingerprint)
+            _MODELS[mkey] = (model, ids, fingerprint + (f":{content}" if content else ""))
         model, ids, fingerprint = _MODELS[mkey]
+        return model, mkey, ids, fingerprint
+
+    def make_source(self, config: Any, ctx: RunContext) -> Source:
+        n_train, n_test = self._positive_int(config, "n_train"), self._positive_int(config, "n_test")
+        seq_len = self._positive_int(config, "seq_len")
+        layer = int(config.layer)
+        model, mkey, ids, fingerprint = self._model(config, ctx)
         n = ids.numel() // seq_len
         windows = ids[: n * seq_len].view(n, seq_len)
         tr, te = _split(n, n_train, n_test, f"{seq_len}-token windows of the held-out docstrings")
