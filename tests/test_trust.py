@@ -80,12 +80,13 @@ def _cells(**kw):
 
 
 def test_default_cells_keep_their_identity():
-    """Counting external inputs changed no built-in cell: keys computed on main before inputs existed, and every
-    entry of the committed reference (task-config and method-config hashes) is still a cell of the suite."""
+    """Counting external inputs changed no built-in cell (an invariant, so it passes on main too): keys computed
+    on main before inputs existed, and every entry of the committed reference (task-config and method-config
+    hashes) is still a cell of the suite."""
     import json
     from pathlib import Path
 
-    from harness.core.records import side_config_hash
+    from harness.core.records import config_hash
 
     registry.load_all()
     keys = {c.label: c.identity.key for c in _cells(seeds=[0, 1])}
@@ -93,10 +94,11 @@ def test_default_cells_keep_their_identity():
     assert keys["circuits/ioi | eap | seed 0"] == "7688a62fcd93ca68e5c9"
     assert keys["reconstruction/embedded-resid | topk-sae | seed 1"] == "3bb9ff0aad761a68d6ed"
     builtin = [c for c in _cells() if c.task_entry.source == c.method_entry.source == "builtin"]
-    assert builtin and all("inputs" not in c.identity.config and not c.identity.inputs for c in builtin)
+    assert builtin and all("inputs" not in c.identity.config and not getattr(c.identity, "inputs", None)
+                           for c in builtin)
     ref = json.loads((Path(__file__).resolve().parents[1] / "results" / "reference.json").read_text())
     have = {(c.task_entry.name, c.task_entry.version, c.identity.task_config_hash, c.method_entry.name,
-             side_config_hash(c.identity.config, "method")) for c in _cells()}
+             config_hash(c.identity.config["method"])) for c in builtin}
     wanted = {(e["task"], e["task_version"], e["task_config_hash"], e["method"], e["method_config_hash"])
               for e in ref["entries"]}
     assert wanted and wanted <= have
@@ -455,3 +457,27 @@ def test_pickle_only_model_weights_need_allow_pickle_weights(tmp_path):
     assert main(argv) == 2
     assert main(argv + ["--allow-pickle-weights"]) == 1  # loads; the 4-word vocabulary cannot build IOI prompts
     assert len(Store(tmp_path / "r").load_all(("error",))) == 1
+
+
+def test_sys_exit_from_the_command_line_is_a_failed_cell_not_the_end_of_the_run(capsys, tmp_path):
+    code, out, err = _cli(capsys, "run", "--plugin", "trust_plugin", "--tasks", "toy/vector", "--methods",
+                          "trust-misbehave", "toy-good", "--seeds", "0", "1", "--no-progress", "--device", "cpu",
+                          "--results-dir", str(tmp_path / "r"))
+    assert code == 1
+    assert "4 cells: 4 run, 0 already recorded, 2 failed" in out
+    assert "FAILED toy/vector | trust-misbehave | seed 1: SystemExit: the cell called sys.exit(3)" in out
+
+
+def test_stale_temporary_record_files_are_removed_at_the_next_run(results_dir):
+    import os
+    import time
+
+    stale = results_dir / "records" / "toy_vector" / "toy-good" / ".tmp-abandoned.json"
+    fresh = stale.with_name(".tmp-being-written.json")
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert run(toy_spec(results_dir, ["toy-good"], seeds=[0])).ok
+    assert not stale.exists() and fresh.exists()  # another run may be writing the fresh one
