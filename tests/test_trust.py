@@ -481,3 +481,24 @@ def test_stale_temporary_record_files_are_removed_at_the_next_run(results_dir):
     os.utime(stale, (old, old))
     assert run(toy_spec(results_dir, ["toy-good"], seeds=[0])).ok
     assert not stale.exists() and fresh.exists()  # another run may be writing the fresh one
+
+
+def test_large_input_hashes_are_remembered_across_processes_and_follow_edits(tmp_path, monkeypatch):
+    import hashlib
+
+    from harness.core import inputs
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(inputs, "DISK_MEMO_BYTES", 10)
+    monkeypatch.setattr(inputs, "_MEMO", {})
+    big = tmp_path / "weights.bin"
+    big.write_bytes(b"0123456789" * 5)
+    assert inputs.content_hash(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert len(list((tmp_path / "cache" / "input-hashes").glob("*.sha256"))) == 1
+    monkeypatch.setattr(inputs, "_MEMO", {})  # a new process: read back from the memo
+    original = inputs._file_sha256
+    monkeypatch.setattr(inputs, "_file_sha256", lambda p: pytest.fail("hashed again"))
+    assert inputs.content_hash(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+    monkeypatch.setattr(inputs, "_file_sha256", original)
+    big.write_bytes(b"9876543210" * 5)  # same size, edited in place
+    assert inputs.content_hash(big) == hashlib.sha256(big.read_bytes()).hexdigest()

@@ -22,7 +22,7 @@ from harness.core.task import Task, config_dict
 from harness.errors import ConfigError, HarnessError
 
 DEFAULT_SEEDS = (0, 1, 2)
-MAX_SEED = 2**31 - 1  # numpy seeds below 2**32, and the circuits tasks use 2 * seed + 1
+MAX_SEED = 2**32 - 1  # numpy's seed range (every generator the tasks seed accepts it)
 SUITES: dict[str, tuple[int, ...]] = {"default": DEFAULT_SEEDS, "quick": (0,)}
 
 

@@ -26,6 +26,10 @@ from typing import Any, Iterable, Mapping
 #: (path, stat signature) -> sha256 hex: a run hashes each input once, and again only when it changed
 _MEMO: dict[tuple, str] = {}
 _CHUNK = 1 << 20
+#: files at least this large keep their hash in the cache directory too, so that worker processes and later
+#: runs do not read gigabytes of weights again; the entry is keyed by the file's stat signature, ctime
+#: included, which every write changes and no user call can set back
+DISK_MEMO_BYTES = 16 << 20
 
 
 def _file_sha256(path: Path) -> str:
@@ -34,6 +38,32 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _disk_memo(path: Path, signature: tuple) -> Path:
+    from harness.core.cache import default_cache_dir
+
+    name = hashlib.sha256(repr((str(path), signature)).encode()).hexdigest()[:32]
+    return default_cache_dir() / "input-hashes" / f"{name}.sha256"
+
+
+def _large_file_sha256(path: Path, signature: tuple) -> str:
+    """:func:`_file_sha256` through the on-disk memo (a memo that cannot be read or written is skipped)."""
+    from harness.core.io import atomic_write_text
+
+    memo = _disk_memo(path, signature)
+    try:
+        text = memo.read_text().strip()
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except OSError:
+        pass
+    digest = _file_sha256(path)
+    try:
+        atomic_write_text(memo, digest + "\n")
+    except OSError:
+        pass
+    return digest
 
 
 def _files(root: Path) -> list[Path]:
@@ -46,7 +76,7 @@ def _files(root: Path) -> list[Path]:
 
 def _signature(path: Path) -> tuple:
     st = path.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def content_hash(path: str | Path) -> str:
@@ -61,9 +91,10 @@ def content_hash(path: str | Path) -> str:
                 h.update(f"{f.relative_to(path).as_posix()}\0{content_hash(f)}\n".encode())
             _MEMO[key] = h.hexdigest()
         return _MEMO[key]
-    key = (str(path), _signature(path))
+    signature = _signature(path)
+    key = (str(path), signature)
     if key not in _MEMO:
-        _MEMO[key] = _file_sha256(path)
+        _MEMO[key] = _large_file_sha256(path, signature) if signature[0] >= DISK_MEMO_BYTES else _file_sha256(path)
     return _MEMO[key]
 
 

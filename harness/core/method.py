@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import torch
 
@@ -12,9 +13,20 @@ from harness.core.context import RunContext
 from harness.errors import ConfigError
 
 
+_JSON_TYPES = (int, float, str, bool, type(None), list, tuple, dict)
+
+
+def _checkable(typ: Any) -> bool:
+    """Annotations made of JSON types only (``int | None``, ``float | str``, ``tuple[int, ...]``): a value from
+    ``--grid`` can be checked against them; a parameter of any other type (``torch.dtype``, a callable) is left
+    to the method, which may convert strings itself."""
+    options = get_args(typ) if get_origin(typ) in (Union, UnionType) else (typ,)
+    return all((get_origin(t) or t) in _JSON_TYPES for t in options)
+
+
 def _sequence_ok(value: Any, typ: Any) -> bool:
     """A JSON list where the annotation is a tuple / list / sequence type (``--grid`` values come from JSON)."""
-    options = get_args(typ) if get_origin(typ) is not None and get_origin(typ) not in (list, tuple) else (typ,)
+    options = get_args(typ) if get_origin(typ) in (Union, UnionType) else (typ,)
     for t in options:
         origin = get_origin(t) or t
         if isinstance(origin, type) and issubclass(origin, Sequence) and origin is not str and isinstance(value, list):
@@ -81,7 +93,7 @@ class Method:
             hints = {}
         for key, value in params.items():
             typ = hints.get(key)
-            if typ is None or _sequence_ok(value, typ):
+            if typ is None or not _checkable(typ) or _sequence_ok(value, typ):
                 continue
             try:
                 ok = accepts_type(value, typ)
