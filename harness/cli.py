@@ -227,8 +227,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = _write_leaderboard_and_plots(args.results_dir)
     print(f"{len(summary.records)} cells: {summary.ran} run, {summary.skipped} already recorded, "
           f"{len(summary.failed)} failed. Records in {args.results_dir / 'records'}; leaderboard in {path}")
+    from harness.core.records import method_label
+
     for r in summary.failed:
-        print(f"  FAILED {r['task']} | {r['method']} | seed {r['seed']}: {r['error'].splitlines()[0]}")
+        print(f"  FAILED {r['task']} | {method_label(r['method'], r['method_params'])} | seed {r['seed']}: "
+              f"{r['error'].splitlines()[0]}")
     return EXIT_FAIL if summary.failed else EXIT_OK
 
 

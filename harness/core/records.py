@@ -256,7 +256,8 @@ class Store:
         root = Path(self.results_dir)
         for d in (root, self.records_dir):
             if d.exists() and not d.is_dir():
-                raise RecordError(f"results directory {root}: {d} is a file, not a directory; pass another --results-dir")
+                where = f"results directory {root}" + (f": {d}" if d != root else "")
+                raise RecordError(f"{where} is a file, not a directory; pass another --results-dir")
         try:
             self.records_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.records_dir, prefix=".tmp-probe-"):
