@@ -22,6 +22,7 @@ from harness.core.cache import default_cache_dir
 from harness.core.cell import make_cell
 from harness.core.context import RunContext
 from harness.core.runner import run_cell
+from harness.core.threads import default_threads, thread_budget
 from harness.core.seeding import resolve_device
 
 
@@ -66,6 +67,8 @@ def selftest(device: str | torch.device = "auto", tasks: Sequence[str] | None = 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     ctx = RunContext(seed=0, device=dev,
                      cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), show_progress=False)
+    threads = default_threads(1)
+    ctx = RunContext(seed=0, device=ctx.device, cache_dir=ctx.cache_dir, threads=threads)
     results: list[SelftestResult] = []
     data_cache: dict = {}
     tasks_made: dict[str, tuple] = {}
@@ -76,7 +79,8 @@ def selftest(device: str | torch.device = "auto", tasks: Sequence[str] | None = 
         task, config = tasks_made[t.name]
         t0 = time.perf_counter()
         cell = make_cell(t, task, config, m, dict(m.cls.selftest_params), 0)
-        record = run_cell(cell, ctx, data_cache)
+        with thread_budget(threads):  # as `harness run` does: the free cores, so a busy machine does not stall it
+            record = run_cell(cell, ctx, data_cache)
         reason = record.error.strip().splitlines()[0] if record.error else ""
         result = SelftestResult(t.name, m.name, record.status == "ok", reason, time.perf_counter() - t0)
         results.append(result)
