@@ -119,3 +119,40 @@ def test_head_defaults_to_the_root_of_the_work_tree_from_a_subdirectory(tmp_path
                            sample_s=0.001, progress=False, repo=repo / "sub")
     assert report.head == f"working tree {repo.resolve()}" and report.ok
     assert report.comparisons and report.comparisons[0].verdict == "same"
+
+
+def test_a_bias_of_one_long_lived_worker_is_not_confirmed(tmp_path, kernels_file):
+    """The first head process is slow for its whole life, later ones are not: fresh-process rounds clear it."""
+    base = _tree(tmp_path / "base", 0.002)
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "toymod.py").write_text(textwrap.dedent(f"""
+        import os, time
+        _marker = {str(tmp_path / 'first-process-seen')!r}
+        _slow = not os.path.exists(_marker)
+        open(_marker, "w").close()
+        def work():
+            time.sleep(0.005 if _slow else 0.002)
+    """))
+    report = compare_speed(str(base), str(head), kernels=["work"], kernels_file=kernels_file, rounds=5, repeat=2,
+                           sample_s=0.01, progress=False)
+    [c] = report.comparisons
+    assert c.ratio > 1.5 and c.confirmation["verdict"] == "same" and c.verdict == "same" and report.ok
+    assert 0.7 < c.confirmation["ratio"] < 1.4
+
+
+def test_identical_harness_sources_never_fail_the_gate(tmp_path, kernels_file):
+    from harness.tracking.speed import source_digest
+
+    base = _tree(tmp_path / "base", 0.002)
+    slow = _tree(tmp_path / "slow", 0.005)  # the slowdown lives outside harness/, which both trees share
+    for tree in (base, slow):
+        (tree / "harness").mkdir()
+        (tree / "harness" / "__init__.py").write_text("VERSION = 1\n")
+    assert source_digest(base) == source_digest(slow) and source_digest(tmp_path) is None
+    report = compare_speed(str(base), str(slow), kernels=["work"], kernels_file=kernels_file, rounds=5, repeat=2,
+                           sample_s=0.01, progress=False)
+    assert report.identical_code and report.comparisons[0].verdict == "slower" and report.ok
+    assert "identical harness sources" in render_report(report) and "OK:" in render_report(report)
+    (slow / "harness" / "__init__.py").write_text("VERSION = 2\n")
+    assert source_digest(base) != source_digest(slow)

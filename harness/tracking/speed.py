@@ -14,7 +14,13 @@ order, so load on the machine hits both alike.  Per kernel it collects
   ``asv compare --factor``), **and**
 - a one-sided Mann-Whitney U test says head is slower at level ``alpha``,
 
-and (``confirm``, the default) a second, independent set of rounds agrees.
+and (``confirm``, the default) a second, independent set of rounds agrees, each
+round of it in a fresh pair of worker processes: a process can carry a bias of
+its own for its whole life (memory layout, the core it landed on; CI once saw
+identical code 1.22x "slower", twice, in one pair of long-lived workers), so
+only samples from independent processes can confirm a slowdown.  When the
+base and head trees hold byte-identical ``harness`` sources a difference
+cannot come from the change: it is reported and never fails.
 
 Both conditions: the factor keeps small, real-but-irrelevant changes from
 failing CI; the test keeps one noisy round from doing so.  Improvements are
@@ -35,7 +41,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from harness.errors import ConfigError, HarnessError
 from harness.core.io import atomic_write_text
@@ -58,7 +64,7 @@ class KernelComparison:
     p_slower: float = math.nan  # one-sided Mann-Whitney p-value for "head slower than base"
     p_faster: float = math.nan
     verdict: str = ""  # "slower" (fails), "faster", or "same"
-    confirmation: dict[str, Any] | None = None  # the second measurement of a kernel first judged slower
+    confirmation: dict[str, Any] | None = None  # the second measurement (fresh processes) of a kernel judged slower
 
 
 @dataclass
@@ -72,9 +78,12 @@ class SpeedReport:
     errors: dict[str, str] = field(default_factory=dict)  # the head cannot run the kernel: fails
     skipped: dict[str, str] = field(default_factory=dict)  # only the base cannot (e.g. a new kernel): warns
     harness_files: dict[str, str | None] = field(default_factory=dict)  # which harness each side imported
+    identical_code: bool = False  # both trees hold the same harness sources: a slowdown is noise, never a failure
 
     @property
     def regressions(self) -> list[KernelComparison]:
+        if self.identical_code:
+            return []
         return [c for c in self.comparisons if c.verdict == "slower"]
 
     @property
@@ -196,6 +205,19 @@ def _trees(base: str, head: str | None, repo: Path, tmp: Path) -> dict[str, Path
     return trees
 
 
+def source_digest(tree: Path, package: str = "harness") -> str | None:
+    """SHA-256 over the relative paths and bytes of ``tree/package``'s ``.py`` files (None without the package)."""
+    import hashlib
+
+    root = tree / package
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(tree)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _note(table: dict[str, str], name: str, exc: Exception, what: str, progress: bool) -> None:
     """Record a kernel that could not be compared (``table``: the report's errors or skipped)."""
     table[name] = str(exc)
@@ -215,7 +237,7 @@ class _Settings:
 
 
 def _compare_kernel(workers: dict, name: str, param: Any, report: SpeedReport, st: _Settings,
-                    rng: random.Random) -> None:
+                    rng: random.Random, fresh_workers: Callable[[], dict[str, Worker]]) -> None:
     """Set up, time and judge one kernel on both sides; the verdict (or the error) goes into ``report``."""
     try:
         first = {"head": workers["head"].request(op="setup", kernel=name, param=param)["first_call_s"]}
@@ -230,8 +252,10 @@ def _compare_kernel(workers: dict, name: str, param: Any, report: SpeedReport, s
         number = max(1, math.ceil(st.sample_s / max(probe, 1e-9)))
         comp = _measure(workers, name, param, number, st.rounds, st.repeat, rng, st.factor, st.alpha)
         if comp.verdict == "slower" and st.confirm:
-            # a flag must survive a second, independent set of rounds: noise rarely repeats itself
-            again = _measure(workers, name, param, number, st.rounds, st.repeat, rng, st.factor, st.alpha)
+            # a flag must survive a second, independent set of rounds, each in fresh processes: noise, and a
+            # bias of one long-lived process, rarely repeat themselves
+            again = _measure_fresh(fresh_workers, name, param, number, st.rounds, st.repeat, rng, st.factor,
+                                   st.alpha)
             comp.confirmation = {"ratio": again.ratio, "p_slower": again.p_slower, "verdict": again.verdict}
             if again.verdict != "slower":
                 comp.verdict = "same"
@@ -288,9 +312,23 @@ def compare_speed(
             workers[side] = Worker(side, trees[side], kfile, tmp)
             stack.callback(workers[side].close)
             report.harness_files[side] = workers[side].harness_file
+        report.identical_code = (source_digest(trees["base"]) is not None
+                                 and source_digest(trees["base"]) == source_digest(trees["head"]))
         rng = random.Random(seed)
+
+        def fresh_workers() -> dict[str, Worker]:
+            pair: dict[str, Worker] = {}
+            try:
+                for side in rng.sample(["base", "head"], 2):  # started in random order
+                    pair[side] = Worker(f"{side}-fresh", trees[side], kfile, tmp)
+            except BaseException:
+                for worker in pair.values():
+                    worker.close()
+                raise
+            return pair
+
         for name in names:
-            _compare_kernel(workers, name, table[name].gate_param, report, settings, rng)
+            _compare_kernel(workers, name, table[name].gate_param, report, settings, rng, fresh_workers)
         return report
 
 
@@ -304,6 +342,33 @@ def _measure(workers: Mapping[str, Worker], name: str, param: Any, number: int, 
         for side in order:
             times = workers[side].request(op="time", kernel=name, param=param, number=number, repeat=repeat)["times"]
             samples[side].append(min(times))
+    comp = KernelComparison(name, param, number, samples["base"], samples["head"])
+    comp.ratio, comp.p_slower, comp.p_faster, comp.verdict = judge(comp.base, comp.head, factor, alpha)
+    return comp
+
+
+def _measure_fresh(fresh_workers: Callable[[], dict[str, Worker]], name: str, param: Any, number: int, rounds: int,
+                   repeat: int, rng: random.Random, factor: float, alpha: float) -> KernelComparison:
+    """Like :func:`_measure`, but each round's two samples come from a new pair of worker processes.
+
+    Each new worker sets the kernel up and calls it once (the warm-up) before its
+    sample is taken, so the samples are as comparable as in :func:`_measure`
+    while being independent across processes.
+    """
+    samples: dict[str, list[float]] = {"base": [], "head": []}
+    for _ in range(rounds):
+        pair = fresh_workers()
+        try:
+            for worker in pair.values():
+                worker.request(op="setup", kernel=name, param=param)
+            order = list(pair)
+            rng.shuffle(order)
+            for side in order:
+                times = pair[side].request(op="time", kernel=name, param=param, number=number, repeat=repeat)["times"]
+                samples[side].append(min(times))
+        finally:
+            for worker in pair.values():
+                worker.close()
     comp = KernelComparison(name, param, number, samples["base"], samples["head"])
     comp.ratio, comp.p_slower, comp.p_faster, comp.verdict = judge(comp.base, comp.head, factor, alpha)
     return comp
@@ -325,6 +390,9 @@ def render_report(report: SpeedReport) -> str:
            "Code timed: " + "; ".join(f"{side}: {path}" for side, path in report.harness_files.items()), "",
            tabulate(rows, headers=["kernel", "size", "calls/sample", "base median", "head median", "head/base",
                                    "p (slower)", "verdict"], tablefmt="github"), ""]
+    if report.identical_code:
+        out.append("base and head hold identical harness sources: any difference above is noise and cannot fail "
+                   "the gate")
     for name, err in report.errors.items():
         out.append(f"ERROR in {name}: {err.splitlines()[0]}")
     for name, err in report.skipped.items():
@@ -341,10 +409,11 @@ def render_report(report: SpeedReport) -> str:
 def write_report_json(report: SpeedReport, path: Path) -> Path:
     doc = {"base": report.base, "head": report.head, "factor": report.factor, "alpha": report.alpha,
            "rounds": report.rounds, "harness_files": report.harness_files, "ok": report.ok,
+           "identical_code": report.identical_code,
            "errors": report.errors, "skipped": report.skipped,
            "comparisons": [asdict(c) for c in report.comparisons], "timestamp": time.time()}
     return atomic_write_text(Path(path), json.dumps(doc, indent=2) + "\n")
 
 
 __all__ = ["KernelComparison", "SpeedReport", "checkout_tree", "compare_speed", "judge", "render_report",
-           "write_report_json"]
+           "source_digest", "write_report_json"]
