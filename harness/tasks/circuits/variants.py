@@ -1,4 +1,9 @@
-"""The registered circuit tasks, one registration per variant: IOI and greater-than."""
+"""The registered circuit tasks, one registration per variant: IOI, greater-than, and the IOI trap models.
+
+The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``) score heads on
+the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
+known failure mode planted (its card says which methods it should defeat and why).
+"""
 
 from __future__ import annotations
 
@@ -23,3 +28,20 @@ add_task(
     task_key="greater_than", vocabulary=D.greater_than_vocabulary, split=D.greater_than_split,
     defaults={"model": "planted-greater-than"},
 )
+
+
+_TRAPS = {
+    "negative": "a negative name mover (its ablation raises the metric) is part of the ground truth",
+    "redundant": "two redundant S-inhibition heads (each alone suffices; both ablated break the task) are both "
+                 "in the ground truth",
+    "busy": "busy but irrelevant heads attend to and copy the names like circuit heads but nothing reads them",
+    "saturated": "upstream circuit heads act only through a saturated attention pattern (gradient ~0, ablation "
+                 "drop large)",
+}
+for _trap, _what in _TRAPS.items():
+    add_task(
+        f"circuits/ioi-{_trap}", CircuitTask, version="1",
+        description=f"IOI on the planted trap model planted-ioi-{_trap}: {_what}; heads scored against its card",
+        task_key="ioi", vocabulary=D.ioi_vocabulary, split=D.ioi_split, defaults={"model": f"planted-ioi-{_trap}"},
+        in_default_suite=False,
+    )
