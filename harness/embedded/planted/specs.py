@@ -295,7 +295,7 @@ TRAP_SPECS: dict[str, PlantedSpec] = {
         "IOI trap: redundant S-inhibition heads 1.3 and 1.6 (each suffices) in the circuit 0.5 -> {1.3, 1.6} -> 2.6",
         Traps(interchange=(((_D,), "io_repeated"), ((_S, (1, 6)), "io_repeated"), ((_N,), "other")),
               redundant=((_S, (1, 6)),), mirror_all=True), trap_notes.REDUNDANT,
-        _trap_recipe(("redundant", 1.0), ("redundant_match", 0.1)), **{"1.6": (13, "s2")}),
+        _trap_recipe(("redundant", 1.0), ("redundant_match", 1.0), steps=1500), **{"1.6": (13, "s2")}),
     "planted-ioi-busy": _trap_spec(
         "planted-ioi-busy", (_D, _S, _N), _BASE_ROLES,
         "IOI trap: busy but irrelevant heads 0.2, 1.4, 2.3 (attend to names like the circuit heads, read by "

@@ -39,19 +39,20 @@ REDUNDANT = {
     "mechanism": (
         "0.5 duplicate token -> {1.3, 1.6} two S-inhibition heads (both end -> S2) -> 2.6 name mover; each of "
         "1.3 and 1.6 alone carries the S-inhibition signal far enough to saturate the name mover's choice, so "
-        "ablating either alone changes nothing, while replacing both with another prompt's (or the corrupted "
-        "prompt's) outputs misleads the name mover.  Caveat, measured: under joint *mean* ablation the model "
-        "still solves the task (a backup path carries the signal when neither head says anything), so the "
-        "pair is jointly necessary under resample and corrupted-prompt patching only"
+        "ablating either alone changes nothing (in the full model, and with every non-circuit head ablated "
+        "too: no backup head), while replacing both with another prompt's (or the corrupted prompt's) "
+        "outputs misleads the name mover.  Caveat, measured: under joint *mean* ablation the model still "
+        "solves the task (drop ~5%: mean outputs carry no wrong signal and the name mover falls back on the "
+        "S2 token), so the pair is jointly necessary under resample and corrupted-prompt patching only"
     ),
     "ground_truth": (
         "{0.5, 1.3, 1.6, 2.6}, the union of the minimal circuits faithful under resample ablation (the "
         "acceptance ablation, and what ACDC, act-patch-resample, EAP and EAP-IG patch in): {0.5, 1.3, 2.6} and "
-        "{0.5, 1.6, 2.6} each reproduce the model (the other redundant head ablated: |drop| <= 5%), neither "
-        "redundant head is needed alone, and the two ablated together drop the metric by >= 30% (card: "
-        "verification.traps.redundant, with the corrupted-patch and mean-ablation numbers).  Both redundant "
-        "heads count as circuit heads: a method should find every head that takes part in some minimal "
-        "faithful circuit"
+        "{0.5, 1.6, 2.6} each reproduce the model with everything else ablated (drop <= 10%), neither "
+        "redundant head matters alone (|drop| <= 5%), and the two ablated together drop the metric by >= 30% "
+        "(card: verification.traps.redundant: single_, minimal_ and joint_ drops under resample, corrupted "
+        "patching and mean ablation).  Both redundant heads count as circuit heads: a method should find "
+        "every head that takes part in some minimal faithful circuit"
     ),
     "predictions": {
         "acdc": "visits layer 1 from head 0 up: removes 1.3 (removing it alone changes nothing), then keeps 1.6 "

@@ -9,14 +9,17 @@ Rows (all on the step's task prompts, every one scored at the last position):
 
 - ``neg``: the negative heads patched at the end from another prompt (term ``negative``);
 - ``red<head>``: one redundant head resample-ablated (every position; a third of the rows each from
-  another prompt, from the corrupted prompt, the batch mean, as the strict rows), one slice of the
-  batch per head of the group (terms ``redundant`` and ``redundant_match``: the answer and the logit
-  difference unchanged).  The group's job comes from its interchange unit (patched together from the
-  prompt with the IO repeated, the answer flips to S).  What did not work (trials, see the README):
-  a term pushing the jointly ablated logit difference to 0 or below half the clean one (so that a
-  joint *mean* ablation breaks the task too) shrank every logit difference (clean metric 15 -> 4-6) or
-  made non-circuit heads matter; ablating every non-circuit head in these rows as well made the
-  redundant heads' signal positional, and a single resample ablation then broke the task (drop 0.57);
+  another prompt, from the corrupted prompt, the batch mean, as the strict rows), and ``alone<head>``:
+  the same head and every non-circuit head ablated, one slice of the batch each (terms ``redundant``
+  and ``redundant_match``: the answer and the logit difference unchanged, so the other redundant head
+  suffices in the full model and on its own, with no non-circuit head backing it up).  The group's job
+  comes from its interchange unit (patched together from the prompt with the IO repeated, the answer
+  flips to S).  What did not work (trials, see the README): ``red`` rows alone let a non-circuit head
+  (1.0) become a third, hidden member of the redundancy (any two of three sufficed); ``alone`` rows
+  alone made the redundant heads' signal positional, and a single resample ablation in the full model
+  then broke the task (drop 0.57); a term pushing the jointly ablated logit difference to 0 or below
+  half the clean one (so that a joint *mean* ablation breaks the task too) shrank every logit
+  difference (clean metric 15 -> 4-6) or made non-circuit heads matter;
 - ``via0``, ``via1``, ...: each ``via`` head alone, then all of them, resample-ablated as above while the
   saturated heads are clamped to their clean output, one slice of the batch each (terms ``via`` and
   ``via_match``: nothing may change; one head at a time because attribution patching scores heads one
@@ -70,10 +73,10 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
     if t.negative:
         rows.add("neg", b.base_tok, heads_mask(t.negative, r), z_other, (last,))
         targets.append(io)
-    for group in t.redundant:
-        for part, h in zip(_slices(len(io), len(group)), group):
-            rows.add("red" + head_name(h), b.base_tok[part], heads_mask((h,), r), strict_rep[part])
-            targets.append(io[part])
+    outside = ~heads_mask(spec.circuit, r)
+    for name, part, mask in _redundant_blocks(t, len(io), r, outside):
+        rows.add(name, b.base_tok[part], mask, strict_rep[part])
+        targets.append(io[part])
     if t.via:
         rep = strict_rep.clone()
         for layer, head in t.saturated:
@@ -81,6 +84,16 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
         for i, (part, heads) in enumerate(zip(_slices(len(io), len(t.via) + 1), via_sets(t))):
             rows.add(f"via{i}", b.base_tok[part], heads_mask(heads + t.saturated, r), rep[part])
             targets.append(io[part])
+
+
+def _redundant_blocks(t, n: int, r: PlantedRecipe, outside: torch.Tensor) -> list[tuple[str, slice, torch.Tensor]]:
+    """``(row block name, slice of the batch, heads ablated)``: per redundant head, ``red<head>`` (it alone)
+    and ``alone<head>`` (it and every non-circuit head)."""
+    blocks = [(h, kind) for group in t.redundant for h in group for kind in ("red", "alone")]
+    if not blocks:
+        return []
+    return [(kind + head_name(h), part, heads_mask((h,), r) | (outside if kind == "alone" else False))
+            for part, (h, kind) in zip(_slices(n, len(blocks)), blocks)]
 
 
 def via_sets(t) -> list[tuple[Head, ...]]:
@@ -130,8 +143,7 @@ def trap_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, ce: torch.Tens
     if t.negative:
         parts["negative"] = ce[sl["neg"]].mean() + _negative_shift(sampler, b, last[sl["neg"]], clean, t.negative_shift)
     if t.redundant:
-        blocks = [("red" + head_name(h), part) for group in t.redundant
-                  for part, h in zip(_slices(len(m_clean), len(group)), group)]
+        blocks = [(name, part) for name, part, _ in _redundant_blocks(t, len(m_clean), spec.recipe, torch.zeros((), dtype=torch.bool))]
         parts["redundant"] = sum(ce[sl[n]].mean() for n, _ in blocks) / len(blocks)
         io, s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s")
         parts["redundant_match"] = sum(

@@ -5,7 +5,9 @@ ablations, attention patterns and logit margins, the per-head activity the activ
 and the linear estimate compared with the real ablation):
 
 - ``redundant`` (per group) and ``busy_joint`` (the busy heads as one group): each head's single drop
-  and the group's joint drop (resample, corrupted-prompt patching, mean ablation);
+  and the group's joint drop (resample, corrupted-prompt patching, mean ablation); for a redundant
+  group also ``minimal_*_drop``: each head ablated together with every non-circuit head, i.e. the
+  circuit without that head (each such circuit must be faithful: the ground truth is their union);
 - ``activity`` / ``activity_last``: per head, the mean over prompts of ``||z_clean - z_corrupt||`` of its
   output mean-pooled over positions (what the discrete-SAE method encodes) / at the last position;
   ``activity_result``: the same for what it writes to the residual stream (pooled ``z @ W_O``);
@@ -35,6 +37,7 @@ TRAP_THRESHOLDS = {
     "negative_max_drop": -0.1,  # a negative head's resample ablation raises the metric by >= 10%
     "redundant_max_single_drop": 0.05,  # one redundant head ablated: |drop| as small as a non-circuit head's
     "redundant_min_joint_drop": 0.3,  # the group ablated together: as large as a circuit head's
+    "redundant_max_minimal_drop": 0.1,  # the circuit without one redundant head (all else ablated) is faithful
     "busy_min_attention": 0.8,  # a busy head attends to its hint's key
     "busy_min_relative_activity": 0.5,  # its activity >= half the circuit heads' mean activity
     "busy_max_joint_drop": 0.05,  # every busy head ablated together: as inert as one non-circuit head
@@ -84,17 +87,24 @@ def _head_attention(model: HookedGPT, captured, tokens, head: Head, query: int, 
 
 
 @torch.no_grad()
-def _joint_drops(model: HookedGPT, split, groups, replacements: dict[str, Any], clean_metric: float, r) -> list[dict]:
-    """Per group of heads: each head's single drop and the joint drop, under each replacement."""
+def _joint_drops(model: HookedGPT, split, groups, replacements: dict[str, Any], clean_metric: float, r,
+                 outside: torch.Tensor | None = None) -> list[dict]:
+    """Per group of heads: each head's single drop and the joint drop, under each replacement; with
+    ``outside`` (a mask), also each head's drop when it is ablated together with every head of ``outside``
+    (``minimal_*``: the circuit without that head, everything else ablated)."""
     out = []
     for group in groups:
-        masks = torch.stack([heads_mask(group, r)] + [heads_mask((h,), r) for h in group]).to(model.device)
+        sets = [heads_mask(group, r)] + [heads_mask((h,), r) for h in group]
+        sets += [heads_mask((h,), r) | outside for h in group] if outside is not None else []
+        masks = torch.stack(sets).to(model.device)
         entry: dict[str, Any] = {"heads": [list(h) for h in group]}
         for name, rep in replacements.items():
             lg = model.ablate_many(split.clean, masks, rep, token_ids=split.metric.token_ids)
             drops = (1 - split.metric.per_prompt_fn(lg).mean(-1) / clean_metric).tolist()
             entry[f"joint_{name}_drop"] = _round(drops[0])
-            entry[f"single_{name}_drop"] = [_round(d) for d in drops[1:]]
+            entry[f"single_{name}_drop"] = [_round(d) for d in drops[1:1 + len(group)]]
+            if outside is not None:
+                entry[f"minimal_{name}_drop"] = [_round(d) for d in drops[1 + len(group):]]
         out.append(entry)
     return out
 
@@ -106,7 +116,8 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
     out: dict[str, Any] = {}
     reps = {"resample": z_source, "corrupted_patch": z_corrupt, "mean_ablation": mean_corrupt}
     if t.redundant:
-        out["redundant"] = _joint_drops(model, split, t.redundant, reps, clean_metric, r)
+        outside = ~heads_mask(spec.circuit, r)
+        out["redundant"] = _joint_drops(model, split, t.redundant, reps, clean_metric, r, outside)
     if t.busy:
         out["busy_joint"] = _joint_drops(model, split, [tuple(h for h, _, _ in t.busy)], reps, clean_metric, r)[0]
     z_clean, grad = model.head_gradients(split.clean, split.metric.from_logits)
@@ -149,6 +160,12 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
             abs(value) <= th["redundant_max_single_drop"], value, th["redundant_max_single_drop"],
             f"largest |single resample drop| of a redundant head: {head_name(h)} {value:.3f} "
             f"(<= {th['redundant_max_single_drop']})")
+        minimal = [(tuple(g["heads"][i]), d) for g in tv["redundant"] for i, d in enumerate(g["minimal_resample_drop"])]
+        h, value = max(minimal, key=lambda x: abs(x[1]))
+        checks["redundant_minimal_circuits_faithful"] = _check(
+            abs(value) <= th["redundant_max_minimal_drop"], value, th["redundant_max_minimal_drop"],
+            f"largest |resample drop| with a redundant head and every non-circuit head ablated (the circuit "
+            f"without it): {head_name(h)} {value:.3f} (<= {th['redundant_max_minimal_drop']})")
         g = min(tv["redundant"], key=lambda g: g["joint_resample_drop"])
         value = g["joint_resample_drop"]
         checks["redundant_joint_matters"] = _check(

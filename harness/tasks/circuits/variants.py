@@ -2,7 +2,9 @@
 
 The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``) score heads on
 the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
-known failure mode planted (its card says which methods it should defeat and why).
+known failure mode planted (its card says which methods it should defeat and why).  They are in the
+default suite: the family's 6 tasks x 7 methods x seeds 0 1 2 (126 cells) ran in 25 s on this 2-core
+machine (10 s without them).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ add_task(
 
 _TRAPS = {
     "negative": "a negative name mover (its ablation raises the metric) is part of the ground truth",
-    "redundant": "two redundant S-inhibition heads (each alone suffices; both ablated break the task) are both "
+    "redundant": "two redundant S-inhibition heads (each alone suffices; both resample-ablated break the task) are both "
                  "in the ground truth",
     "busy": "busy but irrelevant heads attend to and copy the names like circuit heads but nothing reads them",
     "saturated": "upstream circuit heads act only through a saturated attention pattern (gradient ~0, ablation "
@@ -43,5 +45,4 @@ for _trap, _what in _TRAPS.items():
         f"circuits/ioi-{_trap}", CircuitTask, version="1",
         description=f"IOI on the planted trap model planted-ioi-{_trap}: {_what}; heads scored against its card",
         task_key="ioi", vocabulary=D.ioi_vocabulary, split=D.ioi_split, defaults={"model": f"planted-ioi-{_trap}"},
-        in_default_suite=False,
     )
