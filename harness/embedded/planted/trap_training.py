@@ -35,7 +35,7 @@ heads attended to the names but their outputs stayed ~8x smaller than the circui
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
