@@ -32,6 +32,11 @@ def committed() -> dict:
     return {name: load_gpt(COMMITTED[name]) for name in NAMES}
 
 
+def _exempt(spec) -> set:
+    """A trap model's negative and redundant heads: in the circuit, checked by their own rules."""
+    return set(spec.traps.negative) | {h for g in spec.traps.redundant for h in g}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_model_card_passes_and_matches_recomputation(committed, name):
     model = committed[name]
@@ -52,8 +57,11 @@ def test_committed_model_card_passes_and_matches_recomputation(committed, name):
     circuit = np.zeros_like(drop, dtype=bool)
     for layer, head in spec.circuit:
         circuit[layer, head] = True
+    plain = circuit.copy()  # circuit heads judged by the minimum drop (a trap's negative / redundant heads are not)
+    for layer, head in _exempt(spec):
+        plain[layer, head] = False
     assert v["accuracy"] >= 0.95 and v["mean_metric"] > 0
-    assert drop[circuit].min() >= planted.THRESHOLDS["circuit_min_drop"]
+    assert drop[plain].min() >= planted.THRESHOLDS["circuit_min_drop"]
     assert np.abs(drop[~circuit]).max() <= planted.THRESHOLDS["noncircuit_max_abs_drop"]
     assert np.array(v["distractor_effect"])[~circuit].max() >= planted.THRESHOLDS["distractor_min_effect"]
 
@@ -99,7 +107,8 @@ def test_failing_card_is_refused(committed, name, tmp_path):
     with pytest.raises(HarnessError, match="noncircuit_heads_negligible"):
         planted.check_card(_failing_card(model.card), where=name)
     bad = copy.deepcopy(model.card)
-    circuit_head = planted.PLANTED[name].circuit[1]
+    spec = planted.PLANTED[name]
+    circuit_head = [h for h in spec.circuit[1:] + spec.circuit[:1] if h not in _exempt(spec)][0]
     bad["verification"]["resample_drop"][circuit_head[0]][circuit_head[1]] = 0.01
     with pytest.raises(HarnessError, match=f"circuit_heads_matter.*{circuit_head[0]}.{circuit_head[1]}"):
         planted.check_card(bad)
@@ -225,3 +234,84 @@ def test_committed_files_are_small():
         size = sum(f.stat().st_size for f in d.iterdir())
         assert size < 1_000_000, (name, size)
         json.loads((d / "gpt.json").read_text())
+
+
+# ------------------------------------------------------------------ trap models
+TRAP_NAMES = list(planted.TRAP_SPECS)
+
+
+@pytest.mark.parametrize("name", TRAP_NAMES)
+def test_trap_spec_round_trips_through_its_card(committed, name):
+    spec = planted.PLANTED[name]
+    card = committed[name].card
+    assert spec.traps and planted.Traps.from_dict(spec.traps.to_dict()) == spec.traps
+    assert planted.Traps.from_dict(card["traps"]) == spec.traps
+    # the card's JSON sorts keys, so the weights come back in another order (a dict: the loss looks them up)
+    recipe = planted.PlantedRecipe.from_dict(card["recipe"])
+    assert recipe.to_dict() == spec.recipe.to_dict() and dict(recipe.weights) == dict(spec.recipe.weights)
+    assert recipe == replace(spec.recipe, weights=recipe.weights)
+    assert card["trap_notes"] == spec.notes and {"mechanism", "ground_truth", "predictions"} <= set(spec.notes)
+    assert set(spec.notes["predictions"]) >= {"acdc", "act-patch-mean", "act-patch-resample", "eap", "eap-ig",
+                                             "discrete-sae", "random"}
+    assert planted.MODELS[name].is_current(COMMITTED[name])
+    assert not planted.MODELS[name].is_current(Path("/nonexistent"))
+    # every trap has its own checks in the card, all passed
+    checks = card["verification"]["checks"]
+    t = spec.traps
+    expected = ({"negative_heads_raise_metric"} if t.negative else set()) \
+        | ({"redundant_singles_negligible", "redundant_joint_matters"} if t.redundant else set()) \
+        | ({"busy_heads_attend", "busy_heads_active", "busy_heads_inert"} if t.busy else set()) \
+        | ({"via_heads_matter", "saturation_hides_gradient"} if t.via else set())
+    assert expected and expected <= set(checks) and all(checks[c]["passed"] for c in expected)
+
+
+def _break_trap(card: dict, name: str) -> tuple[dict, str]:
+    """A copy of ``card`` whose trap numbers fail, and the check that must say so."""
+    bad = copy.deepcopy(card)
+    v, t = bad["verification"], planted.PLANTED[name].traps
+    if t.negative:
+        layer, head = t.negative[0]
+        v["resample_drop"][layer][head] = 0.02
+        return bad, "negative_heads_raise_metric"
+    if t.redundant:
+        v["traps"]["redundant"][0]["single_resample_drop"][0] = 0.4
+        return bad, "redundant_singles_negligible"
+    if t.busy:
+        layer, head = t.busy[0][0]
+        v["traps"]["activity"][layer][head] = 0.0
+        return bad, "busy_heads_active"
+    layer, head = t.via[0]
+    v["traps"]["linear_estimate_drop"][layer][head] = v["corrupted_patch_drop"][layer][head]
+    return bad, "saturation_hides_gradient"
+
+
+@pytest.mark.parametrize("name", TRAP_NAMES)
+def test_trap_card_that_fails_its_trap_check_is_refused(committed, name):
+    bad, check = _break_trap(committed[name].card, name)
+    with pytest.raises(HarnessError, match=f"check '{check}' failed"):
+        planted.check_card(bad, where=name)
+    # without its traps entry the same numbers are judged as a plain planted model's: the negative and
+    # redundant heads then fail the circuit check (they are exempt from it only as declared traps)
+    t = planted.PLANTED[name].traps
+    if t.negative or t.redundant:
+        plain = {k: v for k, v in committed[name].card.items() if k != "traps"}
+        with pytest.raises(HarnessError, match="circuit_heads_matter"):
+            planted.check_card(plain, where=name)
+
+
+TINY_TRAP = dict(TINY, n_heads=8, steps=2, verify_prompts=16)
+
+
+@pytest.mark.parametrize("name", TRAP_NAMES)
+def test_trap_training_smoke_is_deterministic_and_fails_verification(name):
+    spec = planted.PLANTED[name]
+    recipe = replace(spec.recipe, **TINY_TRAP)
+    model = planted.build_model(name, recipe, log=None)
+    history = model.card["training"]["history"][-1]
+    own = {"negative": spec.traps.negative, "redundant_match": spec.traps.redundant,
+           "busy_attention": spec.traps.busy, "via_match": spec.traps.via, "saturation": spec.traps.saturated}
+    assert {k for k, v in own.items() if v} <= set(history) and np.isfinite(history["loss"])
+    assert not model.card["verification"]["passed"] and "traps" in model.card["verification"]
+    again, _ = planted.train(spec, recipe, log=None)
+    for a, b in zip(model.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -1,10 +1,23 @@
 """Embedded planted-circuit models: small GPTs whose task circuit is known by construction, then verified.
 
-Split by job: :mod:`.specs` (recipe, designated circuits, thresholds), :mod:`.samplers`
-(vocabularies, vectorised prompts, the distractor), :mod:`.trainer`, :mod:`.verifier`
-(card numbers and checks), :mod:`.build` (build, the registry entries, :func:`load_planted`).
+Split by job: :mod:`.specs` (recipe, designated circuits, thresholds, the trap models' specs),
+:mod:`.samplers` (vocabularies, vectorised prompts, the distractor), :mod:`.trainer`, :mod:`.verifier`
+(card numbers and checks), :mod:`.build` (build, the registry entries, :func:`load_planted`), and for
+the trap models :mod:`.trap_training` (their extra rows and loss terms), :mod:`.traps` (their
+verification numbers and checks) and :mod:`.trap_notes` (mechanism, ground truth and predicted method
+outcomes, written into their cards).
 
-One model per task, each a 3-layer, 4-head, width-64 GPT with MLPs (width 256)
+Trap models (:data:`TRAP_SPECS`; README, "Circuit trap models", has the measured outcomes): four
+3-layer, 8-head, width-96 GPTs on the same IOI task, each with one known failure mode planted on top
+of the circuit 0.5 (duplicate token) -> 1.3 (S-inhibition) -> 2.6 (name mover)::
+
+  planted-ioi-negative   + 2.2, a negative name mover in the ground truth (its ablation raises the metric)
+  planted-ioi-redundant  1.3 and 1.6 redundant S-inhibition heads (each suffices; both in the ground truth)
+  planted-ioi-busy       + 0.2, 1.4, 2.3 busy non-circuit heads (attend to the names like circuit heads,
+                         outputs as variable, read by nothing)
+  planted-ioi-saturated  2.6's attention saturated, 0.5 and 1.3 acting only through it (gradient ~0)
+
+The original models: one per task, each a 3-layer, 4-head, width-64 GPT with MLPs (width 256)
 (:class:`harness.models.gpt.GPT`) and a word-level tokenizer
 (:class:`harness.models.tokenizer.WordTokenizer`) covering the task's words.
 Prompts for these models are written in the ``"words"`` style of
@@ -69,7 +82,9 @@ head, the increase in the distractor's loss when it is mean-ablated; and
 where each circuit head attends.  A model is accepted when accuracy >= 0.95
 with a positive mean metric, every circuit head's resample drop >= 0.3, every
 non-circuit head's |drop| <= 0.05, and some non-circuit head raises the
-distractor loss by >= 0.5 nats (the distractor keeps non-circuit heads busy).
+distractor loss by >= 0.5 nats (the distractor keeps non-circuit heads busy).  A trap model's negative
+and redundant heads are judged by their own checks instead of the circuit heads' minimum drop, and each
+trap adds checks (:data:`TRAP_THRESHOLDS`).
 """
 
 
@@ -86,17 +101,20 @@ from harness.embedded.planted.specs import (
     PLANTED,
     QUICK_VERIFY_PROMPTS,
     THRESHOLDS,
+    TRAP_SPECS,
     Head,
     PlantedRecipe,
     PlantedSpec,
+    Traps,
     get_spec,
 )
+from harness.embedded.planted.traps import TRAP_THRESHOLDS
 from harness.embedded.planted.trainer import train
 from harness.embedded.planted.verifier import attention_summary, check_card, evaluate_checks, verify
 
 __all__ = [
-    "MODELS", "PLANTED", "QUICK_VERIFY_PROMPTS", "THRESHOLDS", "GreaterThanSampler", "Head", "IOISampler",
-    "PlantedModel", "PlantedRecipe", "PlantedSpec", "attention_summary", "build_model", "check_card",
+    "MODELS", "PLANTED", "QUICK_VERIFY_PROMPTS", "THRESHOLDS", "TRAP_SPECS", "TRAP_THRESHOLDS", "GreaterThanSampler",
+    "Head", "IOISampler", "PlantedModel", "PlantedRecipe", "PlantedSpec", "Traps", "attention_summary", "build_model", "check_card",
     "compare_cards", "evaluate_checks", "get_spec", "induction_batch", "induction_loss", "load_planted",
     "make_tokenizer", "train", "verify",
 ]

@@ -38,6 +38,9 @@ def build_model(name: str, recipe: PlantedRecipe | None = None, log: Log = print
         "training": {**training, "build_seconds": round(total, 1), "torch_version": torch.__version__},
         "verification": verification,
     }
+    if spec.traps:  # only trap models carry these (the original cards are unchanged)
+        model.card["traps"] = spec.traps.to_dict()
+        model.card["trap_notes"] = spec.notes
     if log:
         log(f"[{name}] built in {total:.1f}s; verification " + ("passed" if verification["passed"] else "FAILED"))
         for c in verification["checks"].values():
@@ -67,7 +70,8 @@ class PlantedModel(registry.EmbeddedModel):
         card = self.card_format.card(directory)
         return (card is not None and card.get("name") == self.name
                 and card.get("circuit_heads") == [list(h) for h in self.spec.circuit]
-                and card.get("recipe") == self.spec.recipe.to_dict())
+                and card.get("recipe") == self.spec.recipe.to_dict()
+                and card.get("traps", {}) == (self.spec.traps.to_dict() if self.spec.traps else {}))
 
     def accept(self, model: HookedGPT, where: str, reverify: bool = True) -> None:
         """Refuse (``HarnessError``) a model whose card fails a check, or, with ``reverify``, whose weights

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from harness.embedded.recipe import GPTRecipe
+from harness.embedded.planted import trap_notes
 from harness.embedded.schedule import warmup_cosine
 from harness.errors import HarnessError
 
@@ -64,6 +65,93 @@ class PlantedRecipe(GPTRecipe):
         d["weights"] = {k: v for k, v in self.weights}
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlantedRecipe":
+        """The recipe of a card's ``recipe`` entry (the inverse of :meth:`to_dict`)."""
+        d = dict(data)
+        if isinstance(d.get("weights"), dict):
+            d["weights"] = tuple((k, float(v)) for k, v in d["weights"].items())
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return super().from_dict(d)
+
+
+def _heads(items) -> tuple[Head, ...]:
+    return tuple((int(a), int(b)) for a, b in items)
+
+
+@dataclass(frozen=True)
+class Traps:
+    """Known failure modes planted on top of the IOI circuit (:mod:`harness.embedded.planted.traps`).
+
+    Empty for the original planted models (their training and cards are unchanged).  Fields:
+
+    - ``interchange``: the interchange units, replacing the default one-per-circuit-head: each a group of
+      heads patched *together* and the source, ``"io_repeated"`` (the prompt with the IO repeated: the
+      answer flips to S) or ``"other"`` (another prompt: the answer becomes its IO);
+    - ``negative``: circuit heads that suppress the answer (negative name movers): patched at the end from
+      another prompt, the logit difference must rise by ``negative_shift`` and the other prompt's IO fall
+      by as much (they write minus the name they attend to);
+    - ``redundant``: groups of circuit heads of which each alone suffices: one of them resample-ablated
+      leaves the output unchanged (the group patched together carries the job, by its interchange unit);
+    - ``busy``: non-circuit heads with attention hints ``(head, query, key)``: they attend to names like
+      circuit heads do, their output at ``query`` varies across prompts with a centred RMS norm of at
+      least ``busy_norm`` (as large as the circuit heads'), and the strict term keeps them causally inert;
+    - ``mirror_all``: the mirror rows (distractor sequences) mean-ablate every head but the distractor
+      heads, not only the circuit heads: with 8 heads a layer the distractor is otherwise spread over
+      many heads and no single one matters (verification's distractor check);
+    - ``saturated``: heads whose attention hint is pushed to a logit margin of ``saturation_margin``
+      (softmax saturated), and ``via``: circuit heads that may act only through the saturated heads'
+      attention (patched with the saturated heads clamped to their clean output, nothing changes).
+    """
+
+    interchange: tuple[tuple[tuple[Head, ...], str], ...] = ()
+    negative: tuple[Head, ...] = ()
+    negative_shift: float = 4.0
+    redundant: tuple[tuple[Head, ...], ...] = ()
+    busy: tuple[tuple[Head, int, str], ...] = ()
+    busy_norm: float = 0.0
+    saturated: tuple[Head, ...] = ()
+    saturation_margin: float = 15.0
+    via: tuple[Head, ...] = ()
+    mirror_all: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
+                    or self.mirror_all)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's ``traps`` entry (JSON lists)."""
+        return {
+            "interchange": [[[list(h) for h in heads], kind] for heads, kind in self.interchange],
+            "negative": [list(h) for h in self.negative],
+            "negative_shift": self.negative_shift,
+            "redundant": [[list(h) for h in group] for group in self.redundant],
+            "busy": [[list(h), q, k] for h, q, k in self.busy],
+            "busy_norm": self.busy_norm,
+            "saturated": [list(h) for h in self.saturated],
+            "saturation_margin": self.saturation_margin,
+            "via": [list(h) for h in self.via],
+            "mirror_all": self.mirror_all,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Traps":
+        """The inverse of :meth:`to_dict` (``None`` or ``{}``: no traps)."""
+        d = d or {}
+        return cls(
+            interchange=tuple((_heads(heads), str(kind)) for heads, kind in d.get("interchange", ())),
+            negative=_heads(d.get("negative", ())),
+            negative_shift=float(d.get("negative_shift", cls.negative_shift)),
+            redundant=tuple(_heads(g) for g in d.get("redundant", ())),
+            busy=tuple(((int(h[0]), int(h[1])), int(q), k) for h, q, k in d.get("busy", ())),
+            busy_norm=float(d.get("busy_norm", cls.busy_norm)),
+            saturated=_heads(d.get("saturated", ())),
+            saturation_margin=float(d.get("saturation_margin", cls.saturation_margin)),
+            via=_heads(d.get("via", ())),
+            mirror_all=bool(d.get("mirror_all", False)),
+        )
+
 
 @dataclass(frozen=True)
 class PlantedSpec:
@@ -82,6 +170,10 @@ class PlantedSpec:
     #: Non-circuit heads given distractor jobs by attention hints: a previous-token head, and a head
     #: that attends, inside the repeat, to the token after the earlier occurrence of the current one.
     distractor_heads: dict[str, Head] = field(default_factory=lambda: {"previous_token": (0, 0), "induction": (1, 1)})
+    #: Planted failure modes (:class:`Traps`; empty for the original models).
+    traps: Traps = field(default_factory=Traps)
+    #: A trap model's mechanism, ground-truth definition and predicted method outcomes (card ``trap_notes``).
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 PLANTED: dict[str, PlantedSpec] = {
@@ -150,8 +242,72 @@ def circuit_mask(spec: PlantedSpec, r: PlantedRecipe) -> torch.Tensor:
     return m
 
 
-def single_head_mask(layer: int, head: int, r: PlantedRecipe) -> torch.Tensor:
-    """Bool ``[n_layers, n_heads]``: True at ``layer.head`` only."""
+def heads_mask(heads, r: PlantedRecipe) -> torch.Tensor:
+    """Bool ``[n_layers, n_heads]``: True at each ``(layer, head)`` of ``heads``."""
     m = torch.zeros(r.n_layers, r.n_heads, dtype=torch.bool)
-    m[layer, head] = True
+    for layer, head in heads:
+        m[layer, head] = True
     return m
+
+
+#: The trap models' sizes and terms: 3 layers x 8 heads (24 heads, so a circuit of 3-4 is rarely hit by
+#: chance), width 96 (d_head 12), MLP 192; the original terms plus each trap's own (weights: squared
+#: logit-difference terms at 0.1 like ``match``).
+TRAP_RECIPE = PlantedRecipe(n_layers=3, n_heads=8, d_model=96, d_mlp=192, steps=1000)
+_BASE_WEIGHTS = TRAP_RECIPE.weights
+
+
+def _trap_recipe(*extra: tuple[str, float], **changes: Any) -> PlantedRecipe:
+    return replace(TRAP_RECIPE, weights=_BASE_WEIGHTS + tuple(extra), **changes)
+
+
+def _trap_spec(name: str, circuit: tuple[Head, ...], roles: dict[str, str], description: str, traps: Traps,
+               notes: dict[str, Any], recipe: PlantedRecipe, **hints: tuple[int, Any]) -> PlantedSpec:
+    """A trap model on the IOI task: base hints and patch positions of the roles, plus ``hints``."""
+    targets = {"0.5": (9, "s1"), "1.3": (13, "s2"), "2.6": (13, "io"), **hints}
+    positions = {h: ((9, 10, 11, 12, 13) if h == "0.5" else (13,)) for h in targets}
+    return PlantedSpec(name=name, task="ioi", circuit=circuit, roles=roles, description=description, recipe=recipe,
+                       patch_positions={head_name(h): positions[head_name(h)] for h in circuit},
+                       attention_targets={head_name(h): targets[head_name(h)] for h in circuit},
+                       traps=traps, notes=notes)
+
+
+_D, _S, _N = (0, 5), (1, 3), (2, 6)
+_BASE_ROLES = {
+    "0.5": "duplicate-token head: at S2 attends to S1 and writes which name is repeated",
+    "1.3": "S-inhibition head: at the last position attends to S2 and moves 0.5's signal there",
+    "2.6": "name mover: at the last position attends to IO and copies it to the output",
+}
+_BASE_UNITS = (((_D,), "io_repeated"), ((_S,), "io_repeated"), ((_N,), "other"))
+
+TRAP_SPECS: dict[str, PlantedSpec] = {
+    "planted-ioi-negative": _trap_spec(
+        "planted-ioi-negative", (_D, _S, (2, 2), _N),
+        {**_BASE_ROLES, "2.2": "negative name mover: at the last position attends to IO and writes minus it "
+                               "(its ablation raises the logit difference)"},
+        "IOI trap: negative name mover 2.2 (in the circuit) next to the circuit 0.5 -> 1.3 -> 2.6",
+        Traps(interchange=_BASE_UNITS, negative=((2, 2),), negative_shift=4.0, mirror_all=True), trap_notes.NEGATIVE,
+        _trap_recipe(("negative", 0.1)), **{"2.2": (13, "io")}),
+    "planted-ioi-redundant": _trap_spec(
+        "planted-ioi-redundant", (_D, _S, (1, 6), _N),
+        {**_BASE_ROLES, "1.3": "S-inhibition head (redundant with 1.6): at the last position attends to S2",
+         "1.6": "S-inhibition head (redundant with 1.3): at the last position attends to S2"},
+        "IOI trap: redundant S-inhibition heads 1.3 and 1.6 (each suffices) in the circuit 0.5 -> {1.3, 1.6} -> 2.6",
+        Traps(interchange=(((_D,), "io_repeated"), ((_S, (1, 6)), "io_repeated"), ((_N,), "other")),
+              redundant=((_S, (1, 6)),), mirror_all=True), trap_notes.REDUNDANT,
+        _trap_recipe(("redundant", 1.0), ("redundant_match", 1.0), steps=1500), **{"1.6": (13, "s2")}),
+    "planted-ioi-busy": _trap_spec(
+        "planted-ioi-busy", (_D, _S, _N), _BASE_ROLES,
+        "IOI trap: busy but irrelevant heads 0.2, 1.4, 2.3 (attend to names like the circuit heads, read by "
+        "nothing) next to the circuit 0.5 -> 1.3 -> 2.6",
+        Traps(interchange=_BASE_UNITS, busy=(((0, 2), 9, "s1"), ((1, 4), 13, "s2"), ((2, 3), 13, "io")),
+              busy_norm=9.0, mirror_all=True),
+        trap_notes.BUSY, _trap_recipe(("busy_attention", 1.0), ("busy_activity", 1.0))),
+    "planted-ioi-saturated": _trap_spec(
+        "planted-ioi-saturated", (_D, _S, _N), _BASE_ROLES,
+        "IOI trap: the name mover 2.6's attention is saturated and 0.5, 1.3 act only through it (gradient ~0, "
+        "ablation drop large)",
+        Traps(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S), mirror_all=True),
+        trap_notes.SATURATED, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
+}
+PLANTED.update(TRAP_SPECS)

@@ -28,7 +28,8 @@ from harness.embedded.planted.samplers import (
     induction_loss,
     make_tokenizer,
 )
-from harness.embedded.planted.specs import Head, PlantedRecipe, PlantedSpec, circuit_mask, head_name, single_head_mask
+from harness.embedded.planted.specs import Head, PlantedRecipe, PlantedSpec, circuit_mask, head_name, heads_mask
+from harness.embedded.planted.trap_training import add_trap_rows, interchange_units, needs_clean_source, trap_parts
 from harness.embedded.recipe import Log
 from harness.models.gpt import GPT, GPTConfig, HookedGPT
 
@@ -165,6 +166,8 @@ def _sample_batch(spec: PlantedSpec, sampler, rng: np.random.Generator, r: Plant
     base_tok = sampler.tokens(base)
     if spec.task == "ioi":
         src_tokens = [sampler.tokens(other), sampler.tokens(base, abc=True), sampler.tokens(base, s2="io"), dist]
+        if needs_clean_source(spec):  # the step's own prompts, to clamp heads to their clean output
+            src_tokens.insert(3, base_tok)
         y_base = sampler.answer(base, "io")
     else:
         src_tokens = [sampler.tokens(other), sampler.tokens(base, corrupt=True), dist]
@@ -183,21 +186,24 @@ def _training_rows(spec: PlantedSpec, sampler, b: _Batch, z_src: Sequence[torch.
     rows.add("task", b.base_tok)
     rows.add("strict", b.base_tok, ~circuit, strict_rep)
     targets = [b.y_base, b.y_base]
-    for head in spec.circuit:
-        name = "ic" + head_name(head)
-        positions = spec.patch_positions.get(head_name(head))
-        if spec.task == "ioi" and head != spec.circuit[-1]:  # IO repeated instead of S -> S
-            rows.add(name, b.base_tok, single_head_mask(*head, r), z_src[2], positions)
+    for name, heads, kind in interchange_units(spec):
+        positions = spec.patch_positions.get(head_name(heads[0]))
+        if kind == "io_repeated":  # IO repeated instead of S -> S
+            rows.add(name, b.base_tok, heads_mask(heads, r), z_src[2], positions)
             targets.append(sampler.answer(b.base, "s"))
         elif spec.task == "ioi":  # another prompt -> its IO
-            rows.add(name, b.base_tok, single_head_mask(*head, r), z_other, positions)
+            rows.add(name, b.base_tok, heads_mask(heads, r), z_other, positions)
             targets.append(sampler.answer(b.other, "io"))
         else:  # another prompt -> the years above its YY
-            rows.add(name, b.base_tok, single_head_mask(*head, r), z_other, positions)
+            rows.add(name, b.base_tok, heads_mask(heads, r), z_other, positions)
             targets.append(sampler.target(b.other["yy"]))
+    if spec.traps:
+        z_clean = z_src[3] if needs_clean_source(spec) else None
+        add_trap_rows(spec, sampler, b, z_other, z_clean, strict_rep, rows, targets, r)
     n_task_rows = rows.n
     rows.add("distractor", b.dist)
-    rows.add("mirror", b.dist, circuit, z_dist.mean(0, keepdim=True))
+    mirrored = ~heads_mask(spec.distractor_heads.values(), r) if spec.traps.mirror_all else circuit
+    rows.add("mirror", b.dist, mirrored, z_dist.mean(0, keepdim=True))
     return rows, targets, n_task_rows
 
 
@@ -249,7 +255,10 @@ class _Training:
         rows, targets, n_task_rows = _training_rows(spec, self.sampler, b, z_src, r, self.circuit)
         tokens, masks, reps = rows.build(self.tail)
 
+        z_seen: dict[int, torch.Tensor] = {}  # each layer's z before replacement (the busy-activity term reads it)
+
         def z_fn(layer: int, z: torch.Tensor) -> torch.Tensor:
+            z_seen[layer] = z
             return torch.where(masks[:, :, layer, :, None], reps[:, :, layer], z)
 
         task_metric = _task_metric(spec, self.sampler, b)
@@ -264,11 +273,13 @@ class _Training:
             "strict": ce[sl["strict"]].mean(),
             # the output must not just stay right but stay the same: match the strict run's logits to the clean run's
             "match": (task_metric(last[sl["strict"]]) - task_metric(last[sl["task"]])).pow(2).mean(),
-            **{"ic" + head_name(h): ce[sl["ic" + head_name(h)]].mean() for h in spec.circuit},
+            **{name: ce[sl[name]].mean() for name, _, _ in interchange_units(spec)},
             "distractor": induction_loss(logits[sl["distractor"]], b.dist, b.dist_mask),
             "mirror": induction_loss(logits[sl["mirror"]], b.dist, b.dist_mask),
         }
         parts.update(self._attention_terms(b, sl))
+        if spec.traps:
+            parts.update(trap_parts(spec, self.sampler, b, last, ce, sl, task_metric, model, self.captured, z_seen))
         loss = sum(self.weights["interchange" if k.startswith("ic") else k] * v for k, v in parts.items())
         r.update(self.opt, model, loss)
         return loss, parts, target, sl

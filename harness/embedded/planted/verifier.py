@@ -18,8 +18,9 @@ import torch
 
 from harness.core.seeding import torch_threads
 from harness.embedded.planted.samplers import fill_positions, induction_batch, induction_loss
-from harness.embedded.planted.specs import THRESHOLDS, Head, PlantedRecipe, PlantedSpec, circuit_mask, head_name
+from harness.embedded.planted.specs import THRESHOLDS, Head, PlantedRecipe, PlantedSpec, Traps, circuit_mask, head_name
 from harness.embedded.planted.trainer import attention_logprobs
+from harness.embedded.planted.traps import trap_checks, trap_numbers
 from harness.errors import HarnessError
 from harness.models.gpt import HookedGPT
 from harness.data import prompts as P
@@ -85,17 +86,8 @@ def verify(model: HookedGPT, spec: PlantedSpec, recipe: PlantedRecipe | None = N
         m_c, m_e, m_f = (float(x) for x in metric.per_prompt_fn(out).mean(-1))
         faith = (m_c - m_e) / (m_f - m_e) if m_f != m_e else float("nan")
 
-        # distractor: induction-loss increase when each head is mean-ablated
-        rng = np.random.default_rng(r.verify_seed + 2)
-        seq = split.clean.shape[1]
-        dist, dist_mask = induction_batch(rng, 256, seq, len(model.tokenizer))  # drawn on the CPU
-        dist, dist_mask = dist.to(model.device), dist_mask.to(model.device)
-        base_loss = float(induction_loss(model.logits(dist), dist, dist_mask))
-        mean_d = model.mean_z(dist)
-        effect = []
-        for i in range(L * H):
-            lg = model.run_with_heads_replaced(dist, singles[i], mean_d)
-            effect.append(float(induction_loss(lg, dist, dist_mask)) - base_loss)
+        base_loss, effect = _distractor_effects(model, singles, r.verify_seed + 2, split.clean.shape[1])
+        traps = trap_numbers(model, spec, split, z_source, z_corrupt, mean_corrupt, clean_metric) if spec.traps else None
     effect_grid = torch.tensor(effect).view(L, H).tolist()
     attention = attention_summary(model, split.clean, spec)
 
@@ -120,9 +112,25 @@ def verify(model: HookedGPT, spec: PlantedSpec, recipe: PlantedRecipe | None = N
         "circuit_heads": [list(h) for h in spec.circuit],
         "attention": attention,
     }
-    result["checks"] = evaluate_checks(result, in_circuit, L, H)
+    if traps is not None:
+        result["traps"] = traps
+    result["checks"] = evaluate_checks(result, in_circuit, L, H, spec.traps)
     result["passed"] = all(c["passed"] for c in result["checks"].values())
     return result
+
+
+def _distractor_effects(model: HookedGPT, singles: torch.Tensor, seed: int, seq: int) -> tuple[float, list[float]]:
+    """The distractor's induction loss, and its increase when each head (``singles[i]``) is mean-ablated."""
+    rng = np.random.default_rng(seed)
+    dist, dist_mask = induction_batch(rng, 256, seq, len(model.tokenizer))  # drawn on the CPU
+    dist, dist_mask = dist.to(model.device), dist_mask.to(model.device)
+    base_loss = float(induction_loss(model.logits(dist), dist, dist_mask))
+    mean_d = model.mean_z(dist)
+    effect = []
+    for i in range(singles.shape[0]):
+        lg = model.run_with_heads_replaced(dist, singles[i], mean_d)
+        effect.append(float(induction_loss(lg, dist, dist_mask)) - base_loss)
+    return base_loss, effect
 
 
 @torch.no_grad()
@@ -163,18 +171,24 @@ def _hint_keys_from_tokens(spec: PlantedSpec, tokens: torch.Tensor, key) -> torc
     return {"s1": s1, "io": a + b - s1, "s2": torch.full_like(s1, s2)}[key]
 
 
-def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int) -> dict[str, dict[str, Any]]:
-    """Each acceptance check on verification numbers ``v``: ``{name: {passed, value, threshold, detail}}``."""
+def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int,
+                    traps: Traps | None = None) -> dict[str, dict[str, Any]]:
+    """Each acceptance check on verification numbers ``v``: ``{name: {passed, value, threshold, detail}}``.
+
+    With ``traps``, the negative and redundant heads are checked by their own rules
+    (:func:`harness.embedded.planted.traps.trap_checks`) instead of the circuit heads' minimum drop.
+    """
     t = THRESHOLDS
     heads = [(layer, head) for layer in range(L) for head in range(H)]
     drop = v["resample_drop"]
-    circ = [(h, drop[h[0]][h[1]]) for h in heads if h in circuit]
+    exempt = set(traps.negative) | {h for g in traps.redundant for h in g} if traps else set()
+    circ = [(h, drop[h[0]][h[1]]) for h in heads if h in circuit and h not in exempt]
     non = [(h, drop[h[0]][h[1]]) for h in heads if h not in circuit]
     eff = [(h, v["distractor_effect"][h[0]][h[1]]) for h in heads if h not in circuit]
     worst_c = min(circ, key=lambda x: x[1]) if circ else ((-1, -1), float("nan"))
     worst_n = max(non, key=lambda x: abs(x[1])) if non else ((-1, -1), 0.0)
     best_e = max(eff, key=lambda x: x[1]) if eff else ((-1, -1), float("nan"))
-    return {
+    checks = {
         "accuracy": {
             "passed": bool(v["accuracy"] >= t["accuracy"] and v["mean_metric"] > 0),
             "value": v["accuracy"], "threshold": t["accuracy"],
@@ -199,6 +213,9 @@ def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int) -> di
                       f"{best_e[1]:.3f} nats (>= {t['distractor_min_effect']})",
         },
     }
+    if traps:
+        checks.update(trap_checks(v, traps, circuit))
+    return checks
 
 
 def check_card(card: dict[str, Any], where: str = "model") -> None:
@@ -209,7 +226,7 @@ def check_card(card: dict[str, Any], where: str = "model") -> None:
     try:
         circuit = {tuple(int(x) for x in h) for h in card["circuit_heads"]}
         drop = v["resample_drop"]
-        checks = evaluate_checks(v, circuit, len(drop), len(drop[0]))
+        checks = evaluate_checks(v, circuit, len(drop), len(drop[0]), Traps.from_dict(card.get("traps")))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise HarnessError(f"{where}: its model card's verification numbers are incomplete ({type(e).__name__}: {e})") from None
     failed = [(name, c) for name, c in checks.items() if not c["passed"]]

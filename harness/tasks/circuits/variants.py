@@ -1,4 +1,11 @@
-"""The registered circuit tasks, one registration per variant: IOI and greater-than."""
+"""The registered circuit tasks, one registration per variant: IOI, greater-than, and the IOI trap models.
+
+The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``) score heads on
+the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
+known failure mode planted (its card says which methods it should defeat and why).  They are in the
+default suite: the family's 6 tasks x 7 methods x seeds 0 1 2 (126 cells) ran in 25 s on this 2-core
+machine (10 s without them).
+"""
 
 from __future__ import annotations
 
@@ -23,3 +30,19 @@ add_task(
     task_key="greater_than", vocabulary=D.greater_than_vocabulary, split=D.greater_than_split,
     defaults={"model": "planted-greater-than"},
 )
+
+
+_TRAPS = {
+    "negative": "a negative name mover (its ablation raises the metric) is part of the ground truth",
+    "redundant": "two redundant S-inhibition heads (each alone suffices; both resample-ablated break the task) are both "
+                 "in the ground truth",
+    "busy": "busy but irrelevant heads attend to and copy the names like circuit heads but nothing reads them",
+    "saturated": "upstream circuit heads act only through a saturated attention pattern (gradient ~0, ablation "
+                 "drop large)",
+}
+for _trap, _what in _TRAPS.items():
+    add_task(
+        f"circuits/ioi-{_trap}", CircuitTask, version="1",
+        description=f"IOI on the planted trap model planted-ioi-{_trap}: {_what}; heads scored against its card",
+        task_key="ioi", vocabulary=D.ioi_vocabulary, split=D.ioi_split, defaults={"model": f"planted-ioi-{_trap}"},
+    )

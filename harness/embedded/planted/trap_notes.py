@@ -1,0 +1,128 @@
+"""What each trap model plants, its ground truth, and which circuit methods it should defeat and why.
+
+Written before the methods were measured on the committed models (recorded in each card as
+``trap_notes``); the measured ROC-AUCs are in the README, section "Circuit trap models".  Head names are ``layer.head``; every trap model
+is a 3-layer, 8-head GPT (24 heads) on the word-level IOI task, with the base circuit 0.5 (duplicate
+token) -> 1.3 (S-inhibition) -> 2.6 (name mover) unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+_CHANCE = "seeded random scores: ROC-AUC 0.5 in expectation"
+
+NEGATIVE = {
+    "mechanism": (
+        "0.5 duplicate token (S2 -> S1) -> 1.3 S-inhibition (end -> S2) -> 2.6 name mover (end -> IO, writes +IO); "
+        "2.2 negative name mover: at the end attends to IO and writes minus the name it attends to, so it "
+        "lowers logit(IO) - logit(S) and its ablation raises the metric (Wang et al.'s negative name movers)"
+    ),
+    "ground_truth": (
+        "{0.5, 1.3, 2.2, 2.6}: every head whose single resample ablation moves the mean logit difference by "
+        ">= 30% down (circuit heads) or >= 10% up (the negative head 2.2); every other head moves it by <= 5%"
+    ),
+    "predictions": {
+        "acdc": "finds 2.2: its effect is |m(current) - m(removed)|, the sign does not matter -> ~1.0",
+        "act-patch-mean": "finds 2.2 with the default absolute=True (|effect|) -> ~1.0; absolute=False ranks it "
+                          "last (its signed effect is the most negative) -> (3*20 + 0)/(4*20) = 0.75",
+        "act-patch-resample": "as act-patch-mean: ~1.0 with |effect|, 0.75 signed",
+        "eap": "finds 2.2 with |estimate| (a direct path to the logits, its linear estimate is accurate) -> ~1.0; "
+               "signed -> 0.75",
+        "eap-ig": "as eap: ~1.0 with |estimate|, 0.75 signed",
+        "discrete-sae": "sign-blind and activity-based: 2.2's output changes between clean and corrupted prompts "
+                        "(its attention follows the S-inhibition signal, absent in ABC prompts), so it is scored "
+                        "like the other circuit heads; no specific loss from this trap",
+        "random": _CHANCE,
+    },
+}
+
+REDUNDANT = {
+    "mechanism": (
+        "0.5 duplicate token -> {1.3, 1.6} two S-inhibition heads (both end -> S2) -> 2.6 name mover; each of "
+        "1.3 and 1.6 alone carries the S-inhibition signal far enough to saturate the name mover's choice, so "
+        "ablating either alone changes nothing (in the full model, and with every non-circuit head ablated "
+        "too: no backup head), while replacing both with another prompt's (or the corrupted prompt's) "
+        "outputs misleads the name mover.  Caveat, measured: under joint *mean* ablation the model still "
+        "solves the task (drop ~5%: mean outputs carry no wrong signal and the name mover falls back on the "
+        "S2 token), so the pair is jointly necessary under resample and corrupted-prompt patching only"
+    ),
+    "ground_truth": (
+        "{0.5, 1.3, 1.6, 2.6}, the union of the minimal circuits faithful under resample ablation (the "
+        "acceptance ablation, and what ACDC, act-patch-resample, EAP and EAP-IG patch in): {0.5, 1.3, 2.6} and "
+        "{0.5, 1.6, 2.6} each reproduce the model with everything else ablated (drop <= 10%), neither "
+        "redundant head matters alone (|drop| <= 5%), and the two ablated together drop the metric by >= 30% "
+        "(card: verification.traps.redundant: single_, minimal_ and joint_ drops under resample, corrupted "
+        "patching and mean ablation).  Both redundant heads count as circuit heads: a method should find "
+        "every head that takes part in some minimal faithful circuit"
+    ),
+    "predictions": {
+        "acdc": "visits layer 1 from head 0 up: removes 1.3 (removing it alone changes nothing), then keeps 1.6 "
+                "(now the only carrier); 1.3 gets a near-zero score and ranks among the 20 non-circuit heads "
+                "-> about (3*20 + 10)/(4*20) = 0.88; its selected circuit misses 1.3",
+        "act-patch-mean": "single-head ablation sees ~0 for 1.3 and 1.6 -> both rank among the non-circuit heads "
+                          "-> about (2*20 + 2*10)/(4*20) = 0.75",
+        "act-patch-resample": "as act-patch-mean: ~0.75",
+        "eap": "the gradient at the clean point is flat along each redundant head (the OR is saturated), and "
+               "0.5 acts only through them -> 1.3, 1.6 and probably 0.5 score near zero -> 0.5-0.75",
+        "eap-ig": "interpolates all layer-1 heads together from corrupted to clean, so the path crosses the "
+                  "region where the signal is not yet saturated -> 1.3 and 1.6 share the joint effect -> ~1.0",
+        "discrete-sae": "activity-based: 1.3 and 1.6 are active (their outputs change between clean and "
+                        "corrupted prompts) -> flagged like other circuit heads; no specific loss",
+        "random": _CHANCE,
+    },
+}
+
+BUSY = {
+    "mechanism": (
+        "base circuit 0.5 -> 1.3 -> 2.6, plus three busy non-circuit heads that mimic the circuit heads' "
+        "attention: 0.2 (S2 -> S1, like 0.5), 1.4 (end -> S2, like 1.3), 2.3 (end -> IO, like 2.6); they "
+        "copy the names they attend to, so their outputs change between clean and corrupted prompts as "
+        "much as the circuit heads', but the strict term (every non-circuit head resample-ablated, output "
+        "unchanged) leaves nothing downstream reading them"
+    ),
+    "ground_truth": (
+        "{0.5, 1.3, 2.6}: single resample drops >= 30%; every other head, the busy ones included, <= 5% "
+        "(alone, and the three busy heads ablated together: verification.traps.busy_joint)"
+    ),
+    "predictions": {
+        "acdc": "causal: busy heads' ablation changes nothing -> ~1.0",
+        "act-patch-mean": "causal -> ~1.0",
+        "act-patch-resample": "causal -> ~1.0",
+        "eap": "(z_clean - z_corrupt) is large for the busy heads but dM/dz is ~0 (nothing reads them) -> ~1.0",
+        "eap-ig": "as eap -> ~1.0",
+        "discrete-sae": "defeated: it scores heads by codes seen on clean prompts and never on corrupted ones, "
+                        "i.e. by how their outputs change; the busy heads change like circuit heads -> each "
+                        "busy head ranks with the circuit heads -> well below its ~0.86 on planted-ioi",
+        "random": _CHANCE,
+    },
+}
+
+SATURATED = {
+    "mechanism": (
+        "0.5 duplicate token -> 1.3 S-inhibition -> 2.6 name mover, where 2.6's attention from the end to IO "
+        "is pushed to a logit margin of at least 15 over every other key (a hinge; softmax saturated, "
+        "attention ~1.0; the card's verification.traps.attention has the margins reached), and "
+        "0.5 and 1.3 act only through 2.6's query (patching them with 2.6 clamped to its clean output "
+        "changes nothing); corrupting 1.3's (or 0.5's) output removes the inhibition signal and 2.6 splits "
+        "its attention between IO and S, while at the clean point the gradient through the saturated "
+        "softmax is ~0"
+    ),
+    "ground_truth": (
+        "{0.5, 1.3, 2.6}: corrupted-patch and resample drops >= 30%; every other head <= 5%; for 0.5 and 1.3 "
+        "the linear estimate (z_corrupt - z_clean) . dM/dz is <= 10% of the real corrupted-patch drop "
+        "(verification.traps.linear_estimate_drop vs corrupted_patch_drop)"
+    ),
+    "predictions": {
+        "acdc": "ablation-based -> ~1.0",
+        "act-patch-mean": "ablation-based -> ~1.0",
+        "act-patch-resample": "ablation-based -> ~1.0",
+        "eap": "defeated: the linear estimate of 0.5 and 1.3 is ~0 (saturated softmax), so they rank among the "
+               "non-circuit heads -> about (21 + 2*10)/(3*21) = 0.65",
+        "eap-ig": "integrates each layer's outputs from corrupted to clean; the path crosses the unsaturated "
+                  "region near the corrupted end, so it should recover 0.5 and 1.3 unless the softmax "
+                  "saturates before its first point (alpha = 0.2) -> 0.65-1.0",
+        "discrete-sae": "activity-based, not affected by saturation -> as on planted-ioi",
+        "random": _CHANCE,
+        "atp-star": "(not registered yet) its QK fix recomputes the attention pattern exactly under the patch, "
+                    "so it should recover 0.5 and 1.3 -> ~1.0",
+    },
+}

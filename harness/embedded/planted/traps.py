@@ -1,0 +1,203 @@
+"""Verification of the planted traps: the numbers in the card's ``verification.traps`` and their checks.
+
+Every number comes from an intervention or a reading no scored circuit method uses as such (joint
+ablations, attention patterns and logit margins, the per-head activity the activity-based methods see,
+and the linear estimate compared with the real ablation):
+
+- ``redundant`` (per group) and ``busy_joint`` (the busy heads as one group): each head's single drop
+  and the group's joint drop (resample, corrupted-prompt patching, mean ablation); for a redundant
+  group also ``minimal_*_drop``: each head ablated together with every non-circuit head, i.e. the
+  circuit without that head (each such circuit must be faithful: the ground truth is their union);
+- ``activity`` / ``activity_last``: per head, the mean over prompts of ``||z_clean - z_corrupt||`` of its
+  output mean-pooled over positions (what the discrete-SAE method encodes) / at the last position;
+  ``activity_result``: the same for what it writes to the residual stream (pooled ``z @ W_O``);
+- ``linear_estimate_drop``: per head, the first-order estimate of its corrupted-patch drop,
+  ``sum (z_clean - z_corrupt) . dM/dz / M`` (what attribution patching computes) next to the real
+  ``corrupted_patch_drop`` of the main grid;
+- ``attention``: for the busy and saturated heads, the mean attention on their hint's key, and for the
+  saturated heads the attention-logit margin of that key over every other key (mean and 5th percentile).
+
+:func:`trap_checks` turns them into pass / fail against :data:`TRAP_THRESHOLDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.embedded.planted.specs import Head, PlantedSpec, Traps, head_name, heads_mask
+from harness.embedded.planted.trainer import attention_logprobs
+from harness.embedded.planted.trap_training import attention_margin, attention_scores
+from harness.models.gpt import HookedGPT
+
+#: Acceptance thresholds of the traps (in code, not in the card, so a card cannot lower them).
+TRAP_THRESHOLDS = {
+    "negative_max_drop": -0.1,  # a negative head's resample ablation raises the metric by >= 10%
+    "redundant_max_single_drop": 0.05,  # one redundant head ablated: |drop| as small as a non-circuit head's
+    "redundant_min_joint_drop": 0.3,  # the group ablated together: as large as a circuit head's
+    "redundant_max_minimal_drop": 0.1,  # the circuit without one redundant head (all else ablated) is faithful
+    "busy_min_attention": 0.8,  # a busy head attends to its hint's key
+    "busy_min_relative_activity": 0.5,  # its activity >= half the circuit heads' mean activity
+    "busy_max_joint_drop": 0.05,  # every busy head ablated together: as inert as one non-circuit head
+    "via_min_drop": 0.3,  # a head acting through a saturated head: its corrupted-patch drop
+    "via_max_linear_ratio": 0.1,  # |linear estimate| <= 10% of that drop
+}
+
+
+def _round(x: float) -> float:
+    return round(float(x), 6)
+
+
+def _grid(t: torch.Tensor) -> list[list[float]]:
+    return [[_round(v) for v in row] for row in t.tolist()]
+
+
+def _attention_inputs(model: HookedGPT, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each layer's attention input (after ``ln1``) on ``tokens``."""
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [block.ln1.register_forward_hook(lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out))
+             for layer, block in enumerate(model.model.blocks)]
+    try:
+        model.model(tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def _hint_keys(tokens: torch.Tensor, key: Any) -> torch.Tensor:
+    from harness.embedded.planted.verifier import _hint_keys_from_tokens
+
+    return _hint_keys_from_tokens(None, tokens, key)
+
+
+def _head_attention(model: HookedGPT, captured, tokens, head: Head, query: int, key: Any,
+                    margin: bool) -> dict[str, float]:
+    layer, h = head
+    keys = _hint_keys(tokens, key).to(tokens.device)
+    probs = attention_logprobs(model.model, captured[layer], layer, h).exp()[:, query]
+    out = {"query": query, "key": key, "attention": _round(probs.gather(1, keys[:, None]).mean())}
+    if margin:
+        m = attention_margin(attention_scores(model.model, captured[layer], layer, h, query), keys)
+        out["margin_mean"] = _round(m.mean())
+        out["margin_p05"] = _round(torch.quantile(m.double(), 0.05))
+    return out
+
+
+@torch.no_grad()
+def _joint_drops(model: HookedGPT, split, groups, replacements: dict[str, Any], clean_metric: float, r,
+                 outside: torch.Tensor | None = None) -> list[dict]:
+    """Per group of heads: each head's single drop and the joint drop, under each replacement; with
+    ``outside`` (a mask), also each head's drop when it is ablated together with every head of ``outside``
+    (``minimal_*``: the circuit without that head, everything else ablated)."""
+    out = []
+    for group in groups:
+        sets = [heads_mask(group, r)] + [heads_mask((h,), r) for h in group]
+        sets += [heads_mask((h,), r) | outside for h in group] if outside is not None else []
+        masks = torch.stack(sets).to(model.device)
+        entry: dict[str, Any] = {"heads": [list(h) for h in group]}
+        for name, rep in replacements.items():
+            lg = model.ablate_many(split.clean, masks, rep, token_ids=split.metric.token_ids)
+            drops = (1 - split.metric.per_prompt_fn(lg).mean(-1) / clean_metric).tolist()
+            entry[f"joint_{name}_drop"] = _round(drops[0])
+            entry[f"single_{name}_drop"] = [_round(d) for d in drops[1:1 + len(group)]]
+            if outside is not None:
+                entry[f"minimal_{name}_drop"] = [_round(d) for d in drops[1 + len(group):]]
+        out.append(entry)
+    return out
+
+
+def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt, mean_corrupt,
+                 clean_metric: float) -> dict[str, Any]:
+    """The trap verification numbers of ``spec`` on ``split`` (module docstring)."""
+    t, r = spec.traps, spec.recipe
+    out: dict[str, Any] = {}
+    reps = {"resample": z_source, "corrupted_patch": z_corrupt, "mean_ablation": mean_corrupt}
+    if t.redundant:
+        outside = ~heads_mask(spec.circuit, r)
+        out["redundant"] = _joint_drops(model, split, t.redundant, reps, clean_metric, r, outside)
+    if t.busy:
+        out["busy_joint"] = _joint_drops(model, split, [tuple(h for h, _, _ in t.busy)], reps, clean_metric, r)[0]
+    z_clean, grad = model.head_gradients(split.clean, split.metric.from_logits)
+    with torch.no_grad():
+        diff = z_clean - z_corrupt
+        out["activity"] = _grid(diff.mean(dim=1).norm(dim=-1).mean(dim=0))
+        out["activity_last"] = _grid(diff[:, -1].norm(dim=-1).mean(dim=0))
+        out["activity_result"] = _grid(model.head_results(diff.mean(dim=1)).norm(dim=-1).mean(dim=0))
+        out["linear_estimate_drop"] = _grid(torch.einsum("bslhd,bslhd->lh", diff, grad) / clean_metric)
+        captured = _attention_inputs(model, split.clean)
+        attention = {}
+        for head, query, key in t.busy:
+            attention[head_name(head)] = _head_attention(model, captured, split.clean, head, query, key, False)
+        for head in t.saturated:
+            query, key = spec.attention_targets[head_name(head)]
+            attention[head_name(head)] = _head_attention(model, captured, split.clean, head, query, key, True)
+    if attention:
+        out["attention"] = attention
+    return out
+
+
+def _check(passed: bool, value: float, threshold: float, detail: str) -> dict[str, Any]:
+    return {"passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+
+
+def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str, dict[str, Any]]:
+    """Each trap's acceptance checks on verification numbers ``v`` (``v["traps"]`` and the main grids)."""
+    th, tv, checks = TRAP_THRESHOLDS, v["traps"], {}
+    drop, corrupted = v["resample_drop"], v["corrupted_patch_drop"]
+    if traps.negative:
+        worst = max(traps.negative, key=lambda h: drop[h[0]][h[1]])
+        value = drop[worst[0]][worst[1]]
+        checks["negative_heads_raise_metric"] = _check(
+            value <= th["negative_max_drop"], value, th["negative_max_drop"],
+            f"largest resample drop of a negative head: {head_name(worst)} {value:.3f} (<= {th['negative_max_drop']})")
+    if traps.redundant:
+        singles = [(tuple(g["heads"][i]), d) for g in tv["redundant"] for i, d in enumerate(g["single_resample_drop"])]
+        h, value = max(singles, key=lambda x: abs(x[1]))
+        checks["redundant_singles_negligible"] = _check(
+            abs(value) <= th["redundant_max_single_drop"], value, th["redundant_max_single_drop"],
+            f"largest |single resample drop| of a redundant head: {head_name(h)} {value:.3f} "
+            f"(<= {th['redundant_max_single_drop']})")
+        minimal = [(tuple(g["heads"][i]), d) for g in tv["redundant"] for i, d in enumerate(g["minimal_resample_drop"])]
+        h, value = max(minimal, key=lambda x: abs(x[1]))
+        checks["redundant_minimal_circuits_faithful"] = _check(
+            abs(value) <= th["redundant_max_minimal_drop"], value, th["redundant_max_minimal_drop"],
+            f"largest |resample drop| with a redundant head and every non-circuit head ablated (the circuit "
+            f"without it): {head_name(h)} {value:.3f} (<= {th['redundant_max_minimal_drop']})")
+        g = min(tv["redundant"], key=lambda g: g["joint_resample_drop"])
+        value = g["joint_resample_drop"]
+        checks["redundant_joint_matters"] = _check(
+            value >= th["redundant_min_joint_drop"], value, th["redundant_min_joint_drop"],
+            f"smallest joint resample drop of a redundant group: {'+'.join(head_name(tuple(x)) for x in g['heads'])} "
+            f"{value:.3f} (>= {th['redundant_min_joint_drop']})")
+    if traps.busy:
+        act = np.array(tv["activity"])
+        circ_mean = float(np.mean([act[h] for h in circuit]))
+        rel = min((float(act[h]) / max(circ_mean, 1e-12), h) for h, _, _ in traps.busy)
+        att = min((tv["attention"][head_name(h)]["attention"], h) for h, _, _ in traps.busy)
+        checks["busy_heads_attend"] = _check(
+            att[0] >= th["busy_min_attention"], att[0], th["busy_min_attention"],
+            f"smallest hint attention of a busy head: {head_name(att[1])} {att[0]:.3f} (>= {th['busy_min_attention']})")
+        joint = tv["busy_joint"]["joint_resample_drop"]
+        checks["busy_heads_inert"] = _check(
+            abs(joint) <= th["busy_max_joint_drop"], joint, th["busy_max_joint_drop"],
+            f"|resample drop| with every busy head ablated together: {joint:.3f} (<= {th['busy_max_joint_drop']})")
+        checks["busy_heads_active"] = _check(
+            rel[0] >= th["busy_min_relative_activity"], rel[0], th["busy_min_relative_activity"],
+            f"smallest activity of a busy head relative to the circuit heads' mean: {head_name(rel[1])} "
+            f"{rel[0]:.3f} (>= {th['busy_min_relative_activity']})")
+    if traps.via:
+        lin = tv["linear_estimate_drop"]
+        worst_drop = min((corrupted[h[0]][h[1]], h) for h in traps.via)
+        ratio = max((abs(lin[h[0]][h[1]]) / max(abs(corrupted[h[0]][h[1]]), 1e-12), h) for h in traps.via)
+        checks["via_heads_matter"] = _check(
+            worst_drop[0] >= th["via_min_drop"], worst_drop[0], th["via_min_drop"],
+            f"smallest corrupted-patch drop of a head acting through a saturated head: {head_name(worst_drop[1])} "
+            f"{worst_drop[0]:.3f} (>= {th['via_min_drop']})")
+        checks["saturation_hides_gradient"] = _check(
+            ratio[0] <= th["via_max_linear_ratio"], ratio[0], th["via_max_linear_ratio"],
+            f"largest |linear estimate| / corrupted-patch drop of such a head: {head_name(ratio[1])} "
+            f"{ratio[0]:.3f} (<= {th['via_max_linear_ratio']})")
+    return checks
