@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,15 @@ def test_two_runs_on_one_results_dir_and_cache(tmp_path):
     assert sorted(r["method"] for r in stored) == ["identity", "pca", "random-dict"]
     acts = sorted(p.name for p in (tmp_path / "cache" / "activations").iterdir() if not p.name.endswith(".lock"))
     assert len(acts) == 1 and acts[0].endswith(".safetensors")  # gathered once, no stray temporary file
+
+
+def test_free_workers_keep_to_their_task_and_avoid_one_started_elsewhere():
+    from harness.core.parallel import _Unit, pick_unit
+
+    pending = [_Unit(k, deque([i])) for i, k in enumerate(["a", "a", "b", "b", "c"])]  # largest first
+    assert pick_unit(pending, None, set(), set()) == 0  # first worker: the largest
+    assert pick_unit(pending, None, set(), {"a"}) == 2  # second worker: not the task the first is building
+    assert pick_unit(pending, "b", {"b"}, {"a"}) == 2  # affinity: the task it ran last
+    assert pick_unit(pending, "c", {"b", "c"}, {"a"}) == 4  # affinity wins over size
+    assert pick_unit(pending[:2], "c", {"b", "c"}, {"a"}) == 0  # only another worker's task left: share it
+    assert pick_unit(pending[2:4], "c", {"c", "b"}, {"a"}) == 0  # a task it ran before, model still loaded

@@ -4,7 +4,11 @@ The driver (:func:`harness.core.runner.run`) decides which cells to run; this mo
 long-lived worker processes (``spawn``: no state inherited from the driver's threads). Cells that
 share built data (same task, task config and seed) form one *unit*, sent to one worker, which builds
 the data once; units go out largest expected first (the wall time of the same task and method in
-earlier records of the results directory), so a long cell does not start last. Each worker sends
+earlier records of the results directory), so a long cell does not start last, with *task affinity*:
+a free worker takes the largest pending unit of the task it ran last (its process still holds that
+task's model and caches), else of a task no other worker has started, else the largest.  Without
+affinity, seeds of one task spread over all workers and each loaded the same model (MiniLM: 9 s per
+worker) and built the same activations under the cache lock while the other waited. Each worker sends
 back one record per cell; the driver writes them (one writer), so the store, the progress bar, the
 resume logic and the exit codes are those of a serial run. A worker that dies (a segfault, the OOM
 killer, ``os._exit`` in a method) costs an error record for the cell it was running, naming the exit
@@ -59,6 +63,28 @@ class _Worker:
     conn: Any
     unit: deque = field(default_factory=deque)  # cell indices sent and not yet recorded
     started: float | None = None  # time.monotonic() when the worker said it started the cell unit[0]
+    last_key: Any = None  # the affinity key (task, task config) of the unit it ran last
+    seen: set = field(default_factory=set)  # every affinity key this process has run
+
+
+@dataclass
+class _Unit:
+    key: Any  # affinity: units with the same key share a model and caches (same task and task config)
+    cells: deque
+
+
+def affinity_key(cell: "Cell") -> tuple:
+    """Units of one task and task config (any seed) load the same model and caches."""
+    return (cell.task_entry.name, cell.identity.task_config_hash)
+
+
+def pick_unit(pending: Sequence[_Unit], last_key: Any, seen: set, started_elsewhere: set) -> int:
+    """Index in ``pending`` (largest first) of the unit a free worker should take (see the module docstring)."""
+    for test in (lambda u: u.key == last_key, lambda u: u.key in seen, lambda u: u.key not in started_elsewhere):
+        for i, unit in enumerate(pending):
+            if test(unit):
+                return i
+    return 0
 
 
 def units_of(cells: Sequence["Cell"], todo: Sequence[int], expected_s: Callable[["Cell"], float]) -> list[list[int]]:
@@ -73,17 +99,21 @@ def units_of(cells: Sequence["Cell"], todo: Sequence[int], expected_s: Callable[
 
 
 def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, deliver: Deliver,
-                   fail: Callable[[int, str], None]) -> None:
-    """Run ``units`` in ``jobs`` worker processes; ``deliver`` each record, ``fail(i, why)`` a cell whose worker died."""
+                   fail: Callable[[int, str], None], keys: Sequence[Any] | None = None) -> None:
+    """Run ``units`` in ``jobs`` worker processes; ``deliver`` each record, ``fail(i, why)`` a cell whose worker died.
+
+    ``keys``: one affinity key per unit (:func:`affinity_key` of its cells); None: no affinity.
+    """
     ctx = mp.get_context("spawn")
-    pending = deque(deque(u) for u in units)
+    keys = list(keys) if keys is not None else list(range(len(units)))
+    pending = [_Unit(k, deque(u)) for k, u in zip(keys, units)]
     workers: list[_Worker] = []
     timeout = getattr(setup.spec, "cell_timeout", None)
     try:
         for _ in range(min(jobs, len(pending))):
             workers.append(_start(ctx, setup))
         for w in workers:
-            _assign(w, pending)
+            _assign(w, pending, workers)
         while any(w.unit for w in workers):
             busy = [w for w in workers if w.unit]
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_next_deadline(busy, timeout))
@@ -100,7 +130,7 @@ def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, delive
                         "stopped and the run went on"))
             for w in workers:
                 if not w.unit:
-                    _assign(w, pending)
+                    _assign(w, pending, workers)
     finally:
         for w in workers:
             _stop(w)
@@ -156,9 +186,12 @@ def _start(ctx, setup: WorkerSetup) -> _Worker:
     return _Worker(process, parent)
 
 
-def _assign(w: _Worker, pending: deque) -> None:
+def _assign(w: _Worker, pending: list[_Unit], workers: list[_Worker]) -> None:
     if pending and w.process.is_alive():
-        w.unit = pending.popleft()
+        elsewhere = set().union(*(x.seen for x in workers if x is not w))
+        unit = pending.pop(pick_unit(pending, w.last_key, w.seen, elsewhere))
+        w.unit, w.last_key = unit.cells, unit.key
+        w.seen.add(unit.key)
         w.conn.send(list(w.unit))
 
 
@@ -179,7 +212,7 @@ def _receive(w: _Worker, deliver: Deliver) -> bool:
 
 
 def _replace_dead(w: _Worker, workers: list[_Worker], ctx, setup: WorkerSetup,
-                  fail: Callable[[int, str], None], pending: deque, why: str | None = None) -> None:
+                  fail: Callable[[int, str], None], pending: list[_Unit], why: str | None = None) -> None:
     """Record the cell a dead (or killed) worker was running as failed, queue the rest of its unit, start a
     new worker."""
     w.process.join(timeout=5)
@@ -192,7 +225,7 @@ def _replace_dead(w: _Worker, workers: list[_Worker], ctx, setup: WorkerSetup,
                    + "); the run went on")
         fail(w.unit.popleft(), why)
         if w.unit:
-            pending.appendleft(w.unit)
+            pending.insert(0, _Unit(w.last_key, w.unit))
     w.unit, w.started = deque(), None
     workers[workers.index(w)] = _start(ctx, setup)
 

@@ -31,7 +31,7 @@ from harness.core.context import RunContext
 from harness.core.provenance import provenance
 from harness.core.records import Record, Store
 from harness.core.resources import measure
-from harness.core.parallel import WorkerSetup, run_in_workers, units_of
+from harness.core.parallel import WorkerSetup, affinity_key, run_in_workers, units_of
 from harness.core.seeding import deterministic_device, resolve_device, seed_everything
 from harness.core.threads import default_threads, resolve_jobs, thread_budget
 from harness.errors import ConfigError, HarnessError, RecordError
@@ -177,7 +177,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
 
                 run_on_ray(setup, units, spec.ray_address, deliver, fail)
             else:
-                run_in_workers(setup, units, jobs, deliver, fail)
+                run_in_workers(setup, units, jobs, deliver, fail, [affinity_key(cells[u[0]]) for u in units])
     finally:
         bar.close()
         summary.records = [done[i] for i in sorted(done)]
