@@ -9,7 +9,11 @@
 # 3. the quick suite on CUDA from a cold cache, with its wall time (README), then `harness check` against
 #    the committed CPU reference (device differences are reported as such, see README "Results from
 #    another device"), and the largest CUDA-vs-CPU difference per metric, to write the reference's
-#    `device_tolerance` section from.
+#    `device_tolerance` section from;
+# 4. the GPU in-context learners (issue 16: mean SPD to OLS < 0.01 at d = 5) trained on CUDA into
+#    OUT_DIR/models/<name> (`harness models build`), their cards' SPD per k printed; commit those
+#    directories under harness/embedded/weights/ (`harness models check` then verifies their cards on a CPU).
+# DEVICE_CHECK_ONLY=learners runs step 4 alone.
 # Offline machines: if a folder `wheels/` is next to this checkout (pip download -d wheels ...), missing
 # packages are installed from it without the network. Everything is written under OUT_DIR.
 set -uo pipefail
@@ -30,6 +34,7 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "missing:", missing or "none")
 EOF
 
+if [ "${DEVICE_CHECK_ONLY:-}" != learners ]; then
 log "selftest --device cuda"
 start=$(date +%s)
 python -m harness selftest --device cuda 2>&1 | tee "$out/selftest.txt"
@@ -67,3 +72,18 @@ for r in Store(sys.argv[1]).load_all():
 for m, d in sorted(worst.items(), key=lambda kv: -kv[1]):
     print(f"{m:40s} {d:.3g}")
 EOF
+fi
+
+log "GPU in-context learners (harness models build on cuda)"
+for name in icl-d5-gpu icl-d8-noisy-gpu; do
+  start=$(date +%s)
+  python -m harness models build --name "$name" --out "$out/models" --force 2>&1 | tail -n 3 | tee -a "$out/summary.txt"
+  python - "$out/models/$name" <<'EOF' | tee -a "$out/summary.txt"
+import json, sys
+card = json.load(open(sys.argv[1] + "/icl.json"))["card"]
+spd = card["spd_to_bayes_per_k"]
+print(card["name"], "trained on", card["trained_on"], "in", card["training_seconds"], "s; SPD per k:",
+      " ".join(f"{v:.4f}" for v in spd), "; mean over k >= 1:", round(sum(spd[1:]) / (len(spd) - 1), 4))
+EOF
+  log "$name: $(( $(date +%s) - start )) s"
+done

@@ -124,13 +124,20 @@ class EmbeddedModel(ABC):
 
 
 _MODELS: dict[str, EmbeddedModel] = {}
+_PENDING: dict[str, EmbeddedModel] = {}
 
 
-def register(model: EmbeddedModel) -> EmbeddedModel:
-    """Add ``model`` to the registry (a second model of the same name is an error)."""
-    if model.name in _MODELS and _MODELS[model.name] is not model:
+def register(model: EmbeddedModel, pending: bool = False) -> EmbeddedModel:
+    """Add ``model`` to the registry (a second model of the same name is an error).
+
+    ``pending``: a model whose weights must be trained elsewhere (a GPU learner) and are not committed yet:
+    :func:`get` finds it (so ``harness models build --name`` can train it), but :func:`models` lists it
+    only once its committed directory holds it, so listing and checking cover what a clone really has.
+    """
+    if (model.name in _MODELS and _MODELS[model.name] is not model) or \
+            (model.name in _PENDING and _PENDING[model.name] is not model):
         raise DuplicateNameError(f"embedded model {model.name!r} is registered twice")
-    _MODELS[model.name] = model
+    (_PENDING if pending else _MODELS)[model.name] = model
     return model
 
 
@@ -140,18 +147,20 @@ def _load() -> None:
 
 
 def models() -> list[EmbeddedModel]:
-    """Every registered embedded model, by family, then in registration order."""
+    """Every registered embedded model (pending ones once committed), by family, then in registration order."""
     _load()
-    return sorted(_MODELS.values(), key=lambda m: m.family)
+    committed = [m for m in _PENDING.values() if m.is_current(m.committed_dir)]
+    return sorted([*_MODELS.values(), *committed], key=lambda m: m.family)
 
 
 def get(name: str) -> EmbeddedModel:
-    """The embedded model ``name`` (``UnknownNameError`` with the closest names otherwise)."""
+    """The embedded model ``name``, pending ones included (``UnknownNameError`` with the closest names otherwise)."""
     _load()
-    if name not in _MODELS:
-        known = list(_MODELS)
+    found = _MODELS.get(name) or _PENDING.get(name)
+    if found is None:
+        known = [*_MODELS, *_PENDING]
         raise UnknownNameError(f"unknown embedded model {name!r}{did_you_mean(name, known)} (known: {', '.join(known)})")
-    return _MODELS[name]
+    return found
 
 
 def _selected(names: Sequence[str] | None) -> list[EmbeddedModel]:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.core.seeding import torch_threads
+from harness.core.seeding import deterministic_device, torch_threads
+from harness.errors import HarnessError
 from harness.embedded.icl_learner.model import ICLArch, InContextRegressor
 from harness.embedded.recipe import Log, Recipe
 from harness.embedded.schedule import warmup_cosine
@@ -57,12 +58,21 @@ class ICLRecipe(Recipe):
 
 @dataclass(frozen=True)
 class ICLModelSpec:
-    """A named in-context learner: its architecture and training recipe."""
+    """A named in-context learner: its architecture and training recipe.
+
+    ``device``: where it trains.  ``"cpu"`` learners rebuild bit for bit anywhere
+    (``harness models check``); a ``"cuda"`` learner is trained on a GPU, its
+    weights committed, and ``harness models check`` verifies its card's numbers
+    from those weights within ``card_tolerance`` (a GPU run cannot be
+    reproduced bit for bit on a CPU).
+    """
 
     name: str
     arch: ICLArch
     recipe: ICLRecipe
     description: str = ""
+    device: str = "cpu"
+    card_tolerance: float = 0.0
 
 
 def sample_regression(batch: int, n_points: int, d: int, noise_std: float, generator: torch.Generator,
@@ -95,10 +105,20 @@ def error_curve(model: InContextRegressor, n_tasks: int, noise_std: float, seed:
                 batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Normalised squared error (/ d) against the noisy label per number of examples ``k = 0..n``:
     ``(model, Bayes posterior mean)`` on the same ``n_tasks`` fresh tasks."""
+    curve, bayes, _ = error_curves(model, n_tasks, noise_std, seed, batch)
+    return curve, bayes
+
+
+@torch.no_grad()
+def error_curves(model: InContextRegressor, n_tasks: int, noise_std: float, seed: int,
+                 batch: int = 500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`error_curve` and the normalised squared prediction difference (SPD / d) between the model
+    and the Bayes posterior mean per ``k``: ``(model error, Bayes error, SPD)``, each ``[n_points + 1]``."""
     g = torch.Generator().manual_seed(seed)
     arch = model.arch
     total = np.zeros(arch.n_points + 1)
     bayes = np.zeros(arch.n_points + 1)
+    spd = np.zeros(arch.n_points + 1)
     eye = torch.eye(arch.d, dtype=torch.float64)
     done = 0
     model.eval()
@@ -117,9 +137,11 @@ def error_curve(model: InContextRegressor, n_tasks: int, noise_std: float, seed:
                 w = torch.linalg.solve(A, (Xk.transpose(1, 2) @ yk[..., None]))[..., 0]
             else:
                 w = (torch.linalg.pinv(Xk) @ yk[..., None])[..., 0]
-            bayes[k] += float((((X[:, k] * w).sum(-1) - Y[:, k]) ** 2).sum()) / arch.d
+            bayes_pred = (X[:, k] * w).sum(-1)
+            bayes[k] += float(((bayes_pred - Y[:, k]) ** 2).sum()) / arch.d
+            spd[k] += float(((pred[:, k].double() - bayes_pred) ** 2).sum()) / arch.d
         done += b
-    return total / n_tasks, bayes / n_tasks
+    return total / n_tasks, bayes / n_tasks, spd / n_tasks
 
 
 def _not_pos_embed_matrix(name: str, p: torch.nn.Parameter) -> bool:
@@ -128,11 +150,21 @@ def _not_pos_embed_matrix(name: str, p: torch.nn.Parameter) -> bool:
 
 
 def train_icl_model(spec: ICLModelSpec, log: Log = None, log_every: int = 500) -> tuple[InContextRegressor, dict]:
-    """Train ``spec`` deterministically on CPU; returns the model (eval mode) and its model card."""
+    """Train ``spec`` deterministically on ``spec.device``; returns the model (eval mode, on the CPU) and its card.
+
+    The initialisation and every batch are drawn on the CPU (the same numbers on any machine) and
+    moved to the device; on CUDA PyTorch's deterministic settings are on.  The card's error curves
+    are computed on the CPU from the final weights, so a check on a CPU recomputes them.
+    """
     arch, r = spec.arch, spec.recipe
-    with torch_threads(r.threads):
+    device = torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"{spec.name} is trained on a GPU (its recipe: {spec.device}) and torch sees none here; "
+                           f"build it on a CUDA machine (`harness models build --name {spec.name}`) and commit "
+                           "the weights, as the card says")
+    with torch_threads(r.threads), deterministic_device(device):
         torch.manual_seed(r.seed)
-        model = InContextRegressor(arch)
+        model = InContextRegressor(arch).to(device)
         gen = torch.Generator().manual_seed(r.seed + 1)
         opt = r.adamw(model, decays=_not_pos_embed_matrix)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -143,6 +175,7 @@ def train_icl_model(spec: ICLModelSpec, log: Log = None, log_every: int = 500) -
             lr = r.set_lr(opt, step)
             d_act, pts = _curriculum(step, arch, r)
             xs, ys, _ = sample_regression(r.batch_size, pts, arch.d, r.noise_std, gen, d_active=d_act)
+            xs, ys = xs.to(device), ys.to(device)
             pred = model(xs, ys[:, :-1])
             loss = ((pred - ys) ** 2).mean() / arch.d
             r.update(opt, model, loss)
@@ -154,17 +187,29 @@ def train_icl_model(spec: ICLModelSpec, log: Log = None, log_every: int = 500) -
                     log(f"[{spec.name}] step {step + 1}/{r.steps} loss {running / log_every:.4f} "
                         f"lr {lr:.2e} d {d_act} pts {pts} ({time.perf_counter() - t0:.0f} s)")
                 running = 0.0
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-        model.eval()
-        curve, bayes = error_curve(model, r.eval_tasks, r.noise_std, r.eval_seed)
-    return model, _card(spec, seconds, cpu_seconds, curve, bayes, history)
+        model = model.cpu().eval()
+        curves = error_curves(model, r.eval_tasks, r.noise_std, r.eval_seed)
+    return model, _card(spec, seconds, cpu_seconds, *curves, history)
 
 
 def _card(spec: ICLModelSpec, seconds: float, cpu_seconds: float, curve: np.ndarray, bayes: np.ndarray,
-          history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The model card of a trained learner: architecture, recipe, training summary, error curves per k."""
+          spd: np.ndarray, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model card of a trained learner: architecture, recipe, training summary, error curves per k.
+
+    A GPU-trained learner's card also states where it was trained (``trained_on``: device name) and its
+    SPD to the Bayes predictor per k; the committed CPU learners' cards keep their form (bit-exact check).
+    """
     arch, r = spec.arch, spec.recipe
+    extra: dict[str, Any] = {}
+    if spec.device != "cpu":
+        extra = {"trained_on": torch.cuda.get_device_name() if torch.cuda.is_available() else spec.device,
+                 "spd_to_bayes_per_k": [round(float(v), 6) for v in spd],
+                 "card_tolerance": spec.card_tolerance}
     return {
+        **extra,
         "name": spec.name,
         "description": spec.description,
         "task": f"y = w.x + N(0, {r.noise_std}^2), w ~ N(0, I_{arch.d}), x ~ N(0, I_{arch.d}), "
