@@ -23,8 +23,9 @@ the heads:
   of each prompt's task metric from the full model's, divided by the squared clean - corrupted gap of
   the mean metric) + ``lam * sum_h P(m_h != 0)``, the expected number of heads kept,
   ``P(m_h != 0) = sigmoid(log_alpha_h - beta log(-gamma / zeta))`` (Louizos et al., eq. 12);
-- Adam on ``log_alpha`` (from ``init``, where 80% of the samples are exactly 1), ``steps`` full-batch
-  steps over the fit prompts.
+- Adam on ``log_alpha`` from ``init`` = 1 (where a third of the samples are exactly 1 and 7% exactly 0,
+  so the loss sees partly ablated circuits from the first step), ``steps`` full-batch steps over the fit
+  prompts.
 
 Each step is one :meth:`~HookedModel.mix_gradient` call (a forward and a backward over the fit prompts,
 in position mode: the last block computes the last position only); the chain rule into ``log_alpha``
@@ -33,10 +34,11 @@ in position mode: the last block computes the last position only); the chain rul
 
 Score of a head: its final ``log_alpha`` (the deterministic mask ``min(1, max(0, sigmoid(log_alpha)
 (zeta - gamma) + gamma))`` and the expected L0 are monotone in it, but clip or saturate).  Adam moves a
-parameter by about ``lr`` per step when its gradient keeps one sign, so a head that no loss term defends
-falls steadily from the start, one the loss needs stops falling where its sampled masks start to hurt,
-and the final values rank heads by how long, and how hard, the loss defended them: a full ranking from
-one run, without a sweep of ``lam``.  :meth:`select_heads` is the method's own circuit: heads whose
+parameter by up to ``lr`` per step while its gradient keeps one sign, so a head that no loss term defends
+falls from the start (more slowly once the L0 term's gradient fades, below ``log_alpha`` ~ -1.6: the
+defenceless heads of the planted models end near -7), one the loss needs stops falling where its sampled
+masks start to hurt, and the final values rank heads by how long, and how hard, the loss defended them:
+a full ranking from one run, without a sweep of ``lam``.  :meth:`select_heads` is the method's own circuit: heads whose
 deterministic mask is above 1/2 (``log_alpha > 0``).
 
 Differences from the papers: node level (heads only, no MLPs or edges); a fixed ``lam`` (Edge Pruning
@@ -128,8 +130,8 @@ def mask_loss(model: HookedModel, data: CircuitData, loss: str):
     raise ValueError(f"unknown loss {loss!r}; use one of {LOSSES}")
 
 
-def learn_log_alpha(model: HookedModel, data: CircuitData, *, steps: int = 150, lr: float = 0.1,
-                    lam: float = 0.01, init: float = 3.0, ablation: str = "resample", loss: str = "kl",
+def learn_log_alpha(model: HookedModel, data: CircuitData, *, steps: int = 40, lr: float = 0.3,
+                    lam: float = 0.01, init: float = 1.0, ablation: str = "resample", loss: str = "kl",
                     seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     """Train the per-head ``log_alpha`` ``[L, H]`` (see the module docstring); returns it (detached, on the
     model's device) and diagnostics: the last step's faithfulness loss and the final expected L0.
@@ -180,7 +182,7 @@ class SubnetworkProbing(CircuitMethod):
 
     selftest_params = {"steps": 10}
 
-    def __init__(self, steps: int = 150, lr: float = 0.1, lam: float = 0.01, init: float = 3.0,
+    def __init__(self, steps: int = 40, lr: float = 0.3, lam: float = 0.01, init: float = 1.0,
                  ablation: str = "resample", loss: str = "kl"):
         self.steps = steps
         self.lr = lr
