@@ -38,8 +38,8 @@ parameter by up to ``lr`` per step while its gradient keeps one sign, so a head 
 falls from the start (more slowly once the L0 term's gradient fades, below ``log_alpha`` ~ -1.6: the
 defenceless heads of the planted models end near -7), one the loss needs stops falling where its sampled
 masks start to hurt, and the final values rank heads by how long, and how hard, the loss defended them:
-a full ranking from one run, without a sweep of ``lam``.  :meth:`select_heads` is the method's own circuit: heads whose
-deterministic mask is above 1/2 (``log_alpha > 0``).
+a full ranking from one run, without a sweep of ``lam``.  :meth:`select_heads` is the method's own
+circuit: heads whose deterministic mask is above 1/2 (``log_alpha > 0``).
 
 Differences from the papers: node level (heads only, no MLPs or edges); a fixed ``lam`` (Edge Pruning
 instead drives the expected sparsity to a target with a Lagrangian; Conmy et al. sweep ``lam``); one mask
@@ -65,6 +65,10 @@ the README, "Circuit trap models"):
   reach the range where 2.6's attention switches (mix coefficients near 0, given a margin of 15-45
   logits), and there the KL rises steeply and holds them; the defence is weaker than for heads with a
   linear effect, so they may rank lower among the circuit heads, not below the non-circuit ones.
+
+Measured afterwards (seeds 0-2): as predicted except on negative, 0.963 ± 0.093: the model puts
+probability 0.998 on the answer, so removing 2.2 only makes it more confident (metric +12%, KL 0.0035
+nats, less than the L0 price of a head); ``loss="metric"`` scores 0.992 there.
 """
 
 from __future__ import annotations
