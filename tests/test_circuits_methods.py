@@ -23,7 +23,8 @@ from harness.protocols.circuits import CircuitData, LastTokenMetric, PassCounter
 from harness.methods.discrete_sae import unique_positive_codes
 from harness.sae.discrete import PlainAdam as _Adam
 
-CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae", "atp-star"]
+CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae", "atp-star",
+                   "subnetwork-probing"]
 
 
 # ----------------------------------------------------------------- fixtures
@@ -332,13 +333,14 @@ def test_every_method_returns_finite_scores(name, ctx):
     data = make_data(model)
     entry = registry.get_method(name)
     assert entry.family == "circuits" and entry.version == "1"
-    assert entry.baseline == (name not in ("discrete-sae", "atp-star"))
+    assert entry.baseline == (name not in ("discrete-sae", "atp-star", "subnetwork-probing"))
     m = method(name, ctx)
     scores = m.score_heads(model, data)
     assert isinstance(scores, np.ndarray) and scores.shape == (2, 4)
     assert np.issubdtype(scores.dtype, np.floating) and np.isfinite(scores).all()
     sel = m.select_heads(model, data, scores)
-    assert sel is None if name != "acdc" else (sel.dtype == bool and sel.shape == (2, 4))
+    own = name in ("acdc", "subnetwork-probing")  # the methods with their own circuit
+    assert sel is None if not own else (sel.dtype == bool and sel.shape == (2, 4))
 
 
 # ------------------------------------------------------------- discrete SAE

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from harness.models.base import HookedModel
-from harness.protocols.circuits import CircuitData, CircuitMethod
+from harness.protocols.circuits import REPLACEMENTS, CircuitData, CircuitMethod, patch_replacement  # noqa: F401
 from harness.core.registry import register_method
 
-REPLACEMENTS = ("mean", "resample")
 #: Largest ablate_many output (sets x prompts x logit columns) produced at once: 256 MB in float32.
 MAX_OUTPUT_ELEMENTS = 2**26
 
@@ -45,18 +44,6 @@ def single_head_masks(n_layers: int, n_heads: int, device=None) -> torch.Tensor:
     """One mask per head, ``[n_layers * n_heads, n_layers, n_heads]`` (set ``i`` = head ``divmod(i, n_heads)``)."""
     n = n_layers * n_heads
     return torch.eye(n, dtype=torch.bool, device=device).reshape(n, n_layers, n_heads)
-
-
-@torch.no_grad()
-def patch_replacement(model: HookedModel, data: CircuitData, kind: str) -> torch.Tensor:
-    """The ``z`` a patched head gets: ``"mean"``: :meth:`~HookedModel.mean_z` over the clean and
-    corrupted fit prompts, ``[seq, L, H, d_head]``; ``"resample"``: the ``z`` of the corrupted
-    run, ``[batch, seq, L, H, d_head]`` (row i patched from corrupted row i)."""
-    if kind == "mean":
-        return model.mean_z(torch.cat([data.clean, data.corrupted], dim=0))
-    if kind == "resample":
-        return model.run_with_cache(data.corrupted, return_logits=False)[1]
-    raise ValueError(f"unknown replacement {kind!r}; use one of {REPLACEMENTS}")
 
 
 @torch.no_grad()

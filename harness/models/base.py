@@ -10,8 +10,10 @@
   ``ln_final.hook_normalized``) and the public ways to run it (``run_with_hooks``,
   ``run_from``, ``run_with_cache``, ``logits``, ``unembed``, ``hook_points``);
 - :mod:`harness.models.patching`: replacing / ablating heads (``run_with_heads_replaced``,
-  ``mean_z``, ``head_results``, the batched ``ablate_many``), on the hook points;
-- :mod:`harness.models.gradients`: ``head_gradients`` and ``replacement_gradient``, on the hook points.
+  ``mean_z``, ``head_results``, the batched ``ablate_many``) and interpolating them with a
+  replacement (``run_with_heads_mixed``), on the hook points;
+- :mod:`harness.models.gradients`: ``head_gradients``, ``replacement_gradient`` and ``mix_gradient``,
+  on the hook points.
 
 Adapters implement the token primitives (``_encode``, ``_decode_one``, ``token_id``), ``W_O``,
 ``b_O``, ``_ln_final``, ``_W_U``, ``_b_U`` and one run between two hook points (``_run``):
@@ -20,11 +22,11 @@ Adapters implement the token primitives (``_encode``, ``_decode_one``, ``token_i
 :class:`~harness.models.hf_causal.HFCausalLM` by hooking a Hugging Face model's own forward.
 Code outside :mod:`harness.models` uses public members only.
 
-Gradient policy: :meth:`logits`, :meth:`run_with_hooks`, :meth:`run_with_cache` and
-:meth:`run_with_heads_replaced` follow the caller's grad mode (so a training
+Gradient policy: :meth:`logits`, :meth:`run_with_hooks`, :meth:`run_with_cache`,
+:meth:`run_with_heads_replaced` and :meth:`run_with_heads_mixed` follow the caller's grad mode (so a training
 loss can include ablated runs; wrap them in ``torch.no_grad()`` for analysis);
 :meth:`ablate_many` and :meth:`mean_z` always run without autograd;
-:meth:`head_gradients` enables autograd itself and returns detached tensors.
+:meth:`head_gradients` (and the other gradients) enable autograd themselves and return detached tensors.
 """
 
 from __future__ import annotations

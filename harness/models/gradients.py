@@ -1,13 +1,14 @@
-"""Gradients at the hook points: ``d metric / d z`` of every head, and of a patched run's replacement.
+"""Gradients at the hook points: ``d metric / d z`` of every head, of a patched run's replacement, and of a
+mixed run's per-head coefficients.
 
-Both are written on :meth:`~harness.models.forward.HookedForward.run_with_hooks`
+All are written on :meth:`~harness.models.forward.HookedForward.run_with_hooks`
 with hooks at ``blocks.{l}.attn.hook_z``; they enable autograd themselves and
 return detached tensors, and compute no parameter gradients.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -58,6 +59,25 @@ class GradientsMixin:
             metric = metric_fn(self.run_with_heads_replaced(tokens, mask, rep))
             (grad,) = torch.autograd.grad(metric.reshape(()), rep)
         return grad
+
+    def mix_gradient(
+        self, tokens: torch.Tensor, mix: torch.Tensor, replacement, loss_fn: Callable[[torch.Tensor], torch.Tensor], *,
+        position: int | None = None, token_ids: torch.Tensor | Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, d loss / d mix)`` of :meth:`run_with_heads_mixed` (one forward, one backward).
+
+        ``loss_fn`` maps that run's output (logits ``[b, s, vocab]``, or ``[b, len(token_ids) or vocab]`` in
+        position mode) to a scalar tensor.  Returns the loss (a detached scalar) and the gradient with the
+        shape of ``mix`` (``[L, H]`` or ``[b, L, H]``): what a method learning a mask over the heads chains
+        into its mask parameters.  No parameter gradients are computed.
+        """
+        with torch.enable_grad():
+            m = mix.detach().clone().requires_grad_(True)
+            loss = loss_fn(self.run_with_heads_mixed(tokens, m, replacement, position=position, token_ids=token_ids))
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError(f"loss_fn must return a scalar tensor, got {describe(loss)}")
+            (grad,) = torch.autograd.grad(loss.reshape(()), m, allow_unused=True)
+        return loss.detach().reshape(()), torch.zeros_like(m) if grad is None else grad
 
 
 def _tap(zs: list, probe: torch.Tensor, layer: int) -> HookFn:

@@ -4,7 +4,9 @@ Vocabulary (``b`` = batch, ``s`` = sequence, ``L`` = layers, ``H`` = heads):
 
 - ``z``: each head's output before ``W_O``, ``[b, s, L, H, d_head]`` (the
   ``blocks.{l}.attn.hook_z`` points stacked along dim 2);
-- a head *mask* is a BoolTensor ``[L, H]`` (True = replace that head);
+- a head *mask* is a BoolTensor ``[L, H]`` (True = replace that head); a *mix* is a float
+  tensor ``[L, H]`` or ``[b, L, H]`` (1 = keep the head's ``z``, 0 = the replacement, in between
+  the interpolation);
 - a *replacement* is anything broadcastable to ``z``: a scalar, ``[s, L, H, d_head]``
   from :meth:`PatchingMixin.mean_z`, or the full ``z`` of a corrupted run.
 
@@ -57,6 +59,35 @@ class PatchingMixin:
             if bool(mask[layer].any()):
                 hooks[f"blocks.{layer}.attn.hook_z"] = _head_replacer(mask[layer][:, None], rep[:, :, layer])
         return self.run_with_hooks(tokens, hooks)
+
+    def run_with_heads_mixed(self, tokens: torch.Tensor, mix: torch.Tensor, replacement, *,
+                             position: int | None = None,
+                             token_ids: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Logits of a run where every head's ``z`` is ``mix * z + (1 - mix) * replacement``.
+
+        ``mix`` is a float tensor ``[L, H]`` (one coefficient per head) or ``[b, L, H]`` (one per prompt and
+        head): 1 keeps the head's own ``z`` (computed in this run, so it sees the mixing of earlier layers),
+        0 gives it ``replacement`` (as :meth:`run_with_heads_replaced`).  ``position`` / ``token_ids``: position
+        mode as in :meth:`run_with_hooks` (logits ``[b, len(token_ids) or vocab]``).  Differentiable in ``mix``
+        and ``replacement`` (follows the caller's grad mode): the forward of mask-learning methods.
+        """
+        tokens = self._check_tokens(tokens)
+        b, s = tokens.shape
+        L, H = self.n_layers, self.n_heads
+        if not isinstance(mix, torch.Tensor) or not mix.is_floating_point() or mix.shape not in ((L, H), (b, L, H)):
+            raise ValueError(f"mix must be a float tensor [n_layers, n_heads] = {[L, H]} or [batch, n_layers, "
+                             f"n_heads] = {[b, L, H]}, got {describe(mix)}")
+        if position is not None and not -s <= position < s:
+            raise ValueError(f"position {position} is out of range for sequences of length {s}")
+        rep = self._check_replacement(replacement, self._z_shape(tokens), self.dtype)
+        coef = mix.to(self.device).reshape(-1, 1, L, H, 1)  # [1 or b, 1, L, H, 1]
+        hooks = {}
+        for layer in range(L):
+            r = rep[:, :, layer]
+            if position is not None and layer == L - 1 and r.shape[1] > 1:  # the last block sees `position` only
+                r = r[:, position % s : position % s + 1]
+            hooks[f"blocks.{layer}.attn.hook_z"] = _head_mixer(coef[:, :, layer], r)
+        return self.run_with_hooks(tokens, hooks, position=position, token_ids=token_ids)
 
     @torch.no_grad()
     def mean_z(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -218,6 +249,16 @@ def _head_replacer(mask: torch.Tensor, rep: torch.Tensor) -> HookFn:
         return torch.where(mask, rep.to(z.dtype), z)
 
     return replace
+
+
+def _head_mixer(coef: torch.Tensor, rep: torch.Tensor) -> HookFn:
+    """Hook at one layer's ``attn.hook_z``: ``coef * z + (1 - coef) * rep``, ``coef`` ``[1 or b, 1, H, 1]``."""
+
+    def mix(z: torch.Tensor, name: str) -> torch.Tensor:
+        c = coef.to(z.dtype)
+        return c * z + (1 - c) * rep.to(z.dtype)
+
+    return mix
 
 
 def _stacked_replacer(mask: torch.Tensor, rep: torch.Tensor, n: int, b: int) -> HookFn:

@@ -74,6 +74,22 @@ class CircuitData:
         return (self.model.n_layers, self.model.n_heads)
 
 
+#: The kinds of replacement ``z`` :func:`patch_replacement` gives a patched or ablated head.
+REPLACEMENTS = ("mean", "resample")
+
+
+@torch.no_grad()
+def patch_replacement(model: HookedModel, data: CircuitData, kind: str) -> torch.Tensor:
+    """The ``z`` a patched head gets: ``"mean"``: :meth:`~HookedModel.mean_z` over the clean and
+    corrupted fit prompts, ``[seq, L, H, d_head]``; ``"resample"``: the ``z`` of the corrupted
+    run, ``[batch, seq, L, H, d_head]`` (row i patched from corrupted row i)."""
+    if kind == "mean":
+        return model.mean_z(torch.cat([data.clean, data.corrupted], dim=0))
+    if kind == "resample":
+        return model.run_with_cache(data.corrupted, return_logits=False)[1]
+    raise ValueError(f"unknown replacement {kind!r}; use one of {REPLACEMENTS}")
+
+
 class CircuitMethod(Method):
     """A circuit-finding method: scores every attention head.
 
@@ -99,9 +115,11 @@ COUNTED_CALLS: dict[str, tuple[int, int]] = {
     "run_with_hooks": (1, 0),
     "run_from": (1, 0),
     "run_with_heads_replaced": (1, 0),
+    "run_with_heads_mixed": (1, 0),
     "mean_z": (1, 0),
     "head_gradients": (1, 1),
     "replacement_gradient": (1, 1),
+    "mix_gradient": (1, 1),
 }
 
 
