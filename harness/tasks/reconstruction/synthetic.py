@@ -56,7 +56,7 @@ class SyntheticConfig:
     magnitude_min: float = 0.5
     magnitude_max: float = 1.5
     noise_std: float = 0.0
-    n_train: int = 16384
+    n_train: int = 65536
     n_test: int = 2048
 
 

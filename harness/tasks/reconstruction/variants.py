@@ -36,10 +36,13 @@ for prefix, task_cls, where in SOURCES:
                  description="SAE fidelity on " + where.format(what=what))
 
 #: the known-truth tasks: every generator parameter is a config value (SyntheticConfig), so it enters the
-#: cells' identity; the mean number of active features is d / 12 rounded down (the TopK family's default k)
+#: cells' identity; the mean number of active features is d / 12 rounded down (the TopK family's default k);
+#: n_train sets the SAEs' training steps (6 epochs of 512-row batches: 768 and 576 steps), sized so that the
+#: family's new cells stay within a few minutes on 2 cores
 SYNTHETIC = {
     "synthetic-64": dict(d=64, n_features=256, mean_active=5.0, n_groups=16, group_size=4, noise_std=0.0),
-    "synthetic-128": dict(d=128, n_features=512, mean_active=10.0, n_groups=32, group_size=4, noise_std=0.05),
+    "synthetic-128": dict(d=128, n_features=512, mean_active=10.0, n_groups=32, group_size=4, noise_std=0.05,
+                          n_train=49152),
 }
 for name, values in SYNTHETIC.items():
     add_task(f"reconstruction/{name}", SyntheticTask, version="1", defaults=values,
