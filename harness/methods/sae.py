@@ -185,11 +185,8 @@ class JumpReLUSAE(_SAEMethod):
 @register_method("batchtopk-sae", version="1",
                  description="BatchTopK SAE (Bussmann et al. 2024): top k*B activations per training batch, one "
                              "global threshold at inference; AuxK, sparse backward")
-class BatchTopKSAE(_SAEMethod):
-    def __init__(self, k: int | None = None, expansion: int = 4, n_latents: int | None = None, epochs: int = 6,
-                 batch_size: int = 512, lr: float = 5e-3, auxk_coef: float = 1 / 32):
-        self.k, self.expansion, self.n_latents = k, expansion, n_latents
-        self.epochs, self.batch_size, self.lr, self.auxk_coef = epochs, batch_size, lr, auxk_coef
+class BatchTopKSAE(TopKSAE):
+    """TopK's parameters, BatchTopK's training and inference."""
 
     def fit(self, acts: torch.Tensor, grads: torch.Tensor | None = None) -> "_SAEMethod":
         self.sae, self.last_train_stats = train_batchtopk_sae(
