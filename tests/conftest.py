@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can import toy_plugin
 
@@ -20,6 +21,15 @@ import fake_device  # noqa: E402
 # sizes its per-device queues at the first backward pass of the process, and a backward on a device it did
 # not count then fails an internal assert.  When registration fails, the device tests skip with the reason.
 fake_device.available()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one torch thread is fastest and immune to oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -26,11 +26,12 @@ from harness.core.selftest import selftest
 from harness.core.task import tolerance
 
 #: one task per kind of data path: both circuit metrics (logit difference on a few columns, probabilities
-#: over the vocabulary), both reconstruction hooks of the embedded LM and the MiniLM encoder, a clustering
-#: task, an ICL predictor task and an ICL probe task; every method of each family
+#: over the vocabulary), both reconstruction hooks of the embedded LM and the MiniLM encoder, the known-truth
+#: synthetic activations (decoder directions read back through decode), a clustering task, an ICL predictor
+#: task and an ICL probe task; every method of each family
 FAKE_DEVICE_TASKS = ["circuits/ioi", "circuits/greater_than", "reconstruction/embedded-resid",
-                     "reconstruction/embedded-z", "reconstruction/minilm-z", "clustering/wine", "icl/linear-d5",
-                     "icl/probe-d5"]
+                     "reconstruction/embedded-z", "reconstruction/minilm-z", "reconstruction/synthetic-64",
+                     "clustering/wine", "icl/linear-d5", "icl/probe-d5"]
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from harness.sae import (
 )
 from harness.sae.discrete import PlainAdam
 from harness.sae.training import Trainer
+from sae_toys import random_weights
 
 D, N_LAT, ROWS = 6, 10, 9
 
@@ -44,12 +45,8 @@ def one_thread():
 
 def toy(config: SAEConfig, seed: int = 0) -> tuple[SAE, torch.Tensor]:
     """Random float64 weights and inputs (float64: the reference computations below agree to ~1e-12)."""
-    g = torch.Generator().manual_seed(seed)
-    W_enc, W_dec = torch.randn(N_LAT, D, generator=g), torch.randn(N_LAT, D, generator=g)
-    b_enc, b_dec = 0.3 * torch.randn(N_LAT, generator=g), torch.randn(D, generator=g)
-    x = torch.randn(ROWS, D, generator=g)
-    sae = SAE(*(t.double() for t in (W_enc, b_enc, W_dec, b_dec)), config)
-    return sae, x.double()
+    W_enc, b_enc, W_dec, b_dec, x = random_weights(seed, N_LAT, D, ROWS)
+    return SAE(W_enc, b_enc, W_dec, b_dec, config), x
 
 
 def pre_loop(sae: SAE, x: torch.Tensor, centre: bool = True) -> torch.Tensor:

@@ -167,12 +167,19 @@ def _select(spec: RunSpec) -> tuple[list[registry.Entry], list[registry.Entry] |
     return task_entries, method_entries
 
 
+def _refusal(task_entry: registry.Entry, task: Task, method_entry: registry.Entry) -> str | None:
+    """Why ``task`` does not run ``method_entry`` (:meth:`Task.accepts`), as ``"task: reason"``; None if it does."""
+    reason = task.accepts(method_entry.cls)
+    return None if reason is None else f"{task_entry.name}: {reason}"
+
+
 def expand(spec: RunSpec) -> list[Cell]:
     """Cells in run order: task, then seed, then method (so task data is built once per seed)."""
     task_entries, method_entries = _select(spec)
     used_overrides: set[str] = set()
     used_grid: set[str] = set()
     cells: list[Cell] = []
+    refused: dict[str, list[str | None]] = {}  # method -> per selected task of its family: why not (None: runs)
     for t in task_entries:
         task: Task = t.create()
         overrides = {k: v for k, v in spec.task_overrides.items() if k in task.config_keys()}
@@ -182,6 +189,9 @@ def expand(spec: RunSpec) -> list[Cell]:
             candidates = [m for m in method_entries if m.family == t.family]
         else:
             candidates = [m for m in registry.methods(t.family) if m.in_default_suite]
+        for m in candidates:
+            refused.setdefault(m.name, []).append(_refusal(t, task, m))
+        candidates = [m for m in candidates if refused[m.name][-1] is None]
         points = []
         for m in candidates:
             accepted = set(m.cls.param_names())
@@ -193,6 +203,11 @@ def expand(spec: RunSpec) -> list[Cell]:
         for seed in spec.seeds:
             for m, grid_points in points:
                 cells.extend(make_cell(t, task, config, m, params, seed) for params in grid_points)
+    if method_entries is not None:
+        nowhere = {name: reasons for name, reasons in refused.items() if None not in reasons}
+        if nowhere:
+            raise ConfigError("; ".join(f"method {name!r} runs on none of the selected tasks: {', '.join(reasons)}"
+                                        for name, reasons in nowhere.items()))
     unused = sorted(set(spec.task_overrides) - used_overrides)
     if unused:
         raise ConfigError(f"no selected task has the config key(s) {', '.join(map(repr, unused))}")

@@ -46,8 +46,10 @@ def _pairs(tasks: Sequence[str] | None, methods: Sequence[str] | None) -> list[t
     wanted = {registry.get_method(n).name for n in methods} if methods else None
     pairs = []
     for t in task_entries:
+        task = t.create()
         for m in registry.methods(t.family):
-            if (wanted is None and m.in_default_suite) or (wanted is not None and m.name in wanted):
+            chosen = (wanted is None and m.in_default_suite) or (wanted is not None and m.name in wanted)
+            if chosen and task.accepts(m.cls) is None:  # a pair the task refuses is no cell of `harness run` either
                 pairs.append((t, m))
     return pairs
 

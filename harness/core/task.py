@@ -109,6 +109,15 @@ class Task:
         """Check, before any cell runs, what can be checked of ``config`` alone (a model loads, a ground-truth
         file is in range for it); raise :class:`~harness.errors.HarnessError` with one line.  None by default."""
 
+    def accepts(self, method_cls: type) -> str | None:
+        """None when this task can run methods of ``method_cls``; else the one-line reason it cannot.
+
+        A pair the task refuses is no cell (``harness run`` and ``harness selftest`` leave it out, as they
+        leave out methods of other families); naming only methods that no selected task accepts is a
+        :class:`ConfigError` with the reasons.  Every method of the family by default.
+        """
+        return None
+
     def model_id(self, config: Any) -> str:
         """Identifier of the model the task reads activations from ("-" when none)."""
         return str(getattr(config, "model", "-"))

@@ -67,3 +67,15 @@ __all__ += [
 from harness.metrics.icl import ilwd, implied_weights, normalized_squared_error, r2_score, spd  # noqa: E402
 
 __all__ += ["ilwd", "implied_weights", "normalized_squared_error", "r2_score", "spd"]
+
+from harness.metrics.dictionary import (  # noqa: E402
+    abs_cosine_matrix,
+    active_set_precision_recall,
+    match_latents,
+    max_cosines,
+    mmcs,
+    recovered_fraction,
+)
+
+__all__ += ["abs_cosine_matrix", "active_set_precision_recall", "match_latents", "max_cosines", "mmcs",
+            "recovered_fraction"]

@@ -24,7 +24,7 @@ sums are accumulated in float64.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -82,28 +82,40 @@ def mean_cosine_similarity(x: Any, x_hat: Any, eps: float = 1e-12) -> float:
     return float(torch.where(den > eps, num / den.clamp_min(eps), torch.zeros_like(num)).mean())
 
 
-def code_activity(codes: Any, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(active_per_row [N] int64, fired [n_latents] bool)`` of codes.
+def active_chunks(codes: Any, chunk_rows: int = 4096) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, active [rows, n_latents] bool)`` for consecutive row chunks of ``codes``.
 
     A latent is active in a row when its (summed) value there is non-zero.  ``codes``: a dense tensor
-    ``[N, n_latents]`` or sparse codes (anything with ``indices`` / ``values`` ``[N, k]`` and ``n_latents``,
-    such as :class:`~harness.protocols.reconstruction.SparseCodes`).
+    ``[N, n_latents]`` (one chunk) or sparse codes (anything with ``indices`` / ``values`` ``[N, k]`` and
+    ``n_latents``, such as :class:`~harness.protocols.reconstruction.SparseCodes`), scattered chunk by chunk
+    so that no ``[N, n_latents]`` tensor is built.
     """
-    if hasattr(codes, "n_latents"):
-        n, n_lat = codes.shape
-        dev = codes.indices.device  # counted where the codes are
-        per_row = torch.empty(n, dtype=torch.long, device=dev)
-        fired = torch.zeros(n_lat, dtype=torch.bool, device=dev)
-        for i in range(0, n, chunk_rows):
-            dense = torch.zeros(min(chunk_rows, n - i), n_lat, dtype=codes.values.dtype, device=dev).scatter_add_(
-                1, codes.indices[i : i + chunk_rows], codes.values[i : i + chunk_rows]
-            )
-            active = dense != 0
-            per_row[i : i + chunk_rows] = active.sum(1)
-            fired |= active.any(0)
-        return per_row, fired
-    active = codes != 0
-    return active.sum(1), active.any(0)
+    if not hasattr(codes, "n_latents"):
+        yield slice(0, codes.shape[0]), codes != 0
+        return
+    n, n_lat = codes.shape
+    dev = codes.indices.device  # counted where the codes are
+    for i in range(0, n, chunk_rows):
+        rows = slice(i, min(n, i + chunk_rows))
+        dense = torch.zeros(rows.stop - i, n_lat, dtype=codes.values.dtype, device=dev).scatter_add_(
+            1, codes.indices[rows], codes.values[rows]
+        )
+        yield rows, dense != 0
+
+
+def code_activity(codes: Any, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(active_per_row [N] int64, fired [n_latents] bool)`` of codes (see :func:`active_chunks`)."""
+    if not hasattr(codes, "n_latents"):
+        active = codes != 0
+        return active.sum(1), active.any(0)
+    n, n_lat = codes.shape
+    dev = codes.indices.device
+    per_row = torch.empty(n, dtype=torch.long, device=dev)
+    fired = torch.zeros(n_lat, dtype=torch.bool, device=dev)
+    for rows, active in active_chunks(codes, chunk_rows):
+        per_row[rows] = active.sum(1)
+        fired |= active.any(0)
+    return per_row, fired
 
 
 def _activity(codes: Any):

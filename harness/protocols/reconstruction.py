@@ -22,6 +22,10 @@ Types
 
   The task computes L0 and the dead-latent fraction from the codes, so they
   must be what :meth:`decode` actually uses.
+- a latent's *decoder direction* is ``decode(e_j) - decode(0)``: what one unit of latent ``j`` adds to
+  the reconstruction (an SAE's ``W_dec[j]``, a PCA component, a dictionary atom).  The known-truth tasks
+  read a method's dictionary this way (:func:`decoder_directions`), through ``decode`` alone, so every
+  method of the protocol has one; for a decoder that is not affine it is the direction at the origin.
 - ``decode(codes)`` returns float ``[N, d]`` (tensor or numpy array).  The codes it is given are the
   validated ones, on the CPU: a method computing on ``self.device`` moves them there
   (:func:`codes_to`) and may return its output on any device (the task moves it to the CPU).
@@ -176,3 +180,28 @@ def validate_reconstruction(x_hat: Any, shape: tuple[int, int]) -> torch.Tensor:
 
 def n_latents_of(codes: Codes) -> int:
     return int(codes.n_latents) if isinstance(codes, SparseCodes) else int(codes.shape[1])
+
+
+def decoder_directions(method: ReconstructionMethod, like: Codes, d: int, chunk: int = 1024) -> torch.Tensor:
+    """``[n_latents, d]``: row ``j`` = ``decode(e_j) - decode(0)``, in codes of the form of ``like``.
+
+    ``like`` (validated codes the method returned) decides the probe: :class:`SparseCodes` with one slot
+    per row, or dense rows of the identity, ``chunk`` rows per ``decode`` call.  The outputs are validated as
+    reconstructions (float, finite, ``[rows, d]``).
+    """
+    n = n_latents_of(like)
+    if isinstance(like, SparseCodes):
+        zero = SparseCodes(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), n)
+    else:
+        zero = torch.zeros(1, n)
+    origin = validate_reconstruction(method.decode(zero), (1, d))
+    rows = []
+    for start in range(0, n, chunk):
+        ids = torch.arange(start, min(n, start + chunk))
+        if isinstance(like, SparseCodes):
+            probe: Codes = SparseCodes(ids[:, None], torch.ones(len(ids), 1), n)
+        else:
+            probe = torch.zeros(len(ids), n)
+            probe[torch.arange(len(ids)), ids] = 1.0
+        rows.append(validate_reconstruction(method.decode(probe), (len(ids), d)) - origin)
+    return torch.cat(rows)

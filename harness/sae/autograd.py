@@ -10,28 +10,45 @@ every gradient from the ``k`` (and ``k_aux``) selected latents of each row:
 - ``b_enc``: an ``index_add``; ``b_dec``: ``sum g - sum S' W_enc`` (one gather);
 
 so a training step does one dense matmul (the encoder's) instead of the five
-of a dense TopK SAE (encode, dense decode, and three in the backward).
+of a dense TopK SAE (encode, dense decode, and three in the backward).  With
+``batch=True`` the selection is BatchTopK's (:func:`~harness.sae.kernels.batch_topk_relu`:
+the ``k * N`` largest of the batch, padded per row with value-0 slots, which get
+no gradient).
+
+:func:`sparse_encode` is the encoder half on its own, for architectures whose
+loss needs the selected values themselves (Matryoshka's nested decodes): the
+pre-activations at given latents, with the same sparse backward.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.sae.kernels import LatentPattern, sparse_decode, sparse_rowdot, topk_relu, topk_select
+from harness.sae.kernels import LatentPattern, batch_topk_relu, dead_topk_relu, sparse_decode, sparse_rowdot, topk_relu
+
+
+def _encoder_grads(idx: torch.Tensor, gv: torch.Tensor, xc: torch.Tensor, W_enc: torch.Tensor, need_xc: bool,
+                   need_We: bool, need_be: bool, pattern: LatentPattern | None = None):
+    """Gradients of ``sum gv[i, j] * pre[i, idx[i, j]]`` (``pre = xc W_enc^T + b_enc``) with respect to
+    ``xc`` ``[N, d]``, ``W_enc`` ``[n, d]`` and ``b_enc`` ``[n]`` (None where not needed), from the entries only."""
+    n_lat = W_enc.shape[0]
+    grad_xc = sparse_decode(idx, gv, W_enc) if need_xc else None
+    grad_We = (pattern or LatentPattern(idx, n_lat)).matmul(gv, xc) if need_We else None
+    grad_be = None
+    if need_be:
+        grad_be = torch.zeros(n_lat, dtype=gv.dtype, device=gv.device).index_add_(0, idx.reshape(-1), gv.reshape(-1))
+    return grad_xc, grad_We, grad_be
 
 
 class _TopKSAE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc.t())
-        vals, idx = topk_relu(pre, k, select_scale)
+        vals, idx = batch_topk_relu(pre, k) if batch else topk_relu(pre, k, select_scale)
         x_hat = sparse_decode(idx, vals, W_dec, b_dec)
         if dead_idx is not None and k_aux > 0 and dead_idx.numel() > 0:
-            ka = min(k_aux, dead_idx.numel())
-            aux_vals, ai = topk_select(pre.index_select(1, dead_idx), ka)
-            aux_idx, order = dead_idx[ai].sort(dim=1)
-            aux_vals = aux_vals.gather(1, order).clamp_min_(0)
+            aux_vals, aux_idx = dead_topk_relu(pre, dead_idx, k_aux)
             aux_hat = sparse_decode(aux_idx, aux_vals, W_dec)
         else:
             aux_idx = aux_vals = None
@@ -56,11 +73,10 @@ class _TopKSAE(torch.autograd.Function):
         else:
             all_idx, all_gv = idx, gv
 
-        grad_x = grad_We = grad_be = grad_Wd = grad_bd = None
-        if need_We or need_Wd:
-            pattern = LatentPattern(all_idx, n_lat)
-        if need_We:
-            grad_We = pattern.matmul(all_gv, xc)
+        grad_x = grad_Wd = grad_bd = None
+        pattern = LatentPattern(all_idx, n_lat) if need_We or need_Wd else None
+        grad_xc, grad_We, grad_be = _encoder_grads(all_idx, all_gv, xc, W_enc, need_x or need_bd, need_We, need_be,
+                                                   pattern)
         if need_Wd:
             if has_aux:
                 # one bag over [g; g_aux]: main entries read row i, aux entries row n_rows + i
@@ -74,15 +90,11 @@ class _TopKSAE(torch.autograd.Function):
                 )
             else:
                 grad_Wd = pattern.matmul(vals, g)
-        if need_be:
-            grad_be = torch.zeros(n_lat, dtype=g.dtype, device=g.device).index_add_(0, all_idx.reshape(-1), all_gv.reshape(-1))
-        if need_x or need_bd:
-            grad_xc = sparse_decode(all_idx, all_gv, W_enc)
-            if need_x:
-                grad_x = grad_xc
-            if need_bd:
-                grad_bd = g.sum(0) - grad_xc.sum(0)
-        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None
+        if need_x:
+            grad_x = grad_xc
+        if need_bd:
+            grad_bd = g.sum(0) - grad_xc.sum(0)
+        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None, None
 
 
 def topk_sae_forward(
@@ -95,6 +107,7 @@ def topk_sae_forward(
     select_scale: torch.Tensor | None = None,
     dead_idx: torch.Tensor | None = None,
     k_aux: int = 0,
+    batch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_hat [N, d], aux_hat [N, d] or empty, values [N, k], indices [N, k])``.
 
@@ -103,6 +116,27 @@ def topk_sae_forward(
     ``select_scale`` ``[N, n_latents]`` (> 0, no grad) makes the *selection* use
     ``relu(pre) * select_scale`` (g-SAE).  With ``dead_idx`` (latent ids) and
     ``k_aux > 0``, ``aux_hat = sum`` over the top-``k_aux`` dead latents (AuxK,
-    no ``b_dec``).  Differentiable in ``x`` and all weights; the backward is sparse.
+    no ``b_dec``).  ``batch``: BatchTopK's selection instead (``k * N`` over the batch; ``values`` and
+    ``indices`` are then ``[N, m]`` with value-0 slots; ``select_scale`` is not used).  Differentiable in ``x``
+    and all weights; the backward is sparse.
     """
-    return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux))
+    return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux), bool(batch))
+
+
+class _SparseEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xc, W_enc, b_enc, idx):
+        ctx.save_for_backward(xc, W_enc, idx)
+        return sparse_rowdot(idx, W_enc, xc) + b_enc[idx]
+
+    @staticmethod
+    def backward(ctx, gv):
+        xc, W_enc, idx = ctx.saved_tensors
+        grad_xc, grad_We, grad_be = _encoder_grads(idx, gv.contiguous(), xc, W_enc, *ctx.needs_input_grad[:3])
+        return grad_xc, grad_We, grad_be, None
+
+
+def sparse_encode(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``pre[i, idx[i, j]] = xc[i] . W_enc[idx[i, j]] + b_enc[idx[i, j]]`` ``[N, m]`` for ``xc`` ``[N, d]`` and
+    latent ids ``idx`` ``[N, m]`` (sorted within each row); the backward touches only those entries."""
+    return _SparseEncode.apply(xc, W_enc, b_enc, idx)

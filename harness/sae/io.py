@@ -4,11 +4,13 @@ A directory with
 
 - ``sae.safetensors``: ``W_enc`` ``[d_in, n_latents]``, ``b_enc`` ``[n_latents]``,
   ``W_dec`` ``[n_latents, d_in]``, ``b_dec`` ``[d_in]`` (the SAELens layout; any
-  float dtype, read as float32);
+  float dtype, read as float32), and the architecture's per-latent tensors if it has any
+  (``threshold`` ``[n_latents]`` for ``jumprelu``, as in SAELens and Gemma Scope);
 - ``sae.json``: ``{"activation": "topk", "k": 32}``: ``"activation"`` names a
   registered architecture (:mod:`harness.sae.registry`: ``topk`` | ``relu`` |
-  ``argmax`` | ``discrete``), followed by its config's saved fields (``k`` only
-  for topk); optionally ``"d_in"`` / ``"n_latents"`` (checked against the
+  ``argmax`` | ``discrete`` | ``jumprelu`` | ``batchtopk`` | ``matryoshka``), followed by its config's
+  saved fields (``k`` for topk; ``k`` and ``threshold`` for batchtopk; also ``prefixes`` for
+  matryoshka); optionally ``"d_in"`` / ``"n_latents"`` (checked against the
   weights) and ``"apply_b_dec_to_input"`` (default true: encode ``x - b_dec``;
   false: encode ``x``).
 """
@@ -35,7 +37,7 @@ TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 def save_sae(sae: SAE, directory: str | Path) -> Path:
     """Write ``sae.safetensors`` + ``sae.json`` into ``directory`` (created if needed, each file atomically)."""
     directory = Path(directory)
-    tensors = {"W_enc": sae.W_enc.t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    tensors = {"W_enc": sae.W_enc.t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec, **sae.extra}
     write_safetensors(directory / SAE_WEIGHTS, tensors)
     meta = {"activation": sae.architecture, "d_in": sae.d_in, "n_latents": sae.n_latents,
             **sae.arch.to_json(sae.config)}
@@ -44,7 +46,7 @@ def save_sae(sae: SAE, directory: str | Path) -> Path:
 
 
 def read_sae_dir(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(sae.json as a dict, the four tensors of sae.safetensors as float32)`` of an SAE directory.
+    """``(sae.json as a dict, the tensors of sae.safetensors as float32)`` of an SAE directory.
 
     The only place that reads the files (:class:`HarnessError` with the reason if they are missing,
     unreadable, or lack a tensor); :func:`load_sae` checks what they mean.
@@ -57,10 +59,15 @@ def read_sae_dir(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
         )
     meta = read_json_object(jpath)
     t = read_safetensors(wpath)
-    missing = [n for n in TENSORS if n not in t]
+    require_tensors(t, TENSORS, wpath)
+    return meta, {n: v.float() for n, v in t.items() if v.is_floating_point()}
+
+
+def require_tensors(t: dict[str, torch.Tensor], names: tuple[str, ...], wpath: Path, why: str = "") -> None:
+    """:class:`HarnessError` naming the tensors of ``names`` that ``t`` (read from ``wpath``) lacks."""
+    missing = [n for n in names if n not in t]
     if missing:
-        raise HarnessError(f"{wpath} lacks tensor(s) {', '.join(missing)} (has: {', '.join(sorted(t))})")
-    return meta, {n: t[n].float() for n in TENSORS}
+        raise HarnessError(f"{wpath} lacks tensor(s) {', '.join(missing)}{why} (has: {', '.join(sorted(t))})")
 
 
 def load_sae(directory: str | Path, k: int | None = None) -> SAE:
@@ -81,8 +88,11 @@ def load_sae(directory: str | Path, k: int | None = None) -> SAE:
     name = meta.get("activation")
     if name not in architecture_names():
         raise HarnessError(f"{jpath}: 'activation' must be one of {', '.join(architecture_names())}, got {name!r}")
+    arch = get_architecture(name)
+    require_tensors(t, arch.extra_tensors, directory / SAE_WEIGHTS, f" (a {name} SAE needs them)")
     try:
-        config = get_architecture(name).from_json(meta, {"k": k})
-        return SAE(W_enc.t().contiguous(), b_enc, W_dec.contiguous(), b_dec, config, info={"path": str(directory)})
+        config = arch.from_json(meta, {"k": k})
+        return SAE(W_enc.t().contiguous(), b_enc, W_dec.contiguous(), b_dec, config, info={"path": str(directory)},
+                   extra={n: t[n] for n in arch.extra_tensors})
     except ConfigError as e:
         raise HarnessError(f"{directory}: {e}") from None

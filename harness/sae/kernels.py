@@ -3,6 +3,10 @@
 - :func:`topk_select`: exact row-wise top-k, with a group-max prefilter for
   wide rows (only the ``k`` groups holding the ``k`` largest group maxima can
   hold the top-k, so the full-width ``topk`` runs on ``k * group`` columns).
+- :func:`batch_topk_relu`: BatchTopK's selection, the ``k * N`` largest ``relu(pre)`` of the whole
+  batch, laid out per row as ``[N, m]`` (``m`` the most any row got; other slots hold value 0).
+- :func:`dead_topk_relu`: AuxK's selection, the top ``k_aux`` of the dead latents of each row.
+- :func:`threshold_encode`: JumpReLU codes ``pre * (pre > threshold)`` (a per-latent or one global threshold).
 - :func:`topk_encode`: inference encode ``relu(topk((x - b_dec) W_enc^T + b_enc))``
   in row chunks (one dense matmul per chunk into a reused buffer, then
   :func:`topk_select`), optionally with a per-latent selection scale (g-SAE).
@@ -80,6 +84,44 @@ def topk_relu(pre: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> t
         vals = pre.gather(1, idx)
     idx, order = idx.sort(dim=1)
     return vals.gather(1, order).clamp_min_(0), idx
+
+
+def batch_topk_relu(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` ``[N, m]`` of the ``k * N`` largest ``relu(pre)`` of ``pre`` ``[N, n]`` taken together.
+
+    Row ``i`` holds its ``c_i`` selected latents (its own ``c_i`` largest, as any batch selection is) and
+    ``m - c_i`` slots of other latents with value 0 (inactive, as in :class:`SparseCodes`), ``m = max c_i``;
+    indices are distinct and sorted within each row.  Among tied values the choice is ``torch.topk``'s.
+    """
+    n_rows, n = pre.shape
+    total = min(int(k) * n_rows, n_rows * n)
+    flat = torch.topk(pre.reshape(-1), total, sorted=False).indices
+    chosen = torch.zeros(n_rows * n, dtype=torch.bool, device=pre.device)
+    chosen[flat] = True
+    chosen = chosen.view(n_rows, n)
+    m = max(1, int(chosen.sum(1).max()))
+    vals, idx = topk_select(pre.masked_fill(~chosen, float("-inf")), m)
+    idx, order = idx.sort(dim=1)
+    vals = vals.gather(1, order)
+    return vals.masked_fill_(vals == float("-inf"), 0.0).clamp_min_(0), idx
+
+
+def dead_topk_relu(pre: torch.Tensor, dead_idx: torch.Tensor, k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` ``[N, min(k_aux, n_dead)]``: ``relu`` of the largest ``pre`` among the latents
+    ``dead_idx`` in each row (AuxK), indices sorted within each row."""
+    values, which = topk_select(pre.index_select(1, dead_idx), min(int(k_aux), dead_idx.numel()))
+    indices, order = dead_idx[which].sort(dim=1)
+    return values.gather(1, order).clamp_min_(0), indices
+
+
+def threshold_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor | float,
+                     b_dec: torch.Tensor | None = None) -> torch.Tensor:
+    """JumpReLU codes ``[N, n_latents]``: ``pre`` where ``pre > threshold`` else 0, ``pre = (x - b_dec) W_enc^T + b_enc``.
+
+    ``threshold``: ``[n_latents]`` (JumpReLU) or one number (BatchTopK at inference); >= 0, so codes are >= 0.
+    """
+    pre = torch.addmm(b_enc, x if b_dec is None else x - b_dec, W_enc.t())
+    return pre.masked_fill_(pre <= threshold, 0.0)
 
 
 @torch.no_grad()

@@ -10,7 +10,12 @@ subclass) that names its architecture.  ``pre = (x - b_dec) W_enc^T + b_enc``,
 - ``topk``: ``relu`` of the ``k`` largest ``pre`` (sparse; g-SAE when ``grad_beta > 0``);
 - ``relu``: ``relu(pre)`` (dense);
 - ``argmax``: only the largest ``relu(pre)`` (sparse, ``k = 1``);
-- ``discrete``: the argmax latent of ``pre`` (O'Neill & Bui's discrete SAE; sparse, ``k = 1``).
+- ``discrete``: the argmax latent of ``pre`` (O'Neill & Bui's discrete SAE; sparse, ``k = 1``);
+- ``jumprelu``: ``pre`` where ``pre > threshold`` (a per-latent tensor in :attr:`SAE.extra`; dense);
+- ``batchtopk`` / ``matryoshka``: ``pre`` where ``pre > threshold`` (one number in the config; dense).
+
+An architecture may need per-latent tensors besides the four weights (``Architecture.extra_tensors``,
+e.g. JumpReLU's ``threshold``): they live in :attr:`SAE.extra`, each ``[n_latents]``.
 
 Saved and loaded by :mod:`harness.sae.io` (``sae.safetensors`` + ``sae.json``).
 """
@@ -32,7 +37,8 @@ from harness.sae.registry import Architecture, SAEConfig, architecture_of
 @dataclass
 class SAE:
     """Weights (``W_enc``, ``W_dec`` ``[n_latents, d_in]``, ``b_enc`` ``[n_latents]``, ``b_dec`` ``[d_in]``)
-    and the ``config`` of their architecture; ``info`` is free-form (training statistics, path)."""
+    and the ``config`` of their architecture; ``info`` is free-form (training statistics, path); ``extra``
+    the architecture's per-latent tensors (``{"threshold": [n_latents]}`` for JumpReLU)."""
 
     W_enc: torch.Tensor
     b_enc: torch.Tensor
@@ -40,6 +46,7 @@ class SAE:
     b_dec: torch.Tensor
     config: SAEConfig
     info: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, d = self.W_dec.shape
@@ -50,6 +57,11 @@ class SAE:
                 f"[n_latents, d_in] internally)"
             )
         self.config = self.arch.check(self.config, n)
+        wanted = self.arch.extra_tensors
+        if set(self.extra) != set(wanted) or any(self.extra[name].shape != (n,) for name in wanted):
+            got = {name: list(t.shape) for name, t in self.extra.items()}
+            raise ConfigError(f"a {self.arch.name} SAE needs the per-latent tensor(s) {list(wanted)} of shape "
+                              f"[{n}] besides its weights, got {got}")
 
     @property
     def arch(self) -> Architecture:
@@ -73,6 +85,7 @@ class SAE:
         """Move the weights to ``device`` (in place); returns ``self``."""
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             setattr(self, name, getattr(self, name).to(device))
+        self.extra = {name: t.to(device) for name, t in self.extra.items()}
         return self
 
     def replace(self, **changes: Any) -> "SAE":

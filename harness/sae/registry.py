@@ -14,8 +14,8 @@ stores.  As in SAELens, the two are registered together::
 
 and looked up by name (:func:`get_architecture`) or from a config
 (:func:`architecture_of`); nothing else branches on the name.  The built-in
-architectures (``topk``, ``relu``, ``argmax``, ``discrete``) register when
-:mod:`harness.sae` is imported.
+architectures (``topk``, ``relu``, ``argmax``, ``discrete``, ``jumprelu``, ``batchtopk``,
+``matryoshka``) register when :mod:`harness.sae` is imported.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ class Architecture:
     config_cls: ClassVar[type[SAEConfig]] = SAEConfig
     #: the trainer class whose ``loss`` is this architecture's train step (None: not trainable here)
     trainer: ClassVar[type["Trainer"] | None] = None
+    #: per-latent tensors ``[n_latents]`` an SAE of this architecture holds in ``SAE.extra`` (and
+    #: ``sae.safetensors``) besides the four weights, e.g. JumpReLU's ``("threshold",)``
+    extra_tensors: ClassVar[tuple[str, ...]] = ()
 
     def check(self, config: SAEConfig, n_latents: int) -> SAEConfig:
         """``config`` validated for an SAE of ``n_latents`` latents (:class:`ConfigError` if not)."""

@@ -46,7 +46,12 @@ class TopKConfig(SAEConfig):
 
 
 class TopKTrainer(NormalisedTrainer):
-    """TopK (+ AuxK, + gradient selection when ``grads`` is given and ``grad_beta > 0``); see the module docstring."""
+    """TopK (+ AuxK, + gradient selection when ``grads`` is given and ``grad_beta > 0``); see the module docstring.
+
+    ``batch_topk``: select the ``k * B`` largest of each batch instead (BatchTopK, :mod:`harness.sae.batchtopk`).
+    """
+
+    batch_topk = False
 
     def __init__(self, acts: torch.Tensor, n_latents: int, k: int, *, grads: torch.Tensor | None, grad_beta: float,
                  auxk_coef: float, k_aux: int | None, dead_tokens: int | None, **loop) -> None:
@@ -76,22 +81,34 @@ class TopKTrainer(NormalisedTrainer):
         if self.grads is not None:
             with torch.no_grad():
                 scale = (self.g_all[rows] @ self.W_dec.detach().t()).abs_().mul_(self.grad_beta).add_(1.0)
-        dead_idx = None
+        dead_idx = self.dead_latents()
+        x_hat, aux_hat, vals, idx = topk_sae_forward(
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux, self.batch_topk
+        )
+        e = x - x_hat
+        loss = e.pow(2).sum() / self.denom(x) + self.aux_loss(aux_hat, e, dead_idx, x)
+        self.selected = idx, vals
+        return loss
+
+    def denom(self, x: torch.Tensor) -> float:
+        """``B * d``: in normalised units the total variance of a batch ``x`` ``[B, d]`` is about that."""
+        return float(x.shape[0] * self.d)
+
+    def dead_latents(self) -> torch.Tensor | None:
+        """Ids of the latents that fired on none of the last ``dead_tokens`` tokens (None: none, or no AuxK)."""
         if self.auxk_coef > 0:
             dead = self.since_fired > self.dead_tokens
             if bool(dead.any()):
-                dead_idx = dead.nonzero().flatten()
-        x_hat, aux_hat, vals, idx = topk_sae_forward(
-            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux
-        )
-        denom = float(x.shape[0] * self.d)  # normalised units: total variance of the batch ~ B * d
-        e = x - x_hat
-        loss = e.pow(2).sum() / denom
-        if aux_hat.numel():
-            frac = min(1.0, dead_idx.numel() / max(1, self.k_aux))
-            loss = loss + self.auxk_coef * frac * (aux_hat - e.detach()).pow(2).sum() / denom
-        self.selected = idx, vals
-        return loss
+                return dead.nonzero().flatten()
+        return None
+
+    def aux_loss(self, aux_hat: torch.Tensor, e: torch.Tensor, dead_idx: torch.Tensor | None,
+                 x: torch.Tensor) -> torch.Tensor | float:
+        """AuxK: ``auxk_coef * min(1, n_dead / k_aux) * |aux_hat - e|^2 / (B d)`` (0 when no latent is dead)."""
+        if not aux_hat.numel():
+            return 0.0
+        frac = min(1.0, dead_idx.numel() / max(1, self.k_aux))
+        return self.auxk_coef * frac * (aux_hat - e.detach()).pow(2).sum() / self.denom(x)
 
     def update(self, loss: torch.Tensor) -> None:
         super().update(loss)
@@ -101,11 +118,14 @@ class TopKTrainer(NormalisedTrainer):
             self.since_fired += idx.shape[0]
             self.since_fired[fired] = 0
 
+    def config(self) -> SAEConfig:
+        """The trained SAE's config."""
+        return TopKConfig(k=self.k, grad_beta=self.grad_beta if self.grads is not None else 0.0,
+                          grad_scale=self.grad_scale)
+
     def finish(self) -> SAE:
         self.stats.dead_fraction = float((self.since_fired > self.dead_tokens).float().mean())
-        config = TopKConfig(k=self.k, grad_beta=self.grad_beta if self.grads is not None else 0.0,
-                            grad_scale=self.grad_scale)
-        return SAE(*self.folded(), config, info={"train": self.stats.__dict__})
+        return SAE(*self.folded(), self.config(), info={"train": self.stats.__dict__})
 
 
 @register_architecture("topk", TopKConfig)

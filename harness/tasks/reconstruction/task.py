@@ -5,6 +5,10 @@ gathered activations (cached on disk, see :mod:`.cache`); ``apply`` fits the
 method on the train split, encodes and decodes the held-out split (each
 timed); ``evaluate`` scores the reconstruction of the held-out split and,
 spliced back into the model, its downstream fidelity.
+
+:class:`SyntheticTask` (the known-truth tasks) builds its activations from a known dictionary
+(:mod:`.synthetic`) instead; there is no model, so no downstream metric and no gradients: it
+scores the method's decoder directions against the true dictionary.
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ import torch
 
 from harness.core.context import RunContext
 from harness.errors import ConfigError, InvalidOutputError
+from harness.metrics.dictionary import (
+    RECOVERY_COSINE,
+    active_set_precision_recall,
+    match_latents,
+    mmcs,
+    recovered_fraction,
+)
 from harness.metrics.reconstruction import (
     activity_stats,
     code_activity,
@@ -27,6 +38,8 @@ from harness.metrics.reconstruction import (
     tokens_per_second,
 )
 from harness.protocols.reconstruction import (
+    Codes,
+    decoder_directions,
     n_latents_of,
     validate_codes,
     validate_reconstruction,
@@ -34,18 +47,23 @@ from harness.protocols.reconstruction import (
 from harness.core.task import MetricSpec, Task
 from harness.tasks.reconstruction.cache import load_or_gather
 from harness.tasks.reconstruction.sources import MINILM_ID, HookedLMSource, MiniLMSource, Source
+from harness.tasks.reconstruction.synthetic import KnownTruth, SyntheticConfig, check_config, generate
 
 
 @dataclass
 class ReconstructionData:
-    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients)."""
+    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients).
 
-    source: Source
+    ``source`` is None for synthetic activations (no model to splice into), which carry their ``truth``.
+    """
+
+    source: Source | None
     train: torch.Tensor
     test: torch.Tensor
     train_grads: torch.Tensor | None
     test_grads: torch.Tensor | None
     info: dict[str, Any] = field(default_factory=dict)
+    truth: KnownTruth | None = None
 
 
 @dataclass
@@ -57,6 +75,8 @@ class ReconstructionOutput:
     fit_s: float
     encode_s: float
     decode_s: float
+    codes: Codes | None = None  # the validated held-out codes
+    directions: torch.Tensor | None = None  # [n_latents, d] decoder directions (known-truth tasks only)
 
 
 COMMON_METRICS = (
@@ -86,6 +106,18 @@ EMBEDDING_METRICS = (
 )
 
 
+TRUTH_METRICS = (
+    MetricSpec("mmcs", True, "mean over true features of the max |cos| with a decoder direction (Sharkey et al. 2022)",
+               abs_tol=0.02),
+    MetricSpec("recovered_fraction", True,
+               f"fraction of true features with a decoder direction at |cos| >= {RECOVERY_COSINE}", abs_tol=0.03),
+    MetricSpec("active_precision", True, "active latents whose max-cosine-matched feature is truly active "
+               "(pooled over held-out samples)", abs_tol=0.03),
+    MetricSpec("active_recall", True, "truly active features that some active latent is matched to "
+               "(pooled over held-out samples)", abs_tol=0.03),
+)
+
+
 class ReconstructionTask(Task):
     """Subclasses (one per kind of activation source) set ``metrics``, ``main_metric``, ``Config`` and implement
     :meth:`make_source`; a variant sets ``hook``."""
@@ -94,6 +126,14 @@ class ReconstructionTask(Task):
     hook: str = "resid"
     input_keys = ()  # the embedded LM and MiniLM are named models; GPT2Task reads a model directory
     selftest = {"n_train": 8, "n_test": 4}
+    #: whether the data come with downstream-loss gradients (False: gradient-aware methods are no cells)
+    has_gradients: ClassVar[bool] = True
+
+    def accepts(self, method_cls: type) -> str | None:
+        if getattr(method_cls, "uses_gradients", False) and not self.has_gradients:
+            return ("it needs downstream-loss gradients, and these activations come from no model "
+                    "(see the protocol's 'Gradients')")
+        return None
 
     def make_source(self, config: Any, ctx: RunContext) -> Source:
         raise NotImplementedError
@@ -143,13 +183,19 @@ class ReconstructionTask(Task):
         l0, dead_fraction = activity_stats(*code_activity(codes))
         return ReconstructionOutput(
             x_hat=x_hat, l0=l0, dead_fraction=dead_fraction,
-            n_latents=n_latents_of(codes), fit_s=t1 - t0, encode_s=t2 - t1, decode_s=t3 - t2,
+            n_latents=n_latents_of(codes), fit_s=t1 - t0, encode_s=t2 - t1, decode_s=t3 - t2, codes=codes,
         )
 
     def evaluate(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
+        metrics = self.fidelity(data, output)
+        metrics.update(data.source.downstream(output.x_hat))
+        return metrics
+
+    def fidelity(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
+        """:data:`COMMON_METRICS` of the held-out reconstruction."""
         x, x_hat = data.test, output.x_hat
         f = fvu(x, x_hat)
-        metrics = {
+        return {
             "explained_variance": 1.0 - f,
             "fvu": f,
             "nmse": normalized_mse(x, x_hat),
@@ -160,8 +206,47 @@ class ReconstructionTask(Task):
             "train_tokens_per_s": tokens_per_second(data.train.shape[0], output.fit_s),
             "encode_tokens_per_s": tokens_per_second(x.shape[0], output.encode_s),
         }
-        metrics.update(data.source.downstream(x_hat))
-        return metrics
+
+
+# ====================================================================== known truth
+class SyntheticTask(ReconstructionTask):
+    """Activations made of a known dictionary in superposition (:mod:`.synthetic`), one draw per seed, scored
+    against that dictionary: :data:`TRUTH_METRICS` on the method's decoder directions
+    (:func:`~harness.protocols.reconstruction.decoder_directions`) beside the fidelity metrics.  No model:
+    no downstream metric, no gradients."""
+
+    metrics = COMMON_METRICS + TRUTH_METRICS
+    main_metric = "mmcs"
+    Config = SyntheticConfig
+    has_gradients = False
+    selftest = {"n_train": 1024, "n_test": 256}
+    leaderboard_metrics = ("recovered_fraction", "active_precision", "active_recall", "explained_variance", "l0",
+                           "dead_fraction")
+
+    def preflight(self, config: Any, ctx: RunContext) -> None:
+        check_config(config)
+
+    def build(self, config: Any, ctx: RunContext) -> ReconstructionData:
+        t0 = time.perf_counter()
+        train, test, truth = generate(config, ctx.seed)
+        return ReconstructionData(
+            source=None, train=train, test=test, train_grads=None, test_grads=None, truth=truth,
+            info={"generate_s": time.perf_counter() - t0, "d_in": config.d, "n_train": config.n_train,
+                  "n_test": config.n_test, "true_l0": float(truth.test_active.sum(1).double().mean())},
+        )
+
+    def apply(self, method: Any, data: ReconstructionData, ctx: RunContext) -> ReconstructionOutput:
+        output = super().apply(method, data, ctx)
+        output.directions = decoder_directions(method, output.codes, data.test.shape[1])
+        return output
+
+    def evaluate(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
+        truth, directions = data.truth, output.directions
+        feature, _ = match_latents(truth.dictionary, directions)
+        precision, recall = active_set_precision_recall(output.codes, feature, truth.test_active)
+        return {**self.fidelity(data, output), "mmcs": mmcs(truth.dictionary, directions),
+                "recovered_fraction": recovered_fraction(truth.dictionary, directions),
+                "active_precision": precision, "active_recall": recall}
 
 
 _MODELS: dict[tuple, Any] = {}  # loaded models, per process (3 seeds x 2 hooks share one)
