@@ -276,3 +276,16 @@ def test_selftest_runs_every_method_on_a_known_truth_task(tmp_path):
     names = {r.method for r in results}
     assert {"jumprelu-sae", "batchtopk-sae", "matryoshka-sae", "topk-sae", "pca", "identity"} <= names
     assert "g-sae" not in names and [r.line() for r in results if not r.ok] == []
+
+
+def test_newer_architectures_join_the_default_suite_on_the_known_truth_tasks_only():
+    from harness.core.cell import RunSpec, expand
+
+    cells = expand(RunSpec(tasks=None, methods=None, seeds=[0]))
+    newer = {"jumprelu-sae", "batchtopk-sae", "matryoshka-sae"}
+    tasks_of = {m: {c.task_entry.name for c in cells if c.method_entry.name == m} for m in newer}
+    for method, tasks in tasks_of.items():
+        assert tasks == {"reconstruction/synthetic-64", "reconstruction/synthetic-128"}, (method, tasks)
+    assert "reconstruction/embedded-resid" in {c.task_entry.name for c in cells if c.method_entry.name == "topk-sae"}
+    named = expand(RunSpec(tasks=["reconstruction/embedded-resid"], methods=["matryoshka-sae"], seeds=[0]))
+    assert [c.method_entry.name for c in named] == ["matryoshka-sae"]  # named, it runs anywhere

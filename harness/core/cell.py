@@ -9,6 +9,7 @@ runner, the store and every executor read the identity from the cell and never r
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -167,6 +168,12 @@ def _select(spec: RunSpec) -> tuple[list[registry.Entry], list[registry.Entry] |
     return task_entries, method_entries
 
 
+def _in_default_suite_on(method_entry: registry.Entry, task_entry: registry.Entry) -> bool:
+    """Whether a runs without --methods pairs the method with the task (``Method.default_suite_tasks``)."""
+    patterns = getattr(method_entry.cls, "default_suite_tasks", None)
+    return patterns is None or any(fnmatch.fnmatchcase(task_entry.name, p) for p in patterns)
+
+
 def _refusal(task_entry: registry.Entry, task: Task, method_entry: registry.Entry) -> str | None:
     """Why ``task`` does not run ``method_entry`` (:meth:`Task.accepts`), as ``"task: reason"``; None if it does."""
     reason = task.accepts(method_entry.cls)
@@ -188,7 +195,7 @@ def expand(spec: RunSpec) -> list[Cell]:
         if method_entries is not None:
             candidates = [m for m in method_entries if m.family == t.family]
         else:
-            candidates = [m for m in registry.methods(t.family) if m.in_default_suite]
+            candidates = [m for m in registry.methods(t.family) if m.in_default_suite and _in_default_suite_on(m, t)]
         for m in candidates:
             refused.setdefault(m.name, []).append(_refusal(t, task, m))
         candidates = [m for m in candidates if refused[m.name][-1] is None]

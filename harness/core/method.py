@@ -52,6 +52,10 @@ class Method:
     #: False for methods that need user input to run (e.g. a path to the user's own SAE):
     #: runs without --methods skip them; naming them runs them.
     in_default_suite: ClassVar[bool] = True
+    #: In the default suite only on the tasks matching these ``fnmatch`` patterns (None: on every task of its
+    #: family); named with --methods it runs on any task.  Keeps the default suite's time in bounds when a
+    #: method's point is made on a few tasks (the newer SAE architectures on the known-truth tasks).
+    default_suite_tasks: ClassVar[tuple[str, ...] | None] = None
 
     #: Parameters that make the method fast for ``harness selftest`` (e.g. fewer epochs).
     selftest_params: ClassVar[dict[str, Any]] = {}
