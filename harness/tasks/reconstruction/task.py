@@ -1,10 +1,12 @@
 """Shared build / apply / evaluate of the reconstruction family.
 
-Per cell: ``build`` loads the source model (memoised per process) and the
-gathered activations (cached on disk, see :mod:`.cache`); ``apply`` fits the
-method on the train split, encodes and decodes the held-out split (each
-timed); ``evaluate`` scores the reconstruction of the held-out split and,
-spliced back into the model, its downstream fidelity.
+Per cell: ``build`` loads the source model (memoised per process), the
+gathered activations (cached on disk, see :mod:`.cache`) and the sparse probes'
+token-class labels (:mod:`.probing`); ``apply`` fits the method on the train
+split, encodes and decodes the held-out split (each timed), then encodes the
+train rows the probes need; ``evaluate`` scores the reconstruction of the
+held-out split, spliced back into the model its downstream fidelity, and the
+sparse probes on the codes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.core.context import RunContext
-from harness.errors import ConfigError, InvalidOutputError
+from harness.errors import ConfigError, HarnessError, InvalidOutputError
 from harness.metrics.reconstruction import (
     activity_stats,
     code_activity,
@@ -27,24 +29,28 @@ from harness.metrics.reconstruction import (
     tokens_per_second,
 )
 from harness.protocols.reconstruction import (
+    Codes,
     n_latents_of,
     validate_codes,
     validate_reconstruction,
 )
 from harness.core.task import MetricSpec, Task
 from harness.tasks.reconstruction.cache import load_or_gather
+from harness.tasks.reconstruction.probing import PROBE_METRICS, ProbePlan, plan_probes, probe_metrics, token_labels
 from harness.tasks.reconstruction.sources import MINILM_ID, HookedLMSource, MiniLMSource, Source
 
 
 @dataclass
 class ReconstructionData:
-    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients)."""
+    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients); ``probe`` says which
+    rows the sparse probes read and their labels."""
 
     source: Source
     train: torch.Tensor
     test: torch.Tensor
     train_grads: torch.Tensor | None
     test_grads: torch.Tensor | None
+    probe: ProbePlan
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,6 +63,8 @@ class ReconstructionOutput:
     fit_s: float
     encode_s: float
     decode_s: float
+    test_codes: Codes  # the validated codes of every held-out row
+    probe_codes: Codes  # the validated codes of the train rows ``data.probe.train_rows``, in that order
 
 
 COMMON_METRICS = (
@@ -69,7 +77,7 @@ COMMON_METRICS = (
     MetricSpec("n_latents", False, "dictionary size (code width)", gated=False),
     MetricSpec("train_tokens_per_s", True, "train-split tokens / fit seconds", unit="tok/s", gated=False),
     MetricSpec("encode_tokens_per_s", True, "held-out tokens / encode seconds", unit="tok/s", gated=False),
-)
+) + PROBE_METRICS
 
 LM_METRICS = (
     MetricSpec("loss_recovered", True,
@@ -111,9 +119,14 @@ class ReconstructionTask(Task):
         acts, cached = load_or_gather(source, ctx.cache_dir)
         gather_s = time.perf_counter() - t0
         source.reference()
+        labels = {split: token_labels(source.row_tokens(split)) for split in ("train", "test")}
+        for split, acts_split in (("train", acts.train), ("test", acts.test)):
+            if labels[split].shape[0] != acts_split.shape[0]:
+                raise HarnessError(f"{split} split: {acts_split.shape[0]} activation rows but {labels[split].shape[0]} "
+                                   "tokens; clear the activation cache (<cache>/activations) and run again")
         return ReconstructionData(
             source=source, train=acts.train, test=acts.test, train_grads=acts.train_grads,
-            test_grads=acts.test_grads,
+            test_grads=acts.test_grads, probe=plan_probes(labels["train"], labels["test"]),
             info={"activations_cached": cached, "gather_s": gather_s, "d_in": source.d_in,
                   "n_train": int(acts.train.shape[0]), "n_test": int(acts.test.shape[0])},
         )
@@ -123,28 +136,34 @@ class ReconstructionTask(Task):
             if not callable(getattr(method, name, None)):
                 raise InvalidOutputError(f"method {method.name!r} has no {name}(); the reconstruction protocol is "
                                          "fit(acts) -> self, encode(acts) -> codes, decode(codes) -> acts")
-        grads = bool(getattr(method, "uses_gradients", False))
-        train, test = data.train.clone(), data.test.clone()
+        call = self._protocol
         t0 = time.perf_counter()
-        if grads:
-            method.fit(train, grads=None if data.train_grads is None else data.train_grads.clone())
-        else:
-            method.fit(train)
+        call(method, "fit", data.train, data.train_grads)
         t1 = time.perf_counter()
-        if grads:
-            codes = method.encode(test, grads=None if data.test_grads is None else data.test_grads.clone())
-        else:
-            codes = method.encode(test)
+        codes = call(method, "encode", data.test, data.test_grads)
         t2 = time.perf_counter()
-        codes = validate_codes(codes, test.shape[0])
+        codes = validate_codes(codes, data.test.shape[0])
         x_hat = method.decode(codes)
         t3 = time.perf_counter()
         x_hat = validate_reconstruction(x_hat, tuple(data.test.shape))
         l0, dead_fraction = activity_stats(*code_activity(codes))
+        rows = data.probe.train_rows
+        probe_codes = call(method, "encode", data.train[rows],
+                           None if data.train_grads is None else data.train_grads[rows])
         return ReconstructionOutput(
             x_hat=x_hat, l0=l0, dead_fraction=dead_fraction,
             n_latents=n_latents_of(codes), fit_s=t1 - t0, encode_s=t2 - t1, decode_s=t3 - t2,
+            test_codes=codes, probe_codes=validate_codes(probe_codes, rows.numel()),
         )
+
+    @staticmethod
+    def _protocol(method: Any, step: str, acts: torch.Tensor, grads: torch.Tensor | None) -> Any:
+        """``method.fit`` or ``method.encode`` (``step``) on a copy of ``acts``, and of ``grads`` when the method
+        uses gradients (``grads=None`` then if the source has none)."""
+        run = getattr(method, step)
+        if getattr(method, "uses_gradients", False):
+            return run(acts.clone(), grads=None if grads is None else grads.clone())
+        return run(acts.clone())
 
     def evaluate(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
         x, x_hat = data.test, output.x_hat
@@ -161,6 +180,7 @@ class ReconstructionTask(Task):
             "encode_tokens_per_s": tokens_per_second(x.shape[0], output.encode_s),
         }
         metrics.update(data.source.downstream(x_hat))
+        metrics.update(probe_metrics(data.probe, output.probe_codes, output.test_codes))
         return metrics
 
 
