@@ -1,12 +1,16 @@
 """Sparse probing (SAEBench): selection, probe accuracy against an independent computation, the token-class
-labels and balanced tasks of the reconstruction family."""
+labels and balanced tasks of the reconstruction family, and the random-SAE control."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from harness.core import registry
+from harness.core.context import RunContext
 from harness.metrics.probing import probe_accuracy, sparse_probe_accuracies, top_k_by_mean_difference
 from harness.protocols.reconstruction import SparseCodes
 from harness.tasks.reconstruction.probing import (
@@ -142,3 +146,23 @@ def test_probe_metrics_read_sparse_and_dense_codes_alike_and_find_a_label_latent
     assert dense == got
     rows = np.array([5, 0, 5])
     assert np.array_equal(dense_rows(test_codes, rows), test_codes.to_dense()[rows].double().numpy())
+
+
+def test_random_sae_is_an_untrained_topk_sae():
+    cls = registry.get_method("random-sae").cls
+    assert registry.get_method("random-sae").baseline
+    m = cls.create({"k": 3})
+    m.setup(RunContext(seed=5, device=torch.device("cpu"), cache_dir=Path("/nonexistent")))
+    X = torch.randn(50, 12, generator=torch.Generator().manual_seed(0)) + 2.0
+    m.fit(X)
+    sae = m.sae_
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(48)) and torch.equal(sae.W_enc, sae.W_dec)
+    assert torch.allclose(sae.b_dec, X.mean(0)) and (sae.b_enc == 0).all()
+    codes = m.encode(X)
+    pre = (X - X.mean(0)) @ sae.W_dec.t()
+    top = pre.topk(3, dim=1)
+    assert torch.allclose(codes.to_dense(), torch.zeros(50, 48).scatter(1, top.indices, top.values.relu()), atol=1e-6)
+    assert torch.allclose(m.decode(codes), X.mean(0) + codes.to_dense() @ sae.W_dec, atol=1e-5)
+    again = cls.create({"k": 3})
+    again.setup(RunContext(seed=5, device=torch.device("cpu"), cache_dir=Path("/nonexistent")))
+    assert torch.equal(again.fit(X).sae_.W_dec, sae.W_dec)
