@@ -166,3 +166,6 @@ def test_random_sae_is_an_untrained_topk_sae():
     again = cls.create({"k": 3})
     again.setup(RunContext(seed=5, device=torch.device("cpu"), cache_dir=Path("/nonexistent")))
     assert torch.equal(again.fit(X).sae_.W_dec, sae.W_dec)
+    mp = registry.get_method("random-dict").cls.create({"k": 3})  # the same dictionary, read by matching pursuit
+    mp.setup(RunContext(seed=5, device=torch.device("cpu"), cache_dir=Path("/nonexistent")))
+    assert torch.equal(mp.fit(X).atoms_, sae.W_dec)
