@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from harness.core.task import MetricSpec
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.metrics.probing import sparse_probe_accuracies
 from harness.protocols.reconstruction import Codes, SparseCodes
 
@@ -47,7 +47,7 @@ CLASSES = ("word", "keyword", "number", "punctuation")
 KS = (1, 2, 5, 10, 20)
 MAX_TRAIN = 1000  # rows of the class (and as many of the others) per binary task, train split
 MAX_TEST = 500  # the same, test split
-MIN_ITEMS = 2
+MIN_ITEMS = 10  # a class needs this many rows, and the others as many, in each split
 SAMPLE_SEED = 0
 _KEYWORDS = frozenset(k.lower() for k in keyword.kwlist)
 
@@ -126,7 +126,7 @@ def plan_probes(train_labels: np.ndarray, test_labels: np.ndarray) -> ProbePlan:
         if train is not None and test is not None:
             tasks.append(BinaryTask(name, *train, *test))
     if not tasks:
-        raise HarnessError(f"too few labelled tokens to probe any of {', '.join(CLASSES)} (need {MIN_ITEMS} of a "
+        raise ConfigError(f"too few labelled tokens to probe any of {', '.join(CLASSES)} (need {MIN_ITEMS} of a "
                            "class and of the others in each split); raise n_train / n_test")
     rows = np.unique(np.concatenate([t.train_rows for t in tasks]))
     return ProbePlan(tuple(tasks), torch.from_numpy(rows))

@@ -137,17 +137,20 @@ class ReconstructionTask(Task):
                 raise InvalidOutputError(f"method {method.name!r} has no {name}(); the reconstruction protocol is "
                                          "fit(acts) -> self, encode(acts) -> codes, decode(codes) -> acts")
         call = self._protocol
+        # private copies, made before the clocks start (a method may modify what it is given)
+        train, test, train_g, test_g = (None if t is None else t.clone()
+                                        for t in (data.train, data.test, data.train_grads, data.test_grads))
         t0 = time.perf_counter()
-        call(method, "fit", data.train, data.train_grads)
+        call(method, "fit", train, train_g)
         t1 = time.perf_counter()
-        codes = call(method, "encode", data.test, data.test_grads)
+        codes = call(method, "encode", test, test_g)
         t2 = time.perf_counter()
-        codes = validate_codes(codes, data.test.shape[0])
+        codes = validate_codes(codes, test.shape[0])
         x_hat = method.decode(codes)
         t3 = time.perf_counter()
         x_hat = validate_reconstruction(x_hat, tuple(data.test.shape))
         l0, dead_fraction = activity_stats(*code_activity(codes))
-        rows = data.probe.train_rows
+        rows = data.probe.train_rows  # indexing copies
         probe_codes = call(method, "encode", data.train[rows],
                            None if data.train_grads is None else data.train_grads[rows])
         return ReconstructionOutput(
@@ -158,12 +161,10 @@ class ReconstructionTask(Task):
 
     @staticmethod
     def _protocol(method: Any, step: str, acts: torch.Tensor, grads: torch.Tensor | None) -> Any:
-        """``method.fit`` or ``method.encode`` (``step``) on a copy of ``acts``, and of ``grads`` when the method
-        uses gradients (``grads=None`` then if the source has none)."""
+        """``method.fit`` or ``method.encode`` (``step``) of ``acts``, with ``grads=grads`` when the method uses
+        gradients (None when the source has none)."""
         run = getattr(method, step)
-        if getattr(method, "uses_gradients", False):
-            return run(acts.clone(), grads=None if grads is None else grads.clone())
-        return run(acts.clone())
+        return run(acts, grads=grads) if getattr(method, "uses_gradients", False) else run(acts)
 
     def evaluate(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
         x, x_hat = data.test, output.x_hat
