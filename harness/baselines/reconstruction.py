@@ -65,7 +65,7 @@ class RandomDictionary(ReconstructionMethod):
         n = int(self.expansion) * d
         self.k_ = default_k(d, self.k)
         if not 1 <= self.k_ <= n:
-            raise ConfigError(f"random-dict needs 1 <= k <= n_latents = {n}, got k = {self.k_}")
+            raise ConfigError(f"{self.name} needs 1 <= k <= n_latents = {n}, got k = {self.k_}")
         gen = torch.Generator().manual_seed(int(self.seed))
         D = torch.randn(n, d, generator=gen)
         self.atoms_ = D / D.norm(dim=1, keepdim=True)

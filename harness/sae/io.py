@@ -13,6 +13,9 @@ A directory with
   matryoshka); optionally ``"d_in"`` / ``"n_latents"`` (checked against the
   weights) and ``"apply_b_dec_to_input"`` (default true: encode ``x - b_dec``;
   false: encode ``x``).
+
+:func:`load_sae` also reads SAEs saved by SAELens and sparsify, told apart by their file
+names (:mod:`harness.sae.interop`).
 """
 
 from __future__ import annotations
@@ -71,8 +74,14 @@ def require_tensors(t: dict[str, torch.Tensor], names: tuple[str, ...], wpath: P
 
 
 def load_sae(directory: str | Path, k: int | None = None) -> SAE:
-    """Read an SAE directory (see the module docstring); ``k`` overrides the JSON's (TopK SAEs)."""
+    """Read an SAE directory (see the module docstring), or one saved by SAELens or sparsify (detected from the
+    file names: :func:`harness.sae.interop.detect_layout`); ``k`` overrides the saved ``k`` (TopK SAEs)."""
+    from harness.sae.interop import detect_layout, load_foreign
+
     directory = Path(directory).expanduser()
+    layout = detect_layout(directory)
+    if layout != "harness":
+        return load_foreign(directory, layout, k)
     meta, t = read_sae_dir(directory)
     jpath = directory / SAE_JSON
     W_enc, b_enc, W_dec, b_dec = (t[n] for n in TENSORS)

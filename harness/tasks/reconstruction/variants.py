@@ -32,7 +32,7 @@ SOURCES = (  # (task prefix, task class, what the activations are, where)
 
 for prefix, task_cls, where in SOURCES:
     for hook, what in HOOKS.items():
-        add_task(f"reconstruction/{prefix}-{hook}", task_cls, version="1", hook=hook,
+        add_task(f"reconstruction/{prefix}-{hook}", task_cls, version="2", hook=hook,
                  description="SAE fidelity on " + where.format(what=what))
 
 #: the known-truth tasks: every generator parameter is a config value (SyntheticConfig), so it enters the
