@@ -65,6 +65,15 @@ def patched(corr_src: dict, edges: list[str]) -> dict:
     return extra
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (as in test_circuits_methods)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = make_model()  # float64, 2 layers x 4 heads, MLPs, layer norm
