@@ -153,3 +153,75 @@ def test_edge_auc_agrees_with_sklearn():
     for scores in (rng.random(g.n_edges), np.round(rng.random(g.n_edges), 1), truth + rng.random(g.n_edges)):
         assert roc_auc(scores, truth) == pytest.approx(sklearn_metrics.roc_auc_score(truth, scores), abs=1e-12)
         assert pr_auc(scores, truth) == pytest.approx(sklearn_metrics.average_precision_score(truth, scores), abs=1e-12)
+
+
+# ------------------------------------------------------------------------ the task
+def test_edge_methods_on_the_planted_ioi_model(tmp_path):
+    """A full run: edge methods record edge metrics against the path-patched ground truth, node methods none;
+    the leaderboard shows both (missing cells as a dash)."""
+    from harness.core.cell import RunSpec
+    from harness.core.records import Store
+    from harness.core.runner import run
+    from harness.report.leaderboard import build_tables, render_markdown
+
+    spec = RunSpec(tasks=["circuits/ioi"], methods=["eap-edges", "eap-ig-edges", "acdc-edges", "eap"], seeds=[0],
+                   results_dir=tmp_path / "res", cache_dir=tmp_path / "cache", progress=False,
+                   task_overrides={"n_fit": 8, "n_eval": 16})
+    assert not run(spec).failed
+    records = {r["method"]: r for r in Store(tmp_path / "res").load_all()}
+    edge_keys = {"edge_roc_auc", "edge_pr_auc", "edge_cpr", "edge_cmd"}
+    assert not edge_keys & set(records["eap"]["metrics"]) and "edge_scores" not in records["eap"]["artifacts"]
+    for name in ("eap-edges", "eap-ig-edges", "acdc-edges"):
+        m, art = records[name]["metrics"], records[name]["artifacts"]
+        assert edge_keys <= set(m), name
+        assert m["edge_roc_auc"] > 0.8 and m["roc_auc"] == 1.0, (name, m)
+        assert 0 < m["edge_cpr"] < 1 and 0 <= m["edge_cmd"] < 1
+        assert len(art["edge_scores"]) == 262 and len(art["edge_truth"]) == 7
+        curve = art["edge_faithfulness_curve"]
+        assert curve["components"] == "edges" and curve["f"][-1] == 1.0 and curve["n_components"][-1] == 262
+    assert records["eap-ig-edges"]["metrics"]["backward_passes"] == 5
+    text = render_markdown(build_tables(records.values()))
+    assert "edge_roc_auc" in text and "| —" in text
+
+
+def test_edge_curve_points_equal_manual_patching(tiny):
+    """f(k) of the edge faithfulness curve, recomputed with the hand-written forward for one circuit size."""
+    from harness.data.circuits import Split
+    from harness.metrics.circuits import top_k_mask
+    from harness.tasks.circuits.edges import EdgeCurveEvaluator
+
+    model, data = tiny
+    g = model.edge_graph()
+    split = Split(data.clean, data.corrupted, data.metric, [], [])
+    scores = np.random.default_rng(1).random(g.n_edges)
+    curve = EdgeCurveEvaluator(model, split).curve(scores)
+    assert curve.f[0] == 0.0 and curve.f[-1] == 1.0 and list(curve.sizes) == [0, 0, 0, 1, 2, 5, 11, 22, 55, 110]
+    with torch.no_grad():
+        _, corr_src = manual_forward(model.model, data.corrupted)
+
+        def m(edges):
+            return float(data.metric.from_logits(manual_forward(model.model, data.clean, patched(corr_src, edges))[0]))
+
+        empty, full = m(list(g.edges)), m([])
+        for k, size in ((6, 11), (7, 22), (8, 55)):
+            kept = top_k_mask(scores, size)
+            assert curve.f[k] == pytest.approx((m(g.names(~kept)) - empty) / (full - empty), abs=1e-9)
+
+
+def test_planted_ground_truth_edges_hold_on_fresh_prompts():
+    """planted-ioi's ground-truth edges, re-verified by path patching on 128 other prompts."""
+    from harness.embedded.planted import load_planted
+    from harness.tasks.circuits import edge_truth
+
+    model = load_planted("planted-ioi")
+    stored = edge_truth.PLANTED_EDGES["planted-ioi"]
+    fresh = edge_truth.verify_edges(model, "planted-ioi", n_prompts=128, seed=12345, edges=stored["edges"])
+    assert fresh["passed"] and fresh["faithfulness"] > 0.95
+    for edge, value in stored["verification"]["effect"].items():
+        assert fresh["effect"][edge] == pytest.approx(value, abs=0.05), edge
+    assert abs(fresh["largest_other"][1]) < edge_truth.EDGE_THRESHOLD
+    truth, source = edge_truth.edge_ground_truth(model)
+    assert truth.sum() == 7 and source == "path-patched edges of planted-ioi"
+    for name in edge_truth.MECHANISMS:
+        entry = edge_truth.PLANTED_EDGES[name]
+        assert entry["verification"]["passed"] and set(entry["edges"]) == set(entry["verification"]["effect"])
