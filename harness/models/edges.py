@@ -133,36 +133,44 @@ class EdgesMixin:
         clean_out = self.unembed(clean.resid_final[:, position], token_ids)
         out = clean_out.new_empty((keep.shape[0], b, clean_out.shape[-1]))
         out[first > 2 * graph.n_layers] = clean_out
+        dead = _dead_components(graph, keep)
         widest = max(graph.n_sources, 3 * self.n_heads)  # a stage's sources or a layer's head inputs
         per_chunk = max(1, _CHUNK_ELEMENTS // (b * s * widest * self.d_model))
         for layer in range(graph.n_layers + 1):
             idx = ((start == layer) & (first <= 2 * graph.n_layers)).nonzero().flatten()
             for chunk in (idx.split(per_chunk) if idx.numel() else ()):
-                final = self._patched_final(split, clean, coef[chunk], patch, layer, position)
+                final = self._patched_final(split, clean, coef[chunk], patch, layer, position, dead[chunk].all(dim=0))
                 out[chunk] = self.unembed(final[:, 0], token_ids).reshape(len(chunk), b, -1)
         return out
 
     def _patched_final(self, split, clean: EdgeRun, coef: torch.Tensor, patch: torch.Tensor, layer: int,
-                       position: int) -> torch.Tensor:
+                       position: int, dead: torch.Tensor) -> torch.Tensor:
         """The final residual at ``position`` ``[n * b, 1, d]`` of ``n`` edge sets (``coef`` ``[n, n_sources,
         n_targets]``: 1 where an edge is patched), run from the clean residual entering ``layer``.
 
         The sources written before ``layer`` are the clean run's in every set, so what their patched edges add
         is computed once for the edges all sets patch, plus the few each set patches alone (ACDC's sets differ
-        in one edge); later sources differ per set and are mixed per set."""
+        in one edge); later sources differ per set and are mixed per set.  A component ``dead`` in every set (all
+        its inputs patched) writes the patch run's output and is not computed (MIB's small circuits leave most
+        components so)."""
         n = coef.shape[0]
         b, s, _, d = clean.sources.shape
         prefix = split.sources_before(layer)
         resid = clean.resid_pre[layer] if layer < split.graph.n_layers else clean.resid_final
         shared = list(clean.sources[:, :, :prefix].unbind(dim=2))
         diff0 = patch[:, :, :prefix] - clean.sources[:, :, :prefix]  # [b, s, u0, d]
+        owner = torch.as_tensor(split.graph.target_owner, device=dead.device)
+        replace = {u: patch[:, :, u].repeat(n, 1, 1) for u in dead.nonzero().flatten().tolist() if u >= prefix}
 
         def intervene(targets: slice, current: list[torch.Tensor], pos: int | None):
             c = coef[:, : len(current), targets]  # [n, n_u, n_v]
-            active = c.any(dim=1).any(dim=0).nonzero().flatten()
+            needed = ~dead[owner[targets].clamp(min=0)] | (owner[targets] < 0)  # a dead component's inputs are unused
+            active = (c.any(dim=1).any(dim=0) & needed).nonzero().flatten()
             if active.numel() == 0:
                 return None
             c = c[:, :, active]
+            if len(current) == prefix and pos is None and c.shape[2] > 1:  # the start layer's heads: shared rows
+                return _start_layer_delta(diff0, c, active, b)
             at = slice(None) if pos is None else slice(pos, pos + 1)
             delta = _mix(diff0[:, at], c[:, :prefix])  # [n, b, s', n_a, d]
             if len(current) > prefix and bool(c[:, prefix:].any()):
@@ -172,7 +180,31 @@ class EdgesMixin:
             delta = delta.reshape(n * b, *delta.shape[2:])
             return delta if active.numel() == targets.stop - targets.start else (active, delta)
 
-        return split.run(resid.repeat(n, 1, 1), shared, layer, intervene, position=position)
+        return split.run(resid.repeat(n, 1, 1), shared, layer, intervene, position=position, replace=replace)
+
+
+def _start_layer_delta(diff: torch.Tensor, c: torch.Tensor, active: torch.Tensor, b: int) -> tuple:
+    """The start layer's head-input deltas in :meth:`~harness.models.split_qkv.SplitQKVGPT._split_heads`'s
+    repeated-rows form: every set reads the same clean sources (``diff`` ``[b, s, u, d]``), so an input whose
+    patched edges (``c`` ``[n, u, n_a]``) are the same in all sets is computed once."""
+    n = c.shape[0]
+    varying = (c != c[:1]).any(dim=1).any(dim=0)  # [n_a]
+    shared_delta = torch.matmul(c[0][:, ~varying].T, diff)  # [b, s, n_1, d]
+    varying_delta = _mix(diff, c[:, :, varying])  # [n, b, s, n_2, d]
+    varying_delta = varying_delta.reshape(n * b, *varying_delta.shape[2:])
+    return b, active[~varying], shared_delta, active[varying], varying_delta
+
+
+def _dead_components(graph: EdgeGraph, keep: torch.Tensor) -> torch.Tensor:
+    """Bool ``[n_sets, n_sources]``: components (heads, MLPs) none of whose incoming edges is kept in a set."""
+    tgt = torch.as_tensor(graph.edge_index[:, 1], device=keep.device)
+    kept_in = torch.zeros(keep.shape[0], graph.n_targets, device=keep.device).index_add_(1, tgt, keep.float())
+    owner = torch.as_tensor(graph.target_owner, device=keep.device)
+    reads = owner >= 0
+    alive = torch.zeros(keep.shape[0], graph.n_sources, device=keep.device).index_add_(1, owner[reads], kept_in[:, reads])
+    dead = alive == 0
+    dead[:, 0] = False  # the input embedding reads nothing
+    return dead
 
 
 def _mix(diff: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

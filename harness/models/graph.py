@@ -86,6 +86,13 @@ class EdgeGraph:
         return 2 * int(name.split(".")[0])
 
     @cached_property
+    def target_owner(self) -> np.ndarray:
+        """int ``[n_targets]``: the source index of the component that reads through each target (a head's q / k / v
+        inputs: that head; an MLP's input: that MLP; the logits: -1)."""
+        index = {name: i for i, name in enumerate(self.sources)}
+        return np.array([index.get(t.split(":")[0], -1) for t in self.targets], dtype=np.int64)
+
+    @cached_property
     def valid(self) -> np.ndarray:
         """Bool ``[n_sources, n_targets]``: True where ``source -> target`` is an edge."""
         return self.source_stage[:, None] < self.target_stage[None, :]

@@ -74,7 +74,7 @@ class SplitQKVGPT:
 
     def run(self, resid: torch.Tensor, sources: list[torch.Tensor], start_layer: int,
             intervene: Intervene | None = None, resid_pre: list | None = None,
-            position: int | None = None) -> torch.Tensor:
+            position: int | None = None, replace: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Run from the residual ``resid`` ``[N, s, d]`` entering layer ``start_layer`` (``n_layers``: only the
         logits target) to the final residual (the input of the final layer norm, after the logits target's
         intervention), ``[N, s, d]``.
@@ -84,7 +84,9 @@ class SplitQKVGPT:
         output); ``resid_pre``: a list that receives the residual entering each layer from ``start_layer`` on.
         ``position`` (position mode, as in the plain forward): only that query position of the last layer is
         computed, so its sources, the MLP and logits targets and the returned residual have ``s = 1``
-        (``intervene`` is then called with ``position`` for those targets)."""
+        (``intervene`` is then called with ``position`` for those targets).  ``replace``: source index ->
+        output ``[N, s, d]`` to use instead of the computed one (a component whose every input is patched
+        writes what the patch run wrote: the caller then leaves its inputs out of ``intervene``)."""
         if len(sources) != self.sources_before(start_layer):
             raise ValueError(f"a run from layer {start_layer} needs the {self.sources_before(start_layer)} earlier "
                              f"sources, got {len(sources)}")
@@ -92,49 +94,77 @@ class SplitQKVGPT:
         for layer in range(start_layer, L):
             if resid_pre is not None:
                 resid_pre.append(resid)
-            resid = self._block(layer, resid, sources, intervene, position if layer == L - 1 else None)
+            resid = self._block(layer, resid, sources, intervene, position if layer == L - 1 else None, replace or {})
         if position is not None and start_layer == L:
             resid = resid[:, position : position + 1]
         delta = None if intervene is None else intervene(self.logits_target, sources, position)
         return resid if delta is None else resid + delta[:, :, 0]
 
     def _block(self, layer: int, resid: torch.Tensor, sources: list[torch.Tensor], intervene: Intervene | None,
-               position: int | None):
+               position: int | None, replace: dict[int, torch.Tensor]):
         block = self.gpt.blocks[layer]
+        first = self.sources_before(layer)
+        at = slice(None) if position is None else slice(position, position + 1)
         delta = None if intervene is None else intervene(self.head_targets(layer), sources, None)
         if delta is None:
             z = block.attn.heads(block.ln1(resid), position)  # the model's own fused attention
         else:
             z = self._split_heads(block, resid, delta, position)
         W_O = block.attn.out.weight.T.reshape(self.H, self.dh, self.d)
-        head_out = torch.einsum("nshe,hem->nshm", z, W_O.to(z.dtype))
-        sources.extend(head_out.unbind(dim=2))
-        mid = (resid if position is None else resid[:, position : position + 1]) + block.attn.out(z.flatten(2))
+        outs = list(torch.einsum("nshe,hem->nshm", z, W_O.to(z.dtype)).unbind(dim=2))
+        mid = resid[:, at] + block.attn.out(z.flatten(2))
+        for h in range(self.H):
+            if first + h in replace:
+                new = replace[first + h][:, at]
+                mid, outs[h] = mid + (new - outs[h]), new
+        sources.extend(outs)
         if block.mlp is None:
             return mid
-        delta = None if intervene is None else intervene(self.mlp_target(layer), sources, position)
-        x = mid if delta is None else mid + delta[:, :, 0]
-        out = block.mlp(block.ln2(x))
+        if first + self.H in replace:
+            out = replace[first + self.H][:, at]
+        else:
+            delta = None if intervene is None else intervene(self.mlp_target(layer), sources, position)
+            out = block.mlp(block.ln2(mid if delta is None else mid + delta[:, :, 0]))
         sources.append(out)
         return mid + out
 
     def _split_heads(self, block, resid: torch.Tensor, delta, position: int | None) -> torch.Tensor:
         """``z`` ``[N, s, H, d_head]`` (``s = 1`` with ``position``) of a layer whose head inputs are ``resid +
         delta``: ``delta`` ``[N, s, 3H, d]`` (head-major, then q, k, v), or ``(active, delta)`` with ``delta``
-        ``[N, s, n_a, d]`` for the ``active`` inputs only (the others read ``resid`` through the fused ``qkv``)."""
+        ``[N, s, n_a, d]`` for the ``active`` inputs only (the others read ``resid`` through the fused ``qkv``), or
+        ``(rows, shared, shared_delta, varying, varying_delta)`` when the ``N`` rows are ``N / rows`` repeats of the
+        first ``rows`` (sets resumed from one residual): the ``shared`` inputs are the same in every repeat
+        (``shared_delta`` ``[rows, s, n_1, d]``, computed once), the ``varying`` ones are not (``[N, s, n_2, d]``)."""
         N, s, d = resid.shape
-        active, delta = delta if isinstance(delta, tuple) else (None, delta)
         W = block.attn.qkv.weight.reshape(3, self.H, self.dh, d)
         b = block.attn.qkv.bias.reshape(3, self.H, self.dh)
-        if active is None:  # every input split
+        if isinstance(delta, torch.Tensor):  # every input split
             h = block.ln1(resid[:, :, None, None, :] + delta.reshape(N, s, self.H, 3, d))
             qkv = torch.einsum("nshcd,ched->nsche", h, W.to(h.dtype)) + b.to(h.dtype)  # [N, s, 3, H, dh]
-        else:
+        elif len(delta) == 2:
+            active, part = delta
             qkv = block.attn.qkv(block.ln1(resid)).reshape(N, s, 3, self.H, self.dh)
-            head, chan = torch.div(active, 3, rounding_mode="floor"), active % 3
-            h = block.ln1(resid[:, :, None, :] + delta)  # [N, s, n_a, d]
-            qkv[:, :, chan, head] = torch.einsum("nsad,aed->nsae", h, W[chan, head].to(h.dtype)) + b[chan, head]
+            self._set_inputs(block, qkv, active, resid[:, :, None, :] + part, W, b)
+        else:
+            rows, shared, shared_delta, varying, varying_delta = delta
+            qkv = block.attn.qkv(block.ln1(resid[:rows])).reshape(rows, s, 3, self.H, self.dh)
+            self._set_inputs(block, qkv, shared, resid[:rows, :, None, :] + shared_delta, W, b)
+            qkv = qkv.repeat(N // rows, 1, 1, 1, 1)
+            self._set_inputs(block, qkv, varying, resid[:, :, None, :] + varying_delta, W, b)
         q, k, v = (qkv[:, :, c].transpose(1, 2) for c in range(3))  # each [N, H, s, dh]
+        return self._attend(q, k, v, position)
+
+    @staticmethod
+    def _set_inputs(block, qkv: torch.Tensor, idx: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor):
+        """Write into ``qkv`` ``[*, s, 3, H, dh]`` the q / k / v of the head inputs ``idx`` (offsets in the layer's head
+        targets: head ``idx // 3``, channel ``idx % 3``) read from ``x`` ``[*, s, len(idx), d]``."""
+        if idx.numel() == 0:
+            return
+        head, chan = torch.div(idx, 3, rounding_mode="floor"), idx % 3
+        h = block.ln1(x)
+        qkv[:, :, chan, head] = torch.einsum("nsad,aed->nsae", h, W[chan, head].to(h.dtype)) + b[chan, head].to(h.dtype)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: int | None) -> torch.Tensor:
         if position is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
         p = position  # one query: it attends to every key up to and including itself

@@ -28,8 +28,9 @@ from harness.models.base import HookedModel
 from harness.tasks.circuits.curves import FaithfulnessCurve
 from harness.tasks.circuits.edge_truth import edge_ground_truth
 
-#: Edge sets per run_with_edges call of a curve (each set is a run over the eval prompts).
-_SETS_PER_CALL = 16
+#: Edge sets per run_with_edges call of a curve: one, so that every component none of whose inputs a small circuit
+#: keeps is skipped (run_with_edges skips a component only where it is dead in every set of a call).
+_SETS_PER_CALL = 1
 
 
 class EdgeCurveEvaluator:
