@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from harness.models.graph import EdgeGraph
-from test_circuits_methods import make_data, make_model
+from test_circuits_methods import _one_thread, make_data, make_model  # noqa: F401  (_one_thread: autouse fixture)
 
 
 # ------------------------------------------------------------- a hand-written split forward
@@ -63,15 +63,6 @@ def patched(corr_src: dict, edges: list[str]) -> dict:
         prev = extra.get(v)
         extra[v] = (lambda src, u=u, prev=prev: corr_src[u] - src[u] + (prev(src) if prev else 0))
     return extra
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (as in test_circuits_methods)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,19 @@ def acdc_edges(model: HookedModel, data: CircuitData, tau: float, batch: int = A
 
 
 # ------------------------------------------------------------------- methods
+class _EdgeAttribution(EdgeCircuitMethod):
+    """An attribution method on edges: ``signed(model, data)``, ranked by magnitude unless ``absolute`` is False."""
+
+    absolute: bool = True
+
+    def signed(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        raise NotImplementedError
+
+    def compute_edges(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        s = self.signed(model, data)
+        return np.abs(s) if self.absolute else s
+
+
 @register_method(
     "eap-edges",
     version="1",
@@ -119,15 +132,14 @@ def acdc_edges(model: HookedModel, data: CircuitData, tau: float, batch: int = A
     "out_u corrupt) . dM/d input_v| per edge u -> v (q/k/v, MLP, logits; 2 forward + 1 backward); head score = "
     "sum of |scores| of its outgoing edges",
 )
-class EAPEdges(EdgeCircuitMethod):
+class EAPEdges(_EdgeAttribution):
     """Edge attribution patching (:func:`edge_eap_scores`); ``absolute`` as in the node-level ``eap``."""
 
     def __init__(self, absolute: bool = True):
         self.absolute = absolute
 
-    def compute_edges(self, model: HookedModel, data: CircuitData) -> np.ndarray:
-        s = edge_eap_scores(model, data)
-        return np.abs(s) if self.absolute else s
+    def signed(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        return edge_eap_scores(model, data)
 
 
 @register_method(
@@ -138,16 +150,15 @@ class EAPEdges(EdgeCircuitMethod):
     "recommended method): gradients averaged over input embeddings interpolated from corrupted to clean, "
     "steps=5; head score = sum of |scores| of its outgoing edges",
 )
-class EAPIGEdges(EdgeCircuitMethod):
+class EAPIGEdges(_EdgeAttribution):
     """EAP-IG (inputs) on edges (:func:`edge_eap_ig_scores`), as many steps as the node-level ``eap-ig``."""
 
     def __init__(self, steps: int = 5, absolute: bool = True):
         self.steps = steps
         self.absolute = absolute
 
-    def compute_edges(self, model: HookedModel, data: CircuitData) -> np.ndarray:
-        s = edge_eap_ig_scores(model, data, self.steps)
-        return np.abs(s) if self.absolute else s
+    def signed(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        return edge_eap_ig_scores(model, data, self.steps)
 
 
 @register_method(
