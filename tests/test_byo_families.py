@@ -2,7 +2,8 @@
 
 Each is saved with a BPE (byte-level, trained here on rendered prompts) or a word-level tokenizer,
 then brought with ``harness run --model DIR --ground-truth FILE`` through the command line, with
-every registered circuits method: every cell must be ok. The models are random, so the scores say
+every registered node-level circuits method: every cell must be ok (the edge-level ones, which need split
+q/k/v inputs, must give an error record saying so). The models are random, so the scores say
 nothing; what is tested is that each family and tokenizer runs end to end. The reconstruction
 family reads the same models' activations through the same adapter.
 """
@@ -22,6 +23,7 @@ from harness.cli import main  # noqa: E402
 from harness.core import registry  # noqa: E402
 from harness.core.records import Store  # noqa: E402
 from harness.data import prompts as P  # noqa: E402
+from harness.protocols.edges import has_edge_scores  # noqa: E402
 
 
 def corpus() -> list[str]:
@@ -87,7 +89,9 @@ def model_dir(request, tmp_path_factory) -> Path:
 def test_every_circuits_method_runs_on_a_brought_model(model_dir, tmp_path, capsys):
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps([[0, 1], [1, 2], [1, 3]]))
-    methods = sorted(e.name for e in registry.methods("circuits"))
+    entries = registry.methods("circuits")
+    edge_methods = sorted(e.name for e in entries if has_edge_scores(e.cls))  # need split q/k/v inputs
+    methods = sorted(e.name for e in entries if e.name not in edge_methods)
     results = tmp_path / "results"
     code = main(["run", "--tasks", "circuits/ioi", "--methods", *methods, "--seeds", "0", "--model", str(model_dir),
                  "--ground-truth", str(gt), "--set", "n_fit=8", "--set", "n_eval=16", "--no-progress",
@@ -98,6 +102,13 @@ def test_every_circuits_method_runs_on_a_brought_model(model_dir, tmp_path, caps
     assert sorted(r["method"] for r in records) == methods
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
     assert all(0.0 <= r["metrics"]["roc_auc"] <= 1.0 for r in records)
+    # edge-level methods refuse a Hugging Face model with one line (an error record), never a faked score
+    assert main(["run", "--tasks", "circuits/ioi", "--methods", *edge_methods, "--seeds", "0", "--model",
+                 str(model_dir), "--ground-truth", str(gt), "--set", "n_fit=8", "--set", "n_eval=16", "--no-progress",
+                 "--results-dir", str(results), "--cache-dir", str(tmp_path / "cache")]) == 1
+    errors = Store(results).load_all(statuses=("error",))
+    assert sorted(r["method"] for r in errors) == edge_methods
+    assert all("split q/k/v inputs; supported: the harness's GPT models" in r["error"] for r in errors)
 
 
 def test_sae_reconstruction_on_a_brought_model(model_dir, tmp_path, capsys):

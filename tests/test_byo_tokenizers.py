@@ -124,8 +124,11 @@ def test_exported_model_runs_every_circuits_method_from_the_cli(exported, tmp_pa
     from harness.cli import main
     from harness.core.records import Store
 
+    from harness.protocols.edges import has_edge_scores
+
     directory, gt = exported
-    methods = sorted(e.name for e in registry.methods("circuits"))
+    entries = registry.methods("circuits")
+    methods = sorted(e.name for e in entries if not has_edge_scores(e.cls))  # edge methods: see below
     results = tmp_path / "results"
     code = main(["run", "--tasks", "circuits/ioi", "--methods", *methods, "--seeds", "0", "--model", str(directory),
                  "--ground-truth", str(gt), "--no-progress", "--results-dir", str(results)])
@@ -141,6 +144,14 @@ def test_exported_model_runs_every_circuits_method_from_the_cli(exported, tmp_pa
     aucs = {m: r["metrics"]["roc_auc"] for m, r in records.items()}
     print("ROC-AUC on the exported planted IOI model:", json.dumps(aucs, sort_keys=True))
     assert aucs["act-patch-mean"] == 1.0 and aucs["act-patch-resample"] == 1.0
+    # edge-level methods need split q/k/v inputs, which a transformers model does not expose: an error record
+    # saying so, not a faked score
+    edge_methods = sorted(e.name for e in entries if has_edge_scores(e.cls))
+    assert edge_methods and main(["run", "--tasks", "circuits/ioi", "--methods", edge_methods[0], "--seeds", "0",
+                                  "--model", str(directory), "--ground-truth", str(gt), "--no-progress",
+                                  "--results-dir", str(results)]) == 1
+    record = {r["method"]: r for r in Store(results).load_all(statuses=("error",))}[edge_methods[0]]
+    assert record["status"] == "error" and "split q/k/v inputs; supported: the harness's GPT models" in record["error"]
 
 
 # ------------------------------------------------------------- (b) offsets and alignment

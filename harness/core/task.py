@@ -24,6 +24,9 @@ class MetricSpec:
     check.  ``abs_tol`` / ``rel_tol`` are the default regression tolerances of
     ``harness check``: a value is a regression when it is worse than the
     reference by more than ``max(abs_tol, rel_tol * |reference|)``.
+    ``optional``: only some cells record it (e.g. edge-level metrics, for methods
+    that score edges); a cell without it is no error, and readers show it as
+    missing there.
     """
 
     name: str
@@ -33,6 +36,7 @@ class MetricSpec:
     rel_tol: float = 0.0
     unit: str = ""
     gated: bool = True  # False for timings and other machine-dependent numbers
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,10 @@ class Task:
 
     # --- shared checks --------------------------------------------------
     def check_metrics(self, values: Mapping[str, Any]) -> dict[str, float]:
-        """Every declared metric present, a real finite number; returns plain floats."""
+        """Every declared metric present (optional ones may be absent), a real finite number; returns plain floats."""
         out: dict[str, float] = {}
         for spec in self.metrics:
-            if spec.name not in values:
+            if spec.name not in values and not spec.optional:
                 raise InvalidMetricError(f"task {self.name!r} did not produce metric {spec.name!r}")
         for key, value in values.items():
             try:

@@ -13,7 +13,10 @@
   ``mean_z``, ``head_results``, the batched ``ablate_many``) and interpolating them with a
   replacement (``run_with_heads_mixed``), on the hook points;
 - :mod:`harness.models.gradients`: ``head_gradients``, ``replacement_gradient`` and ``mix_gradient``,
-  on the hook points.
+  on the hook points;
+- :mod:`harness.models.edges`: edge-level runs over :class:`~harness.models.graph.EdgeGraph` (``edge_graph``,
+  ``edge_run``, ``edge_gradients``, ``run_with_edges``), for adapters with split q / k / v inputs
+  (``_split_qkv``: the harness GPT; others raise a ``HarnessError``).
 
 Adapters implement the token primitives (``_encode``, ``_decode_one``, ``token_id``), ``W_O``,
 ``b_O``, ``_ln_final``, ``_W_U``, ``_b_U`` and one run between two hook points (``_run``):
@@ -33,13 +36,14 @@ from __future__ import annotations
 
 import torch
 
+from harness.models.edges import EdgesMixin
 from harness.models.forward import FwdHooks, HookedForward, HookFn, ZFn
 from harness.models.gradients import GradientsMixin
 from harness.models.patching import PatchingMixin
 from harness.models.tokens import TokensMixin
 
 
-class HookedModel(TokensMixin, HookedForward, PatchingMixin, GradientsMixin):
+class HookedModel(TokensMixin, HookedForward, PatchingMixin, GradientsMixin, EdgesMixin):
     """A transformer whose attention heads can be read, replaced and differentiated.
 
     Attributes: ``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``d_mlp`` (0 if

@@ -29,6 +29,7 @@ from harness.core.card import CardFormat
 from harness.errors import HarnessError
 from harness.models.base import HookedModel, ZFn
 from harness.models.layered import LayeredForward
+from harness.models.split_qkv import SplitQKVGPT
 from harness.models.tokenizer import WordTokenizer
 
 #: The JSON file that marks a directory as one of our saved GPTs.
@@ -250,6 +251,10 @@ class HookedGPT(HookedModel, LayeredForward):
     @property
     def _W_U(self) -> torch.Tensor:
         return self.model.unembed.weight
+
+    def _split_qkv(self) -> SplitQKVGPT:
+        """Runs with every head's q / k / v input split out (edge-level methods, :mod:`harness.models.edges`)."""
+        return SplitQKVGPT(self.model, self.edge_graph())
 
 
 # ---------------------------------------------------------------- save / load

@@ -3,7 +3,9 @@
 A circuit task hands every method a :class:`CircuitData`: the hooked model,
 a *fit* split of clean and corrupted prompts (same length, position ``-1`` is
 where the answer is read), and the task metric.  Methods never see the
-ground truth nor the task's held-out evaluation prompts.
+ground truth nor the task's held-out evaluation prompts.  A method may also score
+the edges of the model's computational graph (``score_edges``, the optional edge
+half of the protocol: :mod:`harness.protocols.edges`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ COUNTED_CALLS: dict[str, tuple[int, int]] = {
     "head_gradients": (1, 1),
     "replacement_gradient": (1, 1),
     "mix_gradient": (1, 1),
+    "edge_run": (1, 0),
+    "edge_gradients": (1, 1),
 }
 
 
@@ -128,7 +132,9 @@ class PassCounter:
 
     ``forward`` counts runs of the model over the whole prompt batch (an
     ``ablate_many`` call counts one per head set plus the clean run, even
-    though it reuses cached layers); ``backward`` counts backward passes
+    though it reuses cached layers; a ``run_with_edges`` call one per edge
+    set, its clean run being an ``edge_run`` or ``edge_gradients`` call
+    counted apart); ``backward`` counts backward passes
     (:data:`COUNTED_CALLS`).  Everything else is delegated unchanged.
     """
 
@@ -153,6 +159,10 @@ class PassCounter:
     def ablate_many(self, tokens, masks, *a, **k):
         self.forward += 1 + int(masks.shape[0])
         return self._model.ablate_many(tokens, masks, *a, **k)
+
+    def run_with_edges(self, clean, keep, *a, **k):
+        self.forward += int(keep.shape[0])  # one per edge set (the clean run it resumes from is counted apart)
+        return self._model.run_with_edges(clean, keep, *a, **k)
 
 
 # ------------------------------------------------------------ output validation

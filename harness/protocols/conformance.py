@@ -12,9 +12,9 @@ Checked, in order:
    ``get_params()`` returns them unchanged, ``create(get_params())`` rebuilds an equal method, and an
    unknown parameter is a :class:`~harness.errors.ConfigError`;
 3. the protocol: the method runs on a tiny seeded input of its family (clustering: 3 blobs; reconstruction:
-   random activations; circuits: a 2-layer random GPT with clean / corrupted prompts; icl: linear-regression
-   contexts with an OLS learner; icl-probe: random hidden states) and its output passes the same validator
-   the family's tasks use;
+   random activations; circuits: a 2-layer random GPT with clean / corrupted prompts, edge scores too where
+   the method has ``score_edges``; icl: linear-regression contexts with an OLS learner; icl-probe: random
+   hidden states) and its output passes the same validator the family's tasks use;
 4. determinism: a second run with the same seed gives an identical output.
 """
 
@@ -88,6 +88,11 @@ def _run_circuits(method: Any, seed: int) -> np.ndarray:
     selection = method.select_heads(model, data, scores.copy()) if hasattr(method, "select_heads") else None
     if selection is not None:
         validate_selection(selection, (2, 2), method.name)
+    if callable(getattr(method, "score_edges", None)):  # the optional edge half of the protocol
+        from harness.protocols.edges import validate_edge_scores
+
+        edges = validate_edge_scores(method.score_edges(model, data), model.edge_graph().n_edges, method.name)
+        return np.concatenate([scores.ravel(), edges])
     return scores
 
 

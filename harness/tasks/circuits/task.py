@@ -20,7 +20,10 @@ Per cell (DESIGN.md section 2, "circuits"):
   the eval prompts; and MIB's faithfulness curve of the head scores on the
   same prompts (:mod:`harness.tasks.circuits.curves`: ``f(k)`` of the top-k%
   heads, k = 0.1 ... 100%, the others resample-ablated from the paired
-  corrupted prompt by default) with its areas ``cpr`` and ``cmd``.
+  corrupted prompt by default) with its areas ``cpr`` and ``cmd``.  A method that also scores edges
+  (``score_edges``, :mod:`harness.protocols.edges`) gets the edge-level metrics of
+  :mod:`harness.tasks.circuits.edges` (``edge_roc_auc`` / ``edge_pr_auc`` against the planted models'
+  path-patched edges, ``edge_cpr`` / ``edge_cmd``); other methods record none of them.
 
 Models (config ``model``): the embedded planted-circuit model of the task
 (``planted-ioi`` / ``planted-greater-than``, see :mod:`harness.embedded.planted`),
@@ -47,10 +50,12 @@ from harness.errors import ConfigError, HarnessError, InvalidOutputError
 from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
 from harness.models.base import HookedModel
 from harness.protocols.circuits import CircuitData, PassCounter, validate_scores, validate_selection
+from harness.protocols.edges import has_edge_scores, validate_edge_scores
 from harness.core.task import MetricSpec, Task
 from harness.data import circuits as D
 from harness.embedded import planted
 from harness.tasks.circuits.curves import ABLATIONS, CurveEvaluator, FaithfulnessCurve
+from harness.tasks.circuits.edges import edge_artifacts, edge_metrics
 from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
 
 
@@ -112,6 +117,7 @@ class CircuitTaskData:
     prompt_style: str = ""  # the rendering the model's tokenizer reads ("text" or "words")
     _faith_cache: dict[str, float] = field(default_factory=dict, repr=False)
     _curve_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # curve evaluators and curves
+    _edge_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # edge truth, evaluator and curves
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -126,6 +132,7 @@ class CircuitOutput:
     selection: np.ndarray | None  # bool [L, H] or None (then the task takes the top-|truth| heads)
     forward_passes: int
     backward_passes: int
+    edge_scores: np.ndarray | None = None  # float64 [n_edges] from methods that score edges (score_edges)
 
 
 # --------------------------------------------------------------------- the task
@@ -175,6 +182,14 @@ class CircuitTask(Task):
             abs_tol=0.1,
         ),
         MetricSpec("cmd", False, "MIB CMD: trapezoid area under |1 - f(k)|, same curve and axis as cpr", abs_tol=0.1),
+        MetricSpec("edge_roc_auc", True, "ROC-AUC of edge scores against the model's ground-truth edges (methods "
+                   "that score edges, models with edge ground truth)", abs_tol=0.05, optional=True),
+        MetricSpec("edge_pr_auc", True, "average precision of edge scores against the ground-truth edges",
+                   abs_tol=0.05, optional=True),
+        MetricSpec("edge_cpr", True, "MIB CPR at edge level: area under f(k) of the top-k% edges, every other edge "
+                   "patched from the corrupted prompt (methods that score edges)", abs_tol=0.1, optional=True),
+        MetricSpec("edge_cmd", False, "MIB CMD at edge level: area under |1 - f(k)|, same curve as edge_cpr",
+                   abs_tol=0.1, optional=True),
         MetricSpec("forward_passes", False, "model passes over the fit batch used by the method", gated=False),
         MetricSpec("backward_passes", False, "backward passes used by the method", gated=False),
         MetricSpec(
@@ -189,7 +204,7 @@ class CircuitTask(Task):
     )
     main_metric = "roc_auc"
     leaderboard_metrics = (
-        "cpr", "cmd", "pr_auc", "faithfulness", "precision", "recall", "f1", "forward_passes", "backward_passes",
+        "cpr", "cmd", "edge_roc_auc", "edge_cpr", "edge_cmd", "pr_auc", "faithfulness", "precision", "recall", "f1", "forward_passes", "backward_passes",
         "dropped_candidates", "dropped_templates",
     )
 
@@ -268,7 +283,11 @@ class CircuitTask(Task):
             selection = select(counter, fit, scores.copy())
             if selection is not None:
                 selection = validate_selection(selection, data.shape, name)
-        return CircuitOutput(scores, selection, int(counter.forward), int(counter.backward))
+        edges = None
+        if has_edge_scores(method):
+            n_edges = data.model.edge_graph().n_edges
+            edges = validate_edge_scores(method.score_edges(counter, fit), n_edges, name)
+        return CircuitOutput(scores, selection, int(counter.forward), int(counter.backward), edges)
 
     def evaluate(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, float]:
         truth = data.truth
@@ -282,6 +301,11 @@ class CircuitTask(Task):
         out["backward_passes"] = float(output.backward_passes)
         out["dropped_candidates"] = float(data.dropped_candidates)
         out["dropped_templates"] = float(len(data.dropped_templates))
+        if output.edge_scores is not None:
+            try:
+                out.update(edge_metrics(data.model, data.eval, output.edge_scores, data._edge_cache))
+            except ValueError as e:
+                raise HarnessError(f"edge faithfulness curve on the eval prompts: {e}") from None
         return out
 
     def artifacts(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, Any]:
@@ -293,8 +317,11 @@ class CircuitTask(Task):
             "dropped_templates": {str(t): why for t, why in data.dropped_templates.items()},
         }
         curve = score_curve(data, output.scores, self.faithfulness_ablation).artifact()
-        return {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist(), "prompts": prompts,
-                "faithfulness_curve": curve}
+        out = {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist(), "prompts": prompts,
+               "faithfulness_curve": curve}
+        if output.edge_scores is not None:
+            out.update(edge_artifacts(data.model, data.eval, output.edge_scores, data._edge_cache))
+        return out
 
 
 # ----------------------------------------------------------------- faithfulness
