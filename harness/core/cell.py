@@ -169,7 +169,7 @@ def _select(spec: RunSpec) -> tuple[list[registry.Entry], list[registry.Entry] |
 
 
 def _in_default_suite_on(method_entry: registry.Entry, task_entry: registry.Entry) -> bool:
-    """Whether a runs without --methods pairs the method with the task (``Method.default_suite_tasks``)."""
+    """Whether a run without --methods pairs the method with the task (``Method.default_suite_tasks``)."""
     patterns = getattr(method_entry.cls, "default_suite_tasks", None)
     return patterns is None or any(fnmatch.fnmatchcase(task_entry.name, p) for p in patterns)
 

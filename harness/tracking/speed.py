@@ -312,8 +312,8 @@ def compare_speed(
             workers[side] = Worker(side, trees[side], kfile, tmp)
             stack.callback(workers[side].close)
             report.harness_files[side] = workers[side].harness_file
-        report.identical_code = (source_digest(trees["base"]) is not None
-                                 and source_digest(trees["base"]) == source_digest(trees["head"]))
+        base_digest = source_digest(trees["base"])  # reads every source file once per side
+        report.identical_code = base_digest is not None and base_digest == source_digest(trees["head"])
         rng = random.Random(seed)
 
         def fresh_workers() -> dict[str, Worker]:

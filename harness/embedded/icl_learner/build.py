@@ -152,7 +152,8 @@ class ICLModel(registry.EmbeddedModel):
 def verify_card_numbers(spec: ICLModelSpec, directory: Path, log: Log = print) -> bool:
     """Whether the error and SPD curves recomputed from ``directory``'s weights match its card within
     ``spec.card_tolerance`` (absolute, per k)."""
-    if not ICL_CARD.card(directory) or ICL_CARD.card(directory).get("spec_hash") != spec_hash(spec):
+    saved = ICL_CARD.card(directory)
+    if not saved or saved.get("spec_hash") != spec_hash(spec):
         if log:
             log(f"[{spec.name}] no committed model matching the current recipe in {directory} "
                 f"(trained on {spec.device}: build it there and commit the weights)")
