@@ -217,14 +217,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_pickle_weights=args.allow_pickle_weights,
     )
     try:
-        summary = run(spec)
+        # the leaderboard and its plots are drawn before the run's worker processes stop, by them
+        summary = run(spec, after_cells=lambda map_calls: _write_leaderboard_and_plots(args.results_dir,
+                                                                                      map_calls=map_calls))
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; run the same command again to do the rest",
               file=sys.stderr)
         return 130
     ok = [r for r in summary.records if r["status"] == "ok"]
     print(render_markdown(build_tables(ok)))
-    path = _write_leaderboard_and_plots(args.results_dir)
+    path = summary.after_cells
     print(f"{len(summary.records)} cells: {summary.ran} run, {summary.skipped} already recorded, "
           f"{len(summary.failed)} failed. Records in {args.results_dir / 'records'}; leaderboard in {path}")
     from harness.core.records import method_label
@@ -256,11 +258,12 @@ def _positive(value: float | None, flag: str) -> float | None:
 
 def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path | None = None,
                                  asv_results: Path | None = None, records: list | None = None,
-                                 tables: list | None = None) -> Path:
+                                 tables: list | None = None, map_calls=None) -> Path:
     """LEADERBOARD.md (or csv, or html with the history of ``asv_results``) from every record in
-    ``results_dir`` (or the ``records`` / ``tables`` the caller already has), with the families' plots in plots/."""
+    ``results_dir`` (or the ``records`` / ``tables`` the caller already has), with the families' plots in plots/
+    (drawn through ``map_calls``, e.g. a run's worker processes, when given)."""
     from harness.report.leaderboard import build_tables, write_leaderboard
-    from harness.report.plots import plot_main_metric, write_plots
+    from harness.report.plots import plot_jobs, render_plots
     from harness.core.records import Store
 
     if records is None:
@@ -269,7 +272,7 @@ def _write_leaderboard_and_plots(results_dir: Path, fmt: str = "md", out: Path |
         tables = build_tables(records)
     plots = []
     if fmt in ("md", "html"):
-        plots = plot_main_metric(tables, results_dir / "plots") + write_plots(records, results_dir / "plots")
+        plots = render_plots(plot_jobs(tables, records), results_dir / "plots", map_calls)
     if fmt == "html":
         from harness.report.html import DEFAULT_ASV_RESULTS, read_asv_history, write_html
 

@@ -26,3 +26,17 @@ class ExitingMethod(Method):
         if self.exit_code:
             os._exit(self.exit_code)  # what no try/except can catch in-process
         return x
+
+
+def exit_unless_in(pid: int) -> str:
+    """For map_on_workers tests: kills any process but ``pid`` (a worker); returns "here" in ``pid``."""
+    if os.getpid() != pid:
+        os._exit(5)
+    return "here"
+
+
+def fail_in_workers(pid: int) -> str:
+    """Raises in any process but ``pid``; returns "here" in ``pid``."""
+    if os.getpid() != pid:
+        raise ValueError("only the driver may run this")
+    return "here"

@@ -49,6 +49,35 @@ def test_jobs_give_the_metrics_of_a_serial_run(tmp_path):
     assert again.ran == 0 and again.skipped == parallel.ran
 
 
+def test_work_after_the_cells_runs_in_the_workers_or_here(tmp_path):
+    """``after_cells``' map_calls spreads calls over the run's workers under --jobs (the leaderboard's plots),
+    runs them here otherwise, and returns results in call order either way."""
+    import os
+
+    registry.load_all()
+    small = dict(tasks=["clustering/wine"], methods=["kmeans-raw"], seeds=[0, 1, 2])
+    serial = run(spec(tmp_path, "serial", **small), after_cells=lambda m: m(os.getpid, [()] * 4))
+    assert serial.after_cells == [os.getpid()] * 4
+    jobs = run(spec(tmp_path, "jobs", jobs=2, **small), after_cells=lambda m: m(os.getpid, [()] * 6))
+    assert len(jobs.after_cells) == 6 and os.getpid() not in jobs.after_cells
+    assert len(set(jobs.after_cells)) == 2  # both workers took calls
+
+
+def test_calls_whose_worker_dies_or_raises_are_redone_here(tmp_path):
+    import os
+
+    registry.load_plugin_module("parallel_plugin")
+    registry.load_all()
+    import parallel_plugin
+
+    pid = os.getpid()
+    for fn in (parallel_plugin.exit_unless_in, parallel_plugin.fail_in_workers):
+        summary = run(spec(tmp_path, fn.__name__, tasks=["clustering/wine"], methods=["kmeans-raw"], seeds=[0, 1],
+                           jobs=2, plugins=("parallel_plugin",)),
+                      after_cells=lambda m, fn=fn: m(fn, [(pid,)] * 3))
+        assert summary.ok and summary.after_cells == ["here"] * 3
+
+
 def test_a_worker_that_dies_costs_only_its_cell(tmp_path):
     registry.load_plugin_module("parallel_plugin")
     registry.load_all()

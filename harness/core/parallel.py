@@ -43,6 +43,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: deliver(cell index, record dict): the driver's one writer
 Deliver = Callable[[int, dict], None]
+#: ``map_calls(fn, [args, ...]) -> [fn(*args), ...]``, in order
+MapCalls = Callable[[Callable, Sequence[tuple]], list]
+
+
+def map_here(fn: Callable, calls: Sequence[tuple]) -> list:
+    """:data:`MapCalls` in this process."""
+    return [fn(*args) for args in calls]
 
 
 @dataclass(frozen=True)
@@ -99,10 +106,13 @@ def units_of(cells: Sequence["Cell"], todo: Sequence[int], expected_s: Callable[
 
 
 def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, deliver: Deliver,
-                   fail: Callable[[int, str], None], keys: Sequence[Any] | None = None) -> None:
+                   fail: Callable[[int, str], None], keys: Sequence[Any] | None = None,
+                   after: Callable[[MapCalls], Any] | None = None) -> Any:
     """Run ``units`` in ``jobs`` worker processes; ``deliver`` each record, ``fail(i, why)`` a cell whose worker died.
 
     ``keys``: one affinity key per unit (:func:`affinity_key` of its cells); None: no affinity.
+    ``after(map_calls)``: called when every unit is done, before the workers stop, with a :data:`MapCalls`
+    that spreads calls over them (the leaderboard's plots); its return value is returned.
     """
     ctx = mp.get_context("spawn")
     keys = list(keys) if keys is not None else list(range(len(units)))
@@ -131,9 +141,48 @@ def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, delive
             for w in workers:
                 if not w.unit:
                     _assign(w, pending, workers)
+        return after(lambda fn, calls: map_on_workers(workers, fn, calls)) if after else None
     finally:
         for w in workers:
             _stop(w)
+
+
+def map_on_workers(workers: list[_Worker], fn: Callable, calls: Sequence[tuple]) -> list:
+    """``[fn(*args) for args in calls]``, each call sent to a free worker (``fn`` must be a module-level
+    function, so it pickles by name); a call whose worker died or raised is redone here, where its
+    exception, if any, is raised."""
+    results: list = [None] * len(calls)
+    pending, running, here = deque(range(len(calls))), {}, []  # running: worker index -> call index
+    while pending or running:
+        for k, w in enumerate(workers):
+            if k not in running and pending and w.process.is_alive():
+                i = pending.popleft()
+                try:
+                    w.conn.send(("call", fn, calls[i]))
+                    running[k] = i
+                except (OSError, BrokenPipeError):
+                    here.append(i)
+        if not running:
+            break  # no live worker: the rest runs here
+        ready = wait([workers[k].conn for k in running] + [workers[k].process.sentinel for k in running])
+        for k in list(running):
+            w = workers[k]
+            if w.conn in ready:
+                try:
+                    kind, _, (ok, value) = w.conn.recv()
+                except (EOFError, OSError):
+                    here.append(running.pop(k))
+                    continue
+                i = running.pop(k)
+                if ok:
+                    results[i] = value
+                else:
+                    here.append(i)
+            elif w.process.sentinel in ready:
+                here.append(running.pop(k))
+    for i in sorted(here + list(pending)):
+        results[i] = fn(*calls[i])
+    return results
 
 
 def _next_deadline(busy: list[_Worker], timeout: float | None) -> float | None:
@@ -269,6 +318,13 @@ def worker_main(conn, setup: WorkerSetup) -> None:
             return
         if unit is None:
             return
+        if isinstance(unit, tuple):  # ("call", fn, args): work after the cells (map_on_workers)
+            _, fn, args = unit
+            try:
+                conn.send(("result", -1, (True, fn(*args))))
+            except Exception:  # noqa: BLE001 - the driver redoes the call and raises it there
+                conn.send(("result", -1, (False, None)))
+            continue
         for i in unit:
             cell = cells[i]
             ctx = RunContext(seed=cell.seed, device=device, cache_dir=setup.cache_dir, show_progress=False,

@@ -31,7 +31,7 @@ from harness.core.context import RunContext
 from harness.core.provenance import provenance
 from harness.core.records import Record, Store
 from harness.core.resources import measure
-from harness.core.parallel import WorkerSetup, affinity_key, run_in_workers, units_of
+from harness.core.parallel import MapCalls, WorkerSetup, affinity_key, map_here, run_in_workers, units_of
 from harness.core.seeding import deterministic_device, resolve_device, seed_everything
 from harness.core.threads import default_threads, resolve_jobs, thread_budget
 from harness.errors import ConfigError, HarnessError, RecordError
@@ -43,6 +43,7 @@ class RunSummary:
     ran: int = 0
     skipped: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    after_cells: Any = None  # what run()'s ``after_cells`` returned
 
     @property
     def ok(self) -> bool:
@@ -120,9 +121,16 @@ def _record(cell: Cell, metrics: dict, artifacts: dict, error: str | None, timin
     )
 
 
-def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
+def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None,
+        after_cells: Callable[[MapCalls], Any] | None = None) -> RunSummary:
     """Run every cell of ``spec`` (serially, or in ``spec.jobs`` worker processes); each finished cell is
-    written to the store at once, by this process."""
+    written to the store at once, by this process.
+
+    ``after_cells(map_calls)``: called once every cell is recorded, with ``map_calls(fn, [args, ...])``
+    that runs ``fn(*args)`` for each (module-level, picklable) ``fn`` in the run's worker processes before
+    they stop (under ``--jobs``; here otherwise); its return value is ``summary.after_cells``.  The
+    leaderboard's plots are drawn this way.
+    """
     cells = expand(spec)
     device = resolve_device(spec.device)
     _check_limits(spec, device)
@@ -152,6 +160,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
         if on_record:
             on_record(record)
 
+    after = after_cells or (lambda map_calls: None)
     try:
         if in_process:
             data_cache: dict = {}
@@ -162,6 +171,7 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
                     record = run_cell(cells[i], ctx, data_cache).to_dict()
                 cells[i].method = None  # release the fitted method (a run may hold hundreds of cells)
                 deliver(i, record)
+            summary.after_cells = after(map_here)
         else:
             setup = WorkerSetup(spec, str(device), cache_dir, threads, "ray" if ray else f"local:{jobs}",
                                 tuple(sys.path))
@@ -176,8 +186,10 @@ def run(spec: RunSpec, on_record: Callable[[dict[str, Any]], None] | None = None
                 from harness.core.ray_executor import run_on_ray
 
                 run_on_ray(setup, units, spec.ray_address, deliver, fail)
+                summary.after_cells = after(map_here)
             else:
-                run_in_workers(setup, units, jobs, deliver, fail, [affinity_key(cells[u[0]]) for u in units])
+                summary.after_cells = run_in_workers(setup, units, jobs, deliver, fail,
+                                                     [affinity_key(cells[u[0]]) for u in units], after)
     finally:
         bar.close()
         summary.records = [done[i] for i in sorted(done)]

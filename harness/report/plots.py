@@ -3,18 +3,28 @@
 A plotter is ``fn(records: list[dict], out_dir: Path) -> list[Path]`` (PNG files).
 Plotters run with matplotlib's Agg backend; one that fails is reported and
 skipped, never taking the leaderboard down.
+
+The plots of a run are cut into independent :class:`PlotJob` s (one per leaderboard table's
+main-metric figure, one per family, or per family and task for plotters registered ``per_task``), so
+that ``harness run --jobs N`` renders them in its worker processes (which already hold every module)
+instead of one after another in the driver; :func:`render_plots` gives the same files, in the same
+order, whether the jobs run here or there.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from harness.core.io import temp_path_beside
+from harness.core.parallel import MapCalls, map_here
 
 Plotter = Callable[[list[dict[str, Any]], Path], list[Path]]
 _PLOTTERS: dict[str, Plotter] = {}
+#: families whose plotter draws each task on its own figures, so it may run on one task's records at a time
+_PER_TASK: set[str] = set()
 
 
 def file_slug(text: str) -> str:
@@ -40,26 +50,68 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def register_plotter(family: str, fn: Plotter) -> Plotter:
+def register_plotter(family: str, fn: Plotter, per_task: bool = False) -> Plotter:
+    """Register ``fn`` as ``family``'s plotter; ``per_task``: its figures are per task (never across tasks),
+    so it may be called on each task's records separately (in parallel under ``--jobs``)."""
     _PLOTTERS[family] = fn
+    (_PER_TASK.add if per_task else _PER_TASK.discard)(family)
     return fn
 
 
-def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Run every family's plotter on its ok records; returns the files written."""
-    import matplotlib
+@dataclass(frozen=True)
+class PlotJob:
+    """One independent part of the plots: the main-metric figures of ``tables`` (``family`` None), or
+    ``family``'s plotter on ``records`` (its ok records, or one task's of them)."""
 
-    matplotlib.use("Agg")
-    written: list[Path] = []
-    for family, fn in sorted(_PLOTTERS.items()):
+    family: str | None
+    tables: tuple = ()
+    records: tuple = ()
+
+
+def plot_jobs(tables: Sequence, records: Sequence[dict[str, Any]]) -> list[PlotJob]:
+    """The plots of ``tables`` and ``records`` as independent jobs, in the order their files are listed:
+    each table's main-metric figure, then each family (by name), per task (by name) where it allows."""
+    jobs = [PlotJob(None, tables=(t,)) for t in tables]
+    for family in sorted(_PLOTTERS):
         mine = [r for r in records if r["family"] == family and r["status"] == "ok"]
         if not mine:
             continue
-        try:
-            written.extend(fn(mine, Path(out_dir)))
-        except Exception as exc:  # noqa: BLE001 - a broken plot must not lose the tables
-            print(f"warning: {family} plots failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if family in _PER_TASK:
+            for task in sorted({r["task"] for r in mine}):
+                jobs.append(PlotJob(family, records=tuple(r for r in mine if r["task"] == task)))
+        else:
+            jobs.append(PlotJob(family, records=tuple(mine)))
+    return jobs
+
+
+def render_plot_job(job: PlotJob, out_dir: Path) -> tuple[list[Path], str | None]:
+    """Draw one job's figures into ``out_dir``: ``(files written, warning or None)``; a plotter that
+    raises gives a warning, never an exception (a broken plot must not lose the tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if job.family is None:
+        return plot_main_metric(list(job.tables), Path(out_dir)), None
+    try:
+        return _PLOTTERS[job.family](list(job.records), Path(out_dir)), None
+    except Exception as exc:  # noqa: BLE001 - reported by the caller, the other plots go on
+        return [], f"warning: {job.family} plots failed: {type(exc).__name__}: {exc}"
+
+
+def render_plots(jobs: Sequence[PlotJob], out_dir: Path, map_calls: MapCalls | None = None) -> list[Path]:
+    """Render ``jobs`` (here, or through ``map_calls``: e.g. a run's worker processes); the files written,
+    in job order, whichever way they ran. Warnings of failed plotters go to stderr."""
+    written: list[Path] = []
+    for paths, warning in (map_calls or map_here)(render_plot_job, [(job, Path(out_dir)) for job in jobs]):
+        if warning:
+            print(warning, file=sys.stderr)
+        written.extend(paths)
     return written
+
+
+def write_plots(records: list[dict[str, Any]], out_dir: Path, map_calls: MapCalls | None = None) -> list[Path]:
+    """Run every family's plotter on its ok records; returns the files written."""
+    return render_plots(plot_jobs([], records), out_dir, map_calls)
 
 
 def plot_main_metric(tables: list, out_dir: Path) -> list[Path]:

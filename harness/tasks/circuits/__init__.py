@@ -19,7 +19,7 @@ def _register_plotter() -> None:
     from harness.report.plots import register_plotter
     from harness.tasks.circuits.plots import plot_circuits
 
-    register_plotter("circuits", plot_circuits)
+    register_plotter("circuits", plot_circuits, per_task=True)
 
 
 _register_plotter()

@@ -13,5 +13,5 @@ from harness.tasks.icl import variants  # noqa: F401  (registers the tasks)
 from harness.tasks.icl.plots import plot_icl
 
 # error curves and probe R^2 by layer, written next to the leaderboard (results/plots/)
-register_plotter("icl", plot_icl)
-register_plotter("icl-probe", plot_icl)
+register_plotter("icl", plot_icl, per_task=True)
+register_plotter("icl-probe", plot_icl, per_task=True)
