@@ -140,8 +140,8 @@ def plot_faithfulness_curves(records: Iterable[Mapping[str, Any]], out_dir: Path
         ax.minorticks_off()
         ax.set(xlabel=f"k: % of {lv.noun} kept (top-k% by score; log scale)",
                ylabel="faithfulness f(k) = (m(C_k) - m(empty)) / (m(model) - m(empty))",
-               title=f"{task} on {model}: {'edge ' if level == 'edges' else ''}faithfulness curves, "
-                     f"{'/'.join(sorted(ablations))} ablation (mean over seeds)")
+               title=f"{task} on {model}\n{'edge' if level == 'edges' else 'head'} faithfulness curves, "
+                     f"{'/'.join(sorted(ablations))} ablation (mean over seeds)")  # two lines: long names fit
         ax.title.set_fontsize(9)
         ax.yaxis.label.set_fontsize(8)
         ax.legend(fontsize=7, loc="upper left")
