@@ -158,7 +158,7 @@ def test_edge_auc_agrees_with_sklearn():
 # ------------------------------------------------------------------------ the task
 def test_edge_methods_on_the_planted_ioi_model(tmp_path):
     """A full run: edge methods record edge metrics against the path-patched ground truth, node methods none;
-    the leaderboard shows both (missing cells as a dash)."""
+    the leaderboard shows both (missing cells as a dash) and the page the edge f(k) plot."""
     from harness.core.cell import RunSpec
     from harness.core.records import Store
     from harness.core.runner import run
@@ -182,6 +182,13 @@ def test_edge_methods_on_the_planted_ioi_model(tmp_path):
     assert records["eap-ig-edges"]["metrics"]["backward_passes"] == 5
     text = render_markdown(build_tables(records.values()))
     assert "edge_roc_auc" in text and "| —" in text
+    from harness.report.html import render_html
+    from harness.report.plots import write_plots
+
+    paths = write_plots(list(records.values()), tmp_path / "plots")
+    edge_plot = "circuits-edge-faithfulness-ioi-planted-ioi.png"
+    assert edge_plot in {p.name for p in paths}
+    assert edge_plot in render_html(build_tables(records.values()), paths)  # in the circuits section of the page
 
 
 def test_edge_curve_points_equal_manual_patching(tiny):

@@ -24,7 +24,7 @@ from harness.methods.discrete_sae import unique_positive_codes
 from harness.sae.discrete import PlainAdam as _Adam
 
 CIRCUIT_METHODS = ["act-patch-mean", "act-patch-resample", "eap", "eap-ig", "acdc", "random", "discrete-sae", "atp-star",
-                   "subnetwork-probing"]
+                   "subnetwork-probing", "activity-diff"]
 
 
 # ----------------------------------------------------------------- fixtures
@@ -298,6 +298,50 @@ def test_eap_ig_completeness(model64, data64):
             effect = m_clean - m_layer
             # Right Riemann sum: error O(1/steps) of the path integral.
             assert ig[layer].sum() == pytest.approx(effect, rel=0.05, abs=0.02 * abs(effect) + 1e-9)
+
+
+def _hooked_z(model: HookedGPT, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's ``z`` ``[b, s, H, d_head]`` read at its ``blocks.{l}.attn.hook_z`` hook point."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = {f"blocks.{l}.attn.hook_z": (lambda act, name: seen.__setitem__(name, act.clone()))
+             for l in range(model.n_layers)}
+    with torch.no_grad():
+        model.run_with_hooks(tokens, hooks)
+    return [seen[f"blocks.{l}.attn.hook_z"] for l in range(model.n_layers)]
+
+
+def test_activity_diff_equals_explicit_loop(model64, data64, ctx):
+    """Per head: the mean over prompts and positions of ||z_clean - z_corrupt||, summed in Python floats from
+    the z read at each layer's hook point; 2 forward passes, no backward."""
+    z_clean, z_corr = _hooked_z(model64, data64.clean), _hooked_z(model64, data64.corrupted)
+    b, s = data64.clean.shape
+    expected = np.zeros((model64.n_layers, model64.n_heads))
+    for layer, head in itertools.product(range(model64.n_layers), range(model64.n_heads)):
+        total = 0.0
+        for i, pos in itertools.product(range(b), range(s)):
+            d = (z_clean[layer][i, pos, head] - z_corr[layer][i, pos, head]).tolist()
+            total += sum(x * x for x in d) ** 0.5
+        expected[layer, head] = total / (b * s)
+    counted = PassCounter(model64)
+    scores = method("activity-diff", ctx).score_heads(counted, data64)
+    np.testing.assert_allclose(scores, expected, rtol=1e-12, atol=1e-15)
+    assert (counted.forward, counted.backward) == (2, 0)
+    assert (scores > 0).all()  # the corrupted tokens (positions 1-3) reach every head at later positions
+
+
+def test_activity_diff_sees_activity_not_effect(ctx):
+    """A head whose W_O is zero changes nothing downstream (patching it has no effect), yet its activity
+    score is what it was: the score reads the head's z, not what the model does with it."""
+    model = make_model()
+    data = make_data(model)
+    before = bc.activity_scores(model, data)
+    layer, head, d_head = 1, 2, model.config.d_model // model.n_heads
+    with torch.no_grad():
+        model.model.blocks[layer].attn.out.weight[:, head * d_head:(head + 1) * d_head] = 0.0
+    after = method("activity-diff", ctx).score_heads(model, data)
+    effect = bc.act_patch_batched(model, data, bc.patch_replacement(model, data, "resample"))
+    assert abs(effect[layer, head]) < 1e-12 and after[layer, head] == pytest.approx(before[layer, head], rel=1e-12)
+    assert after[layer, head] > 0.1 * after.max()  # still active, on the scale of the other heads
 
 
 def test_acdc_scores_and_selection(model64, data64, ctx):

@@ -206,3 +206,48 @@ def test_cell_identity_of_the_committed_reference_is_unchanged():
     have = {(c.task_entry.name, c.task_entry.version, c.identity.task_config_hash, c.method_entry.name,
              config_hash(c.identity.config["method"])) for c in cells}
     assert wanted <= have
+
+
+def _curve_record(task: str, method: str, edges: bool) -> dict:
+    """A circuits record as the task writes it (only what the plots read): a head curve, and with ``edges`` an
+    edge curve and its metrics."""
+    ks = list(MIB_KS)
+    f = [min(1.0, k / 10) for k in ks]
+    art = {"faithfulness_curve": {"ks": ks, "f": f, "ablation": "resample", "components": "heads"}}
+    metrics = {"cpr": cpr(ks, f), "cmd": cmd(ks, f)}
+    if edges:
+        fe = [min(1.0, k / 20) for k in ks]
+        art["edge_faithfulness_curve"] = {"ks": ks, "f": fe, "ablation": "resample", "components": "edges"}
+        metrics.update(edge_cpr=cpr(ks, fe), edge_cmd=cmd(ks, fe))
+    return {"task": task, "model": "planted-ioi", "method": method, "baseline": True, "artifacts": art,
+            "metrics": metrics}
+
+
+def test_edge_faithfulness_plot_from_records_with_edge_curves(tmp_path, monkeypatch):
+    """One edge f(k) plot per task where some record carries an edge curve, with only those methods in its
+    legend; a task whose records carry none gets no edge plot; the family plotter writes it next to the head plot."""
+    from harness.tasks.circuits import plots
+
+    legends: dict[str, list[str]] = {}
+    save = plots.save_figure
+
+    def capture(fig, path):
+        legends[path.name] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", capture)
+    records = [_curve_record("circuits/ioi", "eap-edges", True), _curve_record("circuits/ioi", "eap-edges", True),
+               _curve_record("circuits/ioi", "eap", False), _curve_record("circuits/greater_than", "eap", False)]
+    paths = plots.plot_faithfulness_curves(records, tmp_path, level="edges")
+    assert [p.name for p in paths] == ["circuits-edge-faithfulness-ioi-planted-ioi.png"]
+    assert paths[0].stat().st_size > 10_000
+    edge_cpr = records[0]["metrics"]["edge_cpr"]
+    assert legends[paths[0].name] == [f"eap-edges (baseline): CPR {edge_cpr:.3f}, CMD "
+                                      f"{records[0]['metrics']['edge_cmd']:.3f} (2 seeds)"]
+    names = {p.name for p in plots.plot_circuits(records, tmp_path / "all")}
+    assert {"circuits-edge-faithfulness-ioi-planted-ioi.png", "circuits-faithfulness-ioi-planted-ioi.png",
+            "circuits-faithfulness-greater_than-planted-ioi.png"} <= names
+    assert not any(n.startswith("circuits-edge-faithfulness-greater_than") for n in names)
+    assert plots.plot_faithfulness_curves(records[2:], tmp_path / "none", level="edges") == []
+    with pytest.raises(ValueError, match="curve level"):
+        plots.plot_faithfulness_curves(records, tmp_path, level="mlps")

@@ -14,6 +14,8 @@ a per-prompt quantity read at the last position, higher = task done better).
   layer's head outputs (see :class:`EAPIG` for how and why this differs from
   Hanna et al.'s input-embedding interpolation).
 - ``acdc``: ACDC-style greedy pruning of heads (node level), with its own circuit.
+- ``activity-diff``: how much each head's ``z`` changes between the clean and the corrupted prompt
+  (activity, not effect), 2 forward passes.
 - ``random``: seeded random scores, the chance line.
 
 Signs: the *signed effect* of head ``h`` is ``m(clean) - m(clean with h patched)``
@@ -143,6 +145,23 @@ def eap_ig_scores(model: HookedModel, data: CircuitData, steps: int = 5) -> np.n
             g = model.replacement_gradient(data.clean, mask, interp, data.metric.from_logits)
             grad_sum[:, :, layer] += g[:, :, layer]
     return _to_numpy(torch.einsum("bslhd,bslhd->lh", diff, grad_sum / steps))
+
+
+@torch.no_grad()
+def activity_scores(model: HookedModel, data: CircuitData) -> np.ndarray:
+    """Per-head activity ``[L, H]`` float64: the mean over prompts ``b`` and positions ``s`` of
+    ``||z_clean[b, s, l, h] - z_corrupt[b, s, l, h]||_2`` (the norm over ``d_head``; units of ``z``).
+
+    One forward pass over the clean and one over the corrupted fit prompts (:meth:`~HookedModel.run_with_cache`,
+    ``z`` ``[b, s, L, H, d_head]``, the ``z`` the patching baselines replace); the difference is taken in
+    float64.  Every position counts, including those before the first token where the pair differs (zero
+    for every head there): a constant factor for all heads, so the ranking is that of the sum over the
+    positions where the prompts differ and after.
+    """
+    z_clean = model.run_with_cache(data.clean, return_logits=False)[1]
+    z_corr = model.run_with_cache(data.corrupted, return_logits=False)[1]
+    diff = z_clean.to(torch.float64) - z_corr.to(torch.float64)
+    return _to_numpy(diff.norm(dim=-1).mean(dim=(0, 1)))
 
 
 # ------------------------------------------------------------------ baselines
@@ -301,6 +320,65 @@ class ACDC(CircuitMethod):
         if self._selected is None or self._selected[0] != id(data):
             self.score_heads(model, data)
         return self._selected[1].copy()
+
+
+@register_method(
+    "activity-diff",
+    version="1",
+    baseline=True,
+    description="activity, not effect: mean over fit prompts and positions of ||z_clean - z_corrupt|| per head "
+    "(2 forward passes, no patching, no gradient)",
+)
+class ActivityDiff(CircuitMethod):
+    """The activity baseline: a head's score is how much its output ``z`` changes between each clean prompt
+    and its paired corrupted prompt (:func:`activity_scores`: mean over prompts and positions of the L2 norm
+    over ``d_head``).  It is the common "which heads react to the input" heuristic: it measures activity, not
+    effect, so a head that reacts to the corruption but that nothing downstream reads ranks like a circuit
+    head.  2 forward passes, no backward.
+
+    Predicted ROC-AUC (written before it was first run; the reasoning in brackets).  The trap cards'
+    ``verification.traps.activity`` (512 fresh prompts) is the closest reading: the norm of the change
+    *mean-pooled over positions*, where this score takes the norm per position then the mean, which adds up
+    changes that cancel in the pooled mean, so heads with diffuse changes rise and the ranges below are wider
+    than the card's numbers.  The corrupted prompt differs from the clean one in one token (IOI: S2 -> a third
+    name C; greater-than: YY -> 01), so only heads at or after that position, or attending to it, change.
+
+    - planted-ioi: ~1.0 (0.9-1.0).  The circuit heads are trained by interchange terms to carry the names,
+      and in every trap model (same recipe) the non-circuit heads, the distractor heads 0.0 (previous token)
+      and 1.1 (induction) included, change 3-30x less than the circuit heads (card activity 0.03-0.5 against
+      0.5-2.2, busy heads aside); the strict term leaves them nothing to carry on task prompts.  planted-ioi's
+      own card has no activity numbers, so this is by analogy.
+    - planted-greater-than: ~0.9 (0.75-1.0).  The risk is the distractor heads: the induction head 1.1 at the
+      last position (the repeated century XX) attends to the token after the first XX, i.e. YY, and the
+      previous-token head 0.0 reads YY at the next position; both then change with YY as the circuit's mover
+      0.3 does.  If both rank above the two relays 1.0 and 2.1: (27 - 4)/27 = 0.85.
+    - ioi-negative: ~1.0 (card: every circuit head >= 0.83, the negative head 2.2 the most active at 2.17,
+      every other head <= 0.24 -> 1.000).
+    - ioi-redundant: ~0.99 (card: the redundant heads 1.3 and 1.6 are the most active, 5.95 each; 2.1 (0.755)
+      just above the name mover 2.6 (0.741), one pair of 80 misordered -> 0.988).  Redundancy does not hide a
+      head from an activity score: each redundant head is active whether or not it is needed.
+    - ioi-busy: fooled, ~0.84 (0.7-0.9).  The card: the busy heads 0.2 (1.14) and 1.4 (1.28) above every
+      circuit head (0.5: 0.88, 1.3: 1.01, 2.6: 0.51), 2.3 (0.58) above 2.6, and also 0.4 (0.73), 2.0 and 2.5
+      (0.53, 0.52) above 2.6: 10 of 63 pairs misordered -> 0.841.  (At the last position alone the card gives
+      0.714; what the heads write, z W_O, 1.000: it is the change of z, not of its effect, that fools it.)
+    - ioi-saturated: ~1.0 (card: circuit heads >= 0.57, every other head <= 0.31 -> 1.000).  Saturation hides
+      the gradient, not the activity.
+
+    Measured afterwards (``harness run --tasks circuits/ioi circuits/greater_than circuits/ioi-negative
+    circuits/ioi-redundant circuits/ioi-busy circuits/ioi-saturated --methods activity-diff --seeds 0 1 2``;
+    ROC-AUC, the same in each seed, so ± 0.000; CPR / CMD means): planted-ioi 0.852 (.649 / .350),
+    planted-greater-than 0.667 (.630 / .369), negative 1.000 (.850 / .149), redundant 1.000 (.868 / .167),
+    busy 0.873 (.651 / .348), saturated 1.000 (.852 / .148).  The trap models as predicted (busy 0.873
+    against ~0.84, the only one of the four it fails, where every causal method scores >= 0.979); the two
+    base models wrong: the strict term makes the non-circuit heads *unread*, not inactive, and on the
+    narrower base models some of them react more than circuit heads.  planted-ioi: 2.1 (0.64) and 2.2 (0.43)
+    above the name mover 2.0 (0.33) in seed 0; planted-greater-than: 1.2, 0.2 and 1.3 (0.19, 0.19, 0.16)
+    above every circuit head, the mover 0.3 (0.10, attention 0.997 on YY) below 2.1 and 1.0, and the
+    distractor heads 0.0 and 1.1 (0.05, 0.02) quiet, so the predicted mechanism was wrong too (top-3 F1 0).
+    """
+
+    def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        return activity_scores(model, data)
 
 
 @register_method(

@@ -1,9 +1,11 @@
 """Figures of the circuit methods, drawn from what the result records keep: ROC curves of the head scores
-and MIB faithfulness curves f(k) (:func:`plot_circuits` is the family's registered plotter)."""
+and MIB faithfulness curves f(k) of heads and, for methods that score edges, of edges (:func:`plot_circuits`
+is the family's registered plotter)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -73,24 +75,50 @@ def _mean(values: list) -> float:
     return float(np.mean(known)) if known else float("nan")
 
 
-def plot_faithfulness_curves(records: Iterable[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """One ``circuits-faithfulness-<task>.png`` per circuits task and model: each method's f(k) (mean over
-    seeds) against k, the % of heads kept, on a log axis; the legend gives CPR / CMD (mean over seeds).
+@dataclass(frozen=True)
+class CurveLevel:
+    """Where a level's f(k) curves live in a record and how its plot is named: ``artifact`` (the curve, as
+    :meth:`~harness.tasks.circuits.curves.FaithfulnessCurve.artifact` writes it), its ``cpr`` / ``cmd``
+    metrics, the file name's ``prefix`` and the ``noun`` of the components counted on the x axis."""
 
-    Records without ``artifacts.faithfulness_curve`` (older harness versions) are skipped.
+    artifact: str
+    cpr: str
+    cmd: str
+    prefix: str
+    noun: str
+
+
+#: The curve levels a circuits record can carry: heads (every record) and edges (methods that score edges).
+CURVE_LEVELS = {
+    "heads": CurveLevel("faithfulness_curve", "cpr", "cmd", "circuits-faithfulness", "heads"),
+    "edges": CurveLevel("edge_faithfulness_curve", "edge_cpr", "edge_cmd", "circuits-edge-faithfulness", "edges"),
+}
+
+
+def plot_faithfulness_curves(records: Iterable[Mapping[str, Any]], out_dir: Path, level: str = "heads") -> list[Path]:
+    """One ``<prefix>-<task>-<model>.png`` per circuits task and model (prefix ``circuits-faithfulness`` for
+    ``level="heads"``, ``circuits-edge-faithfulness`` for ``level="edges"``): each method's f(k) (mean over
+    seeds) against k, the % of heads (edges) kept, on a log axis; the legend gives CPR / CMD (``cpr`` /
+    ``cmd``, ``edge_cpr`` / ``edge_cmd``; mean over seeds).
+
+    Records without the level's curve artifact (``faithfulness_curve``: older harness versions;
+    ``edge_faithfulness_curve``: methods that score no edges) are skipped.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if level not in CURVE_LEVELS:
+        raise ValueError(f"unknown curve level {level!r}; use one of {sorted(CURVE_LEVELS)}")
+    lv = CURVE_LEVELS[level]
     by_task: dict[tuple[str, str], dict[tuple[str, bool], list]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        curve = (r.get("artifacts") or {}).get("faithfulness_curve")
+        curve = (r.get("artifacts") or {}).get(lv.artifact)
         if not curve:
             continue
         m = r["metrics"]
-        by_task[(r["task"], r["model"])][(r["method"], r["baseline"])].append((curve, m.get("cpr"), m.get("cmd")))
+        by_task[(r["task"], r["model"])][(r["method"], r["baseline"])].append((curve, m.get(lv.cpr), m.get(lv.cmd)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -110,19 +138,21 @@ def plot_faithfulness_curves(records: Iterable[Mapping[str, Any]], out_dir: Path
         ax.set_xscale("log")
         ax.set_xticks(ks, [f"{k:g}" for k in ks], fontsize=7)
         ax.minorticks_off()
-        ax.set(xlabel="k: % of heads kept (top-k% by score; log scale)",
+        ax.set(xlabel=f"k: % of {lv.noun} kept (top-k% by score; log scale)",
                ylabel="faithfulness f(k) = (m(C_k) - m(empty)) / (m(model) - m(empty))",
-               title=f"{task} on {model}: faithfulness curves, {'/'.join(sorted(ablations))} ablation "
-                     "(mean over seeds)")
+               title=f"{task} on {model}\n{'edge' if level == 'edges' else 'head'} faithfulness curves, "
+                     f"{'/'.join(sorted(ablations))} ablation (mean over seeds)")  # two lines: long names fit
         ax.title.set_fontsize(9)
         ax.yaxis.label.set_fontsize(8)
         ax.legend(fontsize=7, loc="upper left")
-        name = f"circuits-faithfulness-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"
+        name = f"{lv.prefix}-{file_slug(task.split('/', 1)[-1] + '-' + model)}.png"
         written.append(save_figure(fig, out_dir / name))
     return written
 
 
 def plot_circuits(records: Iterable[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """The circuits family's plotter: per task, the ROC curves, then the faithfulness curves."""
+    """The circuits family's plotter: per task, the ROC curves, the head-level faithfulness curves, then the
+    edge-level ones (tasks where some method scored edges)."""
     records = list(records)
-    return plot_circuit_rocs(records, out_dir) + plot_faithfulness_curves(records, out_dir)
+    return (plot_circuit_rocs(records, out_dir) + plot_faithfulness_curves(records, out_dir, "heads")
+            + plot_faithfulness_curves(records, out_dir, "edges"))
