@@ -143,8 +143,7 @@ def run_in_workers(setup: WorkerSetup, units: list[list[int]], jobs: int, delive
                     _assign(w, pending, workers)
         return after(lambda fn, calls: map_on_workers(workers, fn, calls)) if after else None
     finally:
-        for w in workers:
-            _stop(w)
+        _stop_all(workers)
 
 
 def map_on_workers(workers: list[_Worker], fn: Callable, calls: Sequence[tuple]) -> list:
@@ -279,17 +278,22 @@ def _replace_dead(w: _Worker, workers: list[_Worker], ctx, setup: WorkerSetup,
     workers[workers.index(w)] = _start(ctx, setup)
 
 
-def _stop(w: _Worker) -> None:
-    try:
+def _stop_all(workers: list[_Worker]) -> None:
+    """Ask every worker to exit, then wait for them (they shut down at once, not one after another:
+    a worker's interpreter takes about a second to exit); terminate one that does not within 5 s."""
+    for w in workers:
+        try:
+            if w.process.is_alive():
+                w.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+    deadline = time.monotonic() + 5
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
         if w.process.is_alive():
-            w.conn.send(None)
+            w.process.terminate()
             w.process.join(timeout=5)
-    except (OSError, BrokenPipeError):
-        pass
-    if w.process.is_alive():
-        w.process.terminate()
-        w.process.join(timeout=5)
-    w.conn.close()
+        w.conn.close()
 
 
 def worker_main(conn, setup: WorkerSetup) -> None:
