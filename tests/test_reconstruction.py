@@ -27,6 +27,7 @@ from harness.models import GPT, GPTConfig, HookedGPT, WordTokenizer
 from harness.models import activations as hook_acts
 from harness.protocols.reconstruction import SparseCodes, default_k, validate_codes, validate_reconstruction
 from harness.sae import (
+    Workspace,
     dense_decode,
     load_sae,
     sparse_decode,
@@ -36,6 +37,7 @@ from harness.sae import (
     topk_select,
     train_topk_sae,
 )
+from harness.sae.training import remove_radial_
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -185,6 +187,39 @@ def test_sparse_backward_equals_dense_autograd(gsae, aux):
     assert torch.allclose(x_hat, z @ Wd + bd, atol=1e-10)
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-8)
+
+
+def test_workspace_pre_activations_change_nothing_and_reuse_memory():
+    """The same outputs and gradients, bit for bit, with the pre-activations in a workspace buffer; the buffer's
+    memory is reused from call to call (and regrown for a larger batch)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 10, generator=g)
+    params = [torch.randn(200, 10, generator=g), 0.1 * torch.randn(200, generator=g), torch.randn(200, 10, generator=g),
+              torch.randn(10, generator=g)]
+    params = [p.requires_grad_() for p in params]
+    ws = Workspace()
+    results = []
+    for workspace in (None, ws, ws):
+        x_hat, aux_hat, vals, idx = topk_sae_forward(x, *params, 4, None, torch.arange(0, 200, 7), 5,
+                                                     workspace=workspace)
+        loss = (x - x_hat).pow(2).sum() + (aux_hat - x).pow(2).sum()
+        results.append((x_hat, aux_hat, vals, idx) + torch.autograd.grad(loss, params))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    first = ws.get("pre", (30, 200), torch.float32, torch.device("cpu"))
+    assert ws.get("pre", (20, 200), torch.float32, torch.device("cpu")).data_ptr() == first.data_ptr()
+    assert ws.get("pre", (40, 200), torch.float32, torch.device("cpu")).shape == (40, 200)
+
+
+def test_radial_removal_in_blocks_equals_the_one_shot_formula():
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(1000, 16, generator=g)
+    W /= W.norm(dim=1, keepdim=True)
+    G = torch.randn(1000, 16, generator=g)
+    ref = G - (G * W).sum(1, keepdim=True) * W
+    remove_radial_(G, W, chunk_rows=96)
+    assert torch.equal(G, ref)
+    assert (G * W).sum(1).abs().max() < 1e-5
 
 
 # ====================================================================== SAEs

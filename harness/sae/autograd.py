@@ -24,7 +24,16 @@ from __future__ import annotations
 
 import torch
 
-from harness.sae.kernels import LatentPattern, batch_topk_relu, dead_topk_relu, sparse_decode, sparse_rowdot, topk_relu
+from harness.sae.kernels import (
+    LatentPattern,
+    Workspace,
+    batch_topk_relu,
+    dead_topk_relu,
+    encoder_preacts,
+    sparse_decode,
+    sparse_rowdot,
+    topk_relu,
+)
 
 
 def _encoder_grads(idx: torch.Tensor, gv: torch.Tensor, xc: torch.Tensor, W_enc: torch.Tensor, need_xc: bool,
@@ -42,9 +51,9 @@ def _encoder_grads(idx: torch.Tensor, gv: torch.Tensor, xc: torch.Tensor, W_enc:
 
 class _TopKSAE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch, workspace):
         xc = x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc.t())
+        pre = encoder_preacts(xc, W_enc, b_enc, workspace)  # not kept: the backward needs only the selection
         vals, idx = batch_topk_relu(pre, k) if batch else topk_relu(pre, k, select_scale)
         x_hat = sparse_decode(idx, vals, W_dec, b_dec)
         if dead_idx is not None and k_aux > 0 and dead_idx.numel() > 0:
@@ -94,7 +103,7 @@ class _TopKSAE(torch.autograd.Function):
             grad_x = grad_xc
         if need_bd:
             grad_bd = g.sum(0) - grad_xc.sum(0)
-        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None, None
+        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None, None, None
 
 
 def topk_sae_forward(
@@ -108,6 +117,7 @@ def topk_sae_forward(
     dead_idx: torch.Tensor | None = None,
     k_aux: int = 0,
     batch: bool = False,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_hat [N, d], aux_hat [N, d] or empty, values [N, k], indices [N, k])``.
 
@@ -118,9 +128,11 @@ def topk_sae_forward(
     ``k_aux > 0``, ``aux_hat = sum`` over the top-``k_aux`` dead latents (AuxK,
     no ``b_dec``).  ``batch``: BatchTopK's selection instead (``k * N`` over the batch; ``values`` and
     ``indices`` are then ``[N, m]`` with value-0 slots; ``select_scale`` is not used).  Differentiable in ``x``
-    and all weights; the backward is sparse.
+    and all weights; the backward is sparse.  ``workspace``: the ``[N, n_latents]`` pre-activations go into its
+    ``"pre"`` buffer instead of fresh memory (a training loop passes the same one every step).
     """
-    return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux), bool(batch))
+    return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux), bool(batch),
+                          workspace)
 
 
 class _SparseEncode(torch.autograd.Function):
