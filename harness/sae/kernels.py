@@ -2,7 +2,8 @@
 
 - :func:`topk_select`: exact row-wise top-k, with a group-max prefilter for
   wide rows (only the ``k`` groups holding the ``k`` largest group maxima can
-  hold the top-k, so the full-width ``topk`` runs on ``k * group`` columns).
+  hold the top-k, so the full-width ``topk`` runs on ``k * group`` columns),
+  applied again to those candidates in sub-groups of ``group / 8``.
 - :func:`batch_topk_relu`: BatchTopK's selection, the ``k * N`` largest ``relu(pre)`` of the whole
   batch, laid out per row as ``[N, m]`` (``m`` the most any row got; other slots hold value 0).
 - :func:`dead_topk_relu`: AuxK's selection, the top ``k_aux`` of the dead latents of each row.
@@ -85,7 +86,8 @@ def topk_select(scores: torch.Tensor, k: int, group: int | None = -1) -> tuple[t
 
     Exact (the same set of values as ``torch.topk``; among tied values the chosen
     indices may differ).  For wide rows a group-max prefilter shrinks the work of
-    the full ``topk``: ``group=-1`` picks the group width automatically, ``None``
+    the full ``topk`` (and, for ``group >= 32``, a second one within its ``k * group``
+    candidates): ``group=-1`` picks the group width automatically, ``None``
     disables the prefilter, a positive width forces it.
     """
     n_rows, n = scores.shape
@@ -101,7 +103,8 @@ def topk_select(scores: torch.Tensor, k: int, group: int | None = -1) -> tuple[t
     _, gidx = torch.topk(gmax, k, dim=1, sorted=False)  # the k groups with the largest maxima
     flat_groups = (gidx + torch.arange(n_rows, device=scores.device)[:, None] * n_groups).flatten()
     cand = grouped.reshape(n_rows * n_groups, group).index_select(0, flat_groups).view(n_rows, k * group)
-    values, cidx = torch.topk(cand, k, dim=1, sorted=False)
+    # the same argument within the candidates (torch.topk costs ~10 ns per element on CPU, amax ~1)
+    values, cidx = topk_select(cand, k, group // 8 if group >= 32 else None)
     indices = torch.gather(gidx, 1, cidx // group) * group + cidx % group
     return values, indices
 
