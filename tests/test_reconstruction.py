@@ -6,6 +6,7 @@ from dataclasses import replace
 import json
 import math
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from harness.models import GPT, GPTConfig, HookedGPT, WordTokenizer
 from harness.models import activations as hook_acts
 from harness.protocols.reconstruction import SparseCodes, default_k, validate_codes, validate_reconstruction
 from harness.sae import (
+    LatentPattern,
     Workspace,
     dense_decode,
     load_sae,
@@ -152,6 +154,10 @@ def test_sparse_decode_equals_dense_decode_and_transposes():
     assert torch.allclose(sparse_rowdot(idx, W, G), (W[idx] * G[:, None]).sum(-1), atol=1e-12)
     S = torch.zeros(N, n, dtype=torch.float64).scatter(1, idx, val)
     assert torch.allclose(sparse_transpose_matmul(idx, val, G, n), S.t() @ G, atol=1e-12)
+    pattern = LatentPattern(idx, n)  # into a given tensor, in blocks of latents (some empty): the same sums
+    out = torch.full((n, d), float("nan"), dtype=torch.float64)
+    with patch("harness.sae.kernels._BAG_BLOCK_BYTES", 7 * d * 8):
+        assert torch.equal(pattern.matmul(val, G, out), pattern.matmul(val, G)) and out.isfinite().all()
 
 
 @pytest.mark.parametrize("gsae", [False, True])
@@ -209,6 +215,43 @@ def test_workspace_pre_activations_change_nothing_and_reuse_memory():
     first = ws.get("pre", (30, 200), torch.float32, torch.device("cpu"))
     assert ws.get("pre", (20, 200), torch.float32, torch.device("cpu")).data_ptr() == first.data_ptr()
     assert ws.get("pre", (40, 200), torch.float32, torch.device("cpu")).shape == (40, 200)
+
+
+def test_workspace_weight_gradients_reuse_memory_only_once_released():
+    """With a workspace the W_enc / W_dec gradients land in memory reused from step to step once the last step's
+    .grad is dropped; they equal the fresh ones bit for bit, accumulate correctly over two backwards, and a
+    gradient still held elsewhere is never overwritten."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 64, generator=g)
+    params = [torch.randn(3000, 64, generator=g), torch.zeros(3000), torch.randn(3000, 64, generator=g),
+              torch.zeros(64)]
+    params = [p.requires_grad_() for p in params]
+    dead = torch.arange(0, 3000, 3)
+
+    def grads(workspace, steps=1, aux=False):
+        for p in params:
+            p.grad = None
+        for _ in range(steps):
+            x_hat, aux_hat, _, _ = topk_sae_forward(x, *params, 8, None, dead if aux else None, 16,
+                                                    workspace=workspace)
+            ((x - x_hat).pow(2).sum() + aux_hat.pow(2).sum()).backward()
+        return [p.grad for p in params]
+
+    ws = Workspace()
+    for aux in (False, True):
+        fresh = [t.clone() for t in grads(None, aux=aux)]
+        first = grads(ws, aux=aux)
+        ptr = first[0].data_ptr()
+        assert all(torch.equal(a, b) for a, b in zip(first, fresh))
+        del first
+        again = grads(ws, aux=aux)
+        assert again[0].data_ptr() == ptr and all(torch.equal(a, b) for a, b in zip(again, fresh))
+    held = params[0].grad
+    kept = held.clone()
+    grads(ws)
+    assert torch.equal(held, kept) and params[0].grad.data_ptr() != held.data_ptr()
+    twice = [t.clone() for t in grads(None, steps=2)]
+    assert all(torch.equal(a, b) for a, b in zip(grads(ws, steps=2), twice))
 
 
 def test_radial_removal_in_blocks_equals_the_one_shot_formula():

@@ -36,6 +36,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+#: bytes of one block of :meth:`LatentPattern.bag`'s output written into a given tensor (stays in L2)
+_BAG_BLOCK_BYTES = 1 << 20
+
 #: the top-k prefilter is used when a row has at least ``_GROUPED_MIN_FACTOR * k * 16`` columns;
 #: its group width is about ``n / (8 k)`` (16 to 64), so ``k * group ~ n / 8`` candidates remain.
 _GROUPED_MIN_FACTOR = 8
@@ -60,6 +63,24 @@ class Workspace:
         if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != torch.device(device):
             flat = self._flat[name] = torch.empty(numel, dtype=dtype, device=device)
         return flat[:numel].view(shape)
+
+    def get_unshared(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+        """Like :meth:`get`, for a tensor the caller hands on (a gradient that autograd keeps as ``.grad``): the
+        kept storage is reused only once no tensor from an earlier call uses it; otherwise it is left to its
+        holder and fresh memory is kept instead."""
+        flat = self._flat.get(name)
+        if flat is not None and _storage_shared(flat):
+            del self._flat[name]
+        return self.get(name, shape, dtype, device)
+
+
+def _storage_shared(t: torch.Tensor) -> bool:
+    """Whether a tensor other than ``t`` uses ``t``'s storage (True when this torch cannot tell)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return True
+    return use_count(t.untyped_storage()._cdata) > 2  # t's own reference and the temporary storage object's
 
 
 def encoder_preacts(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
@@ -246,12 +267,25 @@ class LatentPattern:
         self.row_ids = self.perm // indices.shape[1]
         self.n_latents = n_latents
 
-    def matmul(self, weights: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        """``S^T M`` ``[n_latents, d]`` where ``S[i, indices[i, j]] += weights[i, j]``."""
-        return F.embedding_bag(
-            self.row_ids, M, offsets=self.offsets, per_sample_weights=weights.reshape(-1)[self.perm].to(M.dtype),
-            mode="sum",
-        )
+    def matmul(self, weights: torch.Tensor, M: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``S^T M`` ``[n_latents, d]`` where ``S[i, indices[i, j]] += weights[i, j]`` (into ``out`` when given)."""
+        return self.bag(self.row_ids, weights.reshape(-1)[self.perm], M, out)
+
+    def bag(self, rows: torch.Tensor, weights: torch.Tensor, M: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n_latents, d]``: latent ``j``'s row is ``sum weights[e] M[rows[e]]`` over its entries ``e`` (latent
+        order: ``rows``, ``weights`` ``[nnz]``); one embedding-bag, or into ``out`` in blocks of latents (each
+        block's bags are the same sums in the same order, so the result is identical)."""
+        weights = weights.to(M.dtype)
+        if out is None:
+            return F.embedding_bag(rows, M, offsets=self.offsets, per_sample_weights=weights, mode="sum")
+        step = max(1, _BAG_BLOCK_BYTES // (M.shape[1] * M.element_size()))
+        bounds = torch.cat([self.offsets[::step], self.offsets.new_tensor([rows.numel()])]).tolist()
+        for block, start in enumerate(range(0, self.n_latents, step)):
+            a, b = bounds[block], bounds[block + 1]
+            out[start : start + step] = F.embedding_bag(rows[a:b], M, offsets=self.offsets[start : start + step] - a,
+                                                        per_sample_weights=weights[a:b], mode="sum")
+        return out
 
 
 def sparse_transpose_matmul(indices: torch.Tensor, weights: torch.Tensor, M: torch.Tensor, n_latents: int) -> torch.Tensor:
