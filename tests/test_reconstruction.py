@@ -217,10 +217,10 @@ def test_workspace_pre_activations_change_nothing_and_reuse_memory():
     assert ws.get("pre", (40, 200), torch.float32, torch.device("cpu")).shape == (40, 200)
 
 
-def test_workspace_weight_gradients_reuse_memory_only_once_released():
+def test_workspace_weight_gradients_reuse_memory_only_once_released(monkeypatch):
     """With a workspace the W_enc / W_dec gradients land in memory reused from step to step once the last step's
     .grad is dropped; they equal the fresh ones bit for bit, accumulate correctly over two backwards, and a
-    gradient still held elsewhere is never overwritten."""
+    gradient still held elsewhere is never overwritten (only gradients above glibc's mmap threshold use it)."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(300, 64, generator=g)
     params = [torch.randn(3000, 64, generator=g), torch.zeros(3000), torch.randn(3000, 64, generator=g),
@@ -238,6 +238,7 @@ def test_workspace_weight_gradients_reuse_memory_only_once_released():
         return [p.grad for p in params]
 
     ws = Workspace()
+    monkeypatch.setattr("harness.sae.autograd.MMAP_THRESHOLD_BYTES", 0)  # as if these small gradients were large
     for aux in (False, True):
         fresh = [t.clone() for t in grads(None, aux=aux)]
         first = grads(ws, aux=aux)

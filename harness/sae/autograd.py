@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from harness.sae.kernels import (
+    MMAP_THRESHOLD_BYTES,
     LatentPattern,
     Workspace,
     batch_topk_relu,
@@ -110,9 +111,12 @@ class _TopKSAE(torch.autograd.Function):
 
 def _weight_grad_buffer(ctx, name: str, W: torch.Tensor) -> torch.Tensor | None:
     """Memory for the gradient of the weight ``W`` ``[n, d]``: the workspace's (reused from the last step once that
-    step's ``.grad`` is gone), or None (fresh) without a workspace."""
+    step's ``.grad`` is gone) for a gradient above glibc's mmap threshold, else None (fresh memory: smaller blocks
+    come back from the heap at no cost, and one embedding-bag beats the blocked write into a given tensor)."""
     workspace = ctx.workspace
-    return None if workspace is None else workspace.get_unshared(name, tuple(W.shape), W.dtype, W.device)
+    if workspace is None or W.numel() * W.element_size() < MMAP_THRESHOLD_BYTES:
+        return None
+    return workspace.get_unshared(name, tuple(W.shape), W.dtype, W.device)
 
 
 def topk_sae_forward(

@@ -36,6 +36,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+#: glibc's largest mmap threshold: a fresh tensor above it is new memory from the OS, page-faulted in on first touch
+MMAP_THRESHOLD_BYTES = 32 << 20
+
 #: bytes of one block of :meth:`LatentPattern.bag`'s output written into a given tensor (stays in L2)
 _BAG_BLOCK_BYTES = 1 << 20
 
@@ -47,7 +50,7 @@ _GROUPED_MIN_FACTOR = 8
 class Workspace:
     """Named scratch tensors reused across calls (one training loop; not thread-safe).
 
-    glibc serves allocations above 32 MiB with a fresh ``mmap`` and unmaps them on
+    glibc serves allocations above 32 MiB (:data:`MMAP_THRESHOLD_BYTES`) with a fresh ``mmap`` and unmaps them on
     free, so every new ``[2048, 32768]`` fp32 tensor page-faults 256 MiB in again
     (about 0.15 s on this CPU, a quarter of the encoder matmul).  A buffer from
     :meth:`get` keeps its memory; its contents are whatever the last user left.
