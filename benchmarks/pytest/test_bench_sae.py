@@ -194,7 +194,8 @@ def _sparsify_step(n: int):
         for p, w in ((coder.encoder.weight, W_enc), (coder.encoder.bias, b_enc), (coder.W_dec, W_dec),
                      (coder.b_dec, b_dec)):
             p.copy_(w)
-    opt = torch.optim.Adam(coder.parameters(), lr=1e-3, fused=True)  # as ours (sparsify's trainer: unfused)
+    # the same fused Adam as ours (sparsify's Trainer defaults to signum; its "adam" is the unfused torch Adam)
+    opt = torch.optim.Adam(coder.parameters(), lr=1e-3, fused=True)
 
     def step():
         out = coder(x)
