@@ -20,7 +20,7 @@
   over latents (the gradient of a sparse decode / encode with respect to the
   weights), without materialising ``[N * k, d]``.
 - :class:`Workspace`: scratch tensors a training loop reuses from step to step
-  (the ``[B, n_latents]`` pre-activations), because on CPU a fresh tensor of
+  (the ``[B, n_latents]`` pre-activations, the large weight gradients), because on CPU a fresh tensor of
   more than 32 MiB is new memory from the OS and first touching it costs as
   much as a pass of arithmetic over it.
 
