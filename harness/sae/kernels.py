@@ -42,6 +42,9 @@ MMAP_THRESHOLD_BYTES = 32 << 20
 #: bytes of one block of :meth:`LatentPattern.bag`'s output written into a given tensor (stays in L2)
 _BAG_BLOCK_BYTES = 1 << 20
 
+#: BatchTopK's exact prefilter keeps each row's ``_BATCH_CANDIDATES * k`` largest (:func:`batch_topk_relu`)
+_BATCH_CANDIDATES = 4
+
 #: the top-k prefilter is used when a row has at least ``_GROUPED_MIN_FACTOR * k * 16`` columns;
 #: its group width is about ``n / (8 k)`` (16 to 64), so ``k * group ~ n / 8`` candidates remain.
 _GROUPED_MIN_FACTOR = 8
@@ -154,15 +157,25 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     Row ``i`` holds its ``c_i`` selected latents (its own ``c_i`` largest, as any batch selection is) and
     ``m - c_i`` slots of other latents with value 0 (inactive, as in :class:`SparseCodes`), ``m = max c_i``;
     indices are distinct and sorted within each row.  Among tied values the choice is ``torch.topk``'s.
+
+    Exact prefilter: the batch's largest are first looked for among each row's ``_BATCH_CANDIDATES * k``
+    largest; that is the answer when every row's smallest candidate is below the smallest value taken (no row
+    can hold more), else the whole batch is searched.
     """
     n_rows, n = pre.shape
     total = min(int(k) * n_rows, n_rows * n)
-    flat = torch.topk(pre.reshape(-1), total, sorted=False).indices
-    chosen = torch.zeros(n_rows * n, dtype=torch.bool, device=pre.device)
-    chosen[flat] = True
-    chosen = chosen.view(n_rows, n)
+    width = min(n, _BATCH_CANDIDATES * int(k))
+    cand, cand_idx = topk_select(pre, width) if width < n else (pre, None)
+    top = torch.topk(cand.reshape(-1), total, sorted=False)
+    if cand_idx is not None and not bool((cand.amin(1) < top.values.min()).all()):
+        cand, cand_idx = pre, None  # some row may hold more than its candidates
+        top = torch.topk(pre.reshape(-1), total, sorted=False)
+    chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=pre.device)
+    chosen[top.indices] = True
+    chosen = chosen.view(cand.shape)
     m = max(1, int(chosen.sum(1).max()))
-    vals, idx = topk_select(pre.masked_fill(~chosen, float("-inf")), m)
+    vals, pos = topk_select(cand.masked_fill(~chosen, float("-inf")), m)
+    idx = pos if cand_idx is None else cand_idx.gather(1, pos)
     idx, order = idx.sort(dim=1)
     vals = vals.gather(1, order)
     return vals.masked_fill_(vals == float("-inf"), 0.0).clamp_min_(0), idx
