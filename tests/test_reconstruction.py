@@ -6,6 +6,7 @@ from dataclasses import replace
 import json
 import math
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -27,6 +28,8 @@ from harness.models import GPT, GPTConfig, HookedGPT, WordTokenizer
 from harness.models import activations as hook_acts
 from harness.protocols.reconstruction import SparseCodes, default_k, validate_codes, validate_reconstruction
 from harness.sae import (
+    LatentPattern,
+    Workspace,
     dense_decode,
     load_sae,
     sparse_decode,
@@ -36,6 +39,7 @@ from harness.sae import (
     topk_select,
     train_topk_sae,
 )
+from harness.sae.training import remove_radial_
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,7 +133,7 @@ def test_loss_recovered_and_kl_recovered_definitions():
 # ====================================================================== kernels
 def test_topk_select_is_exact_with_the_group_prefilter():
     g = torch.Generator().manual_seed(0)
-    for width, group in ((4096, -1), (4096, 16), (1000, 8), (640, 32)):
+    for width, group in ((4096, -1), (4096, 16), (1000, 8), (640, 32), (8192, 64)):
         scores = torch.randn(50, width, generator=g)
         scores[:, 7] = scores[:, 9]  # a tie
         values, indices = topk_select(scores, 4, group=group)
@@ -150,6 +154,10 @@ def test_sparse_decode_equals_dense_decode_and_transposes():
     assert torch.allclose(sparse_rowdot(idx, W, G), (W[idx] * G[:, None]).sum(-1), atol=1e-12)
     S = torch.zeros(N, n, dtype=torch.float64).scatter(1, idx, val)
     assert torch.allclose(sparse_transpose_matmul(idx, val, G, n), S.t() @ G, atol=1e-12)
+    pattern = LatentPattern(idx, n)  # into a given tensor, in blocks of latents (some empty): the same sums
+    out = torch.full((n, d), float("nan"), dtype=torch.float64)
+    with patch("harness.sae.kernels._BAG_BLOCK_BYTES", 7 * d * 8):
+        assert torch.equal(pattern.matmul(val, G, out), pattern.matmul(val, G)) and out.isfinite().all()
 
 
 @pytest.mark.parametrize("gsae", [False, True])
@@ -185,6 +193,77 @@ def test_sparse_backward_equals_dense_autograd(gsae, aux):
     assert torch.allclose(x_hat, z @ Wd + bd, atol=1e-10)
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-8)
+
+
+def test_workspace_pre_activations_change_nothing_and_reuse_memory():
+    """The same outputs and gradients, bit for bit, with the pre-activations in a workspace buffer; the buffer's
+    memory is reused from call to call (and regrown for a larger batch)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 10, generator=g)
+    params = [torch.randn(200, 10, generator=g), 0.1 * torch.randn(200, generator=g), torch.randn(200, 10, generator=g),
+              torch.randn(10, generator=g)]
+    params = [p.requires_grad_() for p in params]
+    ws = Workspace()
+    results = []
+    for workspace in (None, ws, ws):
+        x_hat, aux_hat, vals, idx = topk_sae_forward(x, *params, 4, None, torch.arange(0, 200, 7), 5,
+                                                     workspace=workspace)
+        loss = (x - x_hat).pow(2).sum() + (aux_hat - x).pow(2).sum()
+        results.append((x_hat, aux_hat, vals, idx) + torch.autograd.grad(loss, params))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    first = ws.get("pre", (30, 200), torch.float32, torch.device("cpu"))
+    assert ws.get("pre", (20, 200), torch.float32, torch.device("cpu")).data_ptr() == first.data_ptr()
+    assert ws.get("pre", (40, 200), torch.float32, torch.device("cpu")).shape == (40, 200)
+
+
+def test_workspace_weight_gradients_reuse_memory_only_once_released(monkeypatch):
+    """With a workspace the W_enc / W_dec gradients land in memory reused from step to step once the last step's
+    .grad is dropped; they equal the fresh ones bit for bit, accumulate correctly over two backwards, and a
+    gradient still held elsewhere is never overwritten (only gradients above glibc's mmap threshold use it)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 64, generator=g)
+    params = [torch.randn(3000, 64, generator=g), torch.zeros(3000), torch.randn(3000, 64, generator=g),
+              torch.zeros(64)]
+    params = [p.requires_grad_() for p in params]
+    dead = torch.arange(0, 3000, 3)
+
+    def grads(workspace, steps=1, aux=False):
+        for p in params:
+            p.grad = None
+        for _ in range(steps):
+            x_hat, aux_hat, _, _ = topk_sae_forward(x, *params, 8, None, dead if aux else None, 16,
+                                                    workspace=workspace)
+            ((x - x_hat).pow(2).sum() + aux_hat.pow(2).sum()).backward()
+        return [p.grad for p in params]
+
+    ws = Workspace()
+    monkeypatch.setattr("harness.sae.autograd.MMAP_THRESHOLD_BYTES", 0)  # as if these small gradients were large
+    for aux in (False, True):
+        fresh = [t.clone() for t in grads(None, aux=aux)]
+        first = grads(ws, aux=aux)
+        ptr = first[0].data_ptr()
+        assert all(torch.equal(a, b) for a, b in zip(first, fresh))
+        del first
+        again = grads(ws, aux=aux)
+        assert again[0].data_ptr() == ptr and all(torch.equal(a, b) for a, b in zip(again, fresh))
+    held = params[0].grad
+    kept = held.clone()
+    grads(ws)
+    assert torch.equal(held, kept) and params[0].grad.data_ptr() != held.data_ptr()
+    twice = [t.clone() for t in grads(None, steps=2)]
+    assert all(torch.equal(a, b) for a, b in zip(grads(ws, steps=2), twice))
+
+
+def test_radial_removal_in_blocks_equals_the_one_shot_formula():
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(1000, 16, generator=g)
+    W /= W.norm(dim=1, keepdim=True)
+    G = torch.randn(1000, 16, generator=g)
+    ref = G - (G * W).sum(1, keepdim=True) * W
+    remove_radial_(G, W, chunk_rows=96)
+    assert torch.equal(G, ref)
+    assert (G * W).sum(1).abs().max() < 1e-5
 
 
 # ====================================================================== SAEs

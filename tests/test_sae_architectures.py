@@ -142,6 +142,12 @@ def test_batch_topk_selection_equals_a_sort_of_the_whole_batch():
         assert torch.equal(z, naive_batch_topk(pre, k))
         assert all(r == sorted(set(r)) for r in idx.tolist())  # distinct, sorted
         assert (z > 0).sum() == min(k * 7, int((pre > 0).sum()))
+    # wide rows: the answer comes from each row's 4k candidates (above: row 2 overflows them, so the whole batch)
+    wide = torch.randn(6, 200, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for k in (2, 5):
+        vals, idx = batch_topk_relu(wide, k)
+        assert torch.equal(torch.zeros_like(wide).scatter_add_(1, idx, vals), naive_batch_topk(wide, k))
+        assert all(r == sorted(set(r)) for r in idx.tolist())
 
 
 @pytest.mark.parametrize("aux", [False, True])

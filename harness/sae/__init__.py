@@ -17,6 +17,7 @@
 from harness.sae.autograd import sparse_encode, topk_sae_forward
 from harness.sae.kernels import (
     LatentPattern,
+    Workspace,
     batch_topk_relu,
     dense_decode,
     sparse_decode,
@@ -58,6 +59,7 @@ __all__ = [
     "TopKConfig",
     "TrainStats",
     "Trainer",
+    "Workspace",
     "architecture_names",
     "architecture_of",
     "batch_topk_relu",

@@ -24,16 +24,28 @@ from __future__ import annotations
 
 import torch
 
-from harness.sae.kernels import LatentPattern, batch_topk_relu, dead_topk_relu, sparse_decode, sparse_rowdot, topk_relu
+from harness.sae.kernels import (
+    MMAP_THRESHOLD_BYTES,
+    LatentPattern,
+    Workspace,
+    batch_topk_relu,
+    dead_topk_relu,
+    encoder_preacts,
+    sparse_decode,
+    sparse_rowdot,
+    topk_relu,
+)
 
 
 def _encoder_grads(idx: torch.Tensor, gv: torch.Tensor, xc: torch.Tensor, W_enc: torch.Tensor, need_xc: bool,
-                   need_We: bool, need_be: bool, pattern: LatentPattern | None = None):
+                   need_We: bool, need_be: bool, pattern: LatentPattern | None = None,
+                   out_We: torch.Tensor | None = None):
     """Gradients of ``sum gv[i, j] * pre[i, idx[i, j]]`` (``pre = xc W_enc^T + b_enc``) with respect to
-    ``xc`` ``[N, d]``, ``W_enc`` ``[n, d]`` and ``b_enc`` ``[n]`` (None where not needed), from the entries only."""
+    ``xc`` ``[N, d]``, ``W_enc`` ``[n, d]`` (into ``out_We`` when given) and ``b_enc`` ``[n]`` (None where not
+    needed), from the entries only."""
     n_lat = W_enc.shape[0]
     grad_xc = sparse_decode(idx, gv, W_enc) if need_xc else None
-    grad_We = (pattern or LatentPattern(idx, n_lat)).matmul(gv, xc) if need_We else None
+    grad_We = (pattern or LatentPattern(idx, n_lat)).matmul(gv, xc, out_We) if need_We else None
     grad_be = None
     if need_be:
         grad_be = torch.zeros(n_lat, dtype=gv.dtype, device=gv.device).index_add_(0, idx.reshape(-1), gv.reshape(-1))
@@ -42,9 +54,9 @@ def _encoder_grads(idx: torch.Tensor, gv: torch.Tensor, xc: torch.Tensor, W_enc:
 
 class _TopKSAE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch, workspace):
         xc = x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc.t())
+        pre = encoder_preacts(xc, W_enc, b_enc, workspace)  # not kept: the backward needs only the selection
         vals, idx = batch_topk_relu(pre, k) if batch else topk_relu(pre, k, select_scale)
         x_hat = sparse_decode(idx, vals, W_dec, b_dec)
         if dead_idx is not None and k_aux > 0 and dead_idx.numel() > 0:
@@ -54,6 +66,7 @@ class _TopKSAE(torch.autograd.Function):
             aux_idx = aux_vals = None
             aux_hat = x_hat.new_zeros(0)
         ctx.save_for_backward(xc, W_enc, W_dec, idx, vals, aux_idx, aux_vals)
+        ctx.workspace = workspace
         ctx.mark_non_differentiable(idx, vals)
         return x_hat, aux_hat, vals, idx
 
@@ -76,8 +89,9 @@ class _TopKSAE(torch.autograd.Function):
         grad_x = grad_Wd = grad_bd = None
         pattern = LatentPattern(all_idx, n_lat) if need_We or need_Wd else None
         grad_xc, grad_We, grad_be = _encoder_grads(all_idx, all_gv, xc, W_enc, need_x or need_bd, need_We, need_be,
-                                                   pattern)
+                                                   pattern, _weight_grad_buffer(ctx, "grad_W_enc", W_enc))
         if need_Wd:
+            out = _weight_grad_buffer(ctx, "grad_W_dec", W_dec)
             if has_aux:
                 # one bag over [g; g_aux]: main entries read row i, aux entries row n_rows + i
                 ka = aux_idx.shape[1]
@@ -85,16 +99,24 @@ class _TopKSAE(torch.autograd.Function):
                 src = torch.cat([g, g_aux], 0)
                 shift = torch.cat([idx.new_zeros(n_rows, idx.shape[1]), idx.new_full((n_rows, ka), n_rows)], 1)
                 rows = (torch.arange(n_rows, device=g.device)[:, None] + shift).reshape(-1)[pattern.perm]
-                grad_Wd = torch.nn.functional.embedding_bag(
-                    rows, src, offsets=pattern.offsets, per_sample_weights=w.reshape(-1)[pattern.perm], mode="sum"
-                )
+                grad_Wd = pattern.bag(rows, w.reshape(-1)[pattern.perm], src, out)
             else:
-                grad_Wd = pattern.matmul(vals, g)
+                grad_Wd = pattern.matmul(vals, g, out)
         if need_x:
             grad_x = grad_xc
         if need_bd:
             grad_bd = g.sum(0) - grad_xc.sum(0)
-        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None, None
+        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None, None, None
+
+
+def _weight_grad_buffer(ctx, name: str, W: torch.Tensor) -> torch.Tensor | None:
+    """Memory for the gradient of the weight ``W`` ``[n, d]``: the workspace's (reused from the last step once that
+    step's ``.grad`` is gone) for a gradient above glibc's mmap threshold, else None (fresh memory: smaller blocks
+    come back from the heap at no cost, and one embedding-bag beats the blocked write into a given tensor)."""
+    workspace = ctx.workspace
+    if workspace is None or W.numel() * W.element_size() < MMAP_THRESHOLD_BYTES:
+        return None
+    return workspace.get_unshared(name, tuple(W.shape), W.dtype, W.device)
 
 
 def topk_sae_forward(
@@ -108,6 +130,7 @@ def topk_sae_forward(
     dead_idx: torch.Tensor | None = None,
     k_aux: int = 0,
     batch: bool = False,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_hat [N, d], aux_hat [N, d] or empty, values [N, k], indices [N, k])``.
 
@@ -118,9 +141,12 @@ def topk_sae_forward(
     ``k_aux > 0``, ``aux_hat = sum`` over the top-``k_aux`` dead latents (AuxK,
     no ``b_dec``).  ``batch``: BatchTopK's selection instead (``k * N`` over the batch; ``values`` and
     ``indices`` are then ``[N, m]`` with value-0 slots; ``select_scale`` is not used).  Differentiable in ``x``
-    and all weights; the backward is sparse.
+    and all weights; the backward is sparse.  ``workspace``: the ``[N, n_latents]`` pre-activations, and the
+    ``W_enc`` / ``W_dec`` gradients once the previous ones are no longer held, go into its buffers instead of
+    fresh memory (a training loop passes the same one every step).
     """
-    return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux), bool(batch))
+    return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux), bool(batch),
+                          workspace)
 
 
 class _SparseEncode(torch.autograd.Function):

@@ -2,7 +2,8 @@
 
 - :func:`topk_select`: exact row-wise top-k, with a group-max prefilter for
   wide rows (only the ``k`` groups holding the ``k`` largest group maxima can
-  hold the top-k, so the full-width ``topk`` runs on ``k * group`` columns).
+  hold the top-k, so the full-width ``topk`` runs on ``k * group`` columns),
+  applied again to those candidates in sub-groups of ``group / 8``.
 - :func:`batch_topk_relu`: BatchTopK's selection, the ``k * N`` largest ``relu(pre)`` of the whole
   batch, laid out per row as ``[N, m]`` (``m`` the most any row got; other slots hold value 0).
 - :func:`dead_topk_relu`: AuxK's selection, the top ``k_aux`` of the dead latents of each row.
@@ -18,6 +19,10 @@
   ``indices`` and the given values, ``[n_latents, d]``, as an embedding-bag
   over latents (the gradient of a sparse decode / encode with respect to the
   weights), without materialising ``[N * k, d]``.
+- :class:`Workspace`: scratch tensors a training loop reuses from step to step
+  (the ``[B, n_latents]`` pre-activations, the large weight gradients), because on CPU a fresh tensor of
+  more than 32 MiB is new memory from the OS and first touching it costs as
+  much as a pass of arithmetic over it.
 
 Weights are stored latent-major: ``W_enc`` and ``W_dec`` are both
 ``[n_latents, d]`` (``W_enc`` like ``nn.Linear.weight``).
@@ -25,14 +30,72 @@ Weights are stored latent-major: ``W_enc`` and ``W_dec`` are both
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+#: glibc's largest mmap threshold: a fresh tensor above it is new memory from the OS, page-faulted in on first touch
+MMAP_THRESHOLD_BYTES = 32 << 20
+
+#: bytes of one block of :meth:`LatentPattern.bag`'s output written into a given tensor (stays in L2)
+_BAG_BLOCK_BYTES = 1 << 20
+
+#: BatchTopK's exact prefilter keeps each row's ``_BATCH_CANDIDATES * k`` largest (:func:`batch_topk_relu`)
+_BATCH_CANDIDATES = 4
+
 #: the top-k prefilter is used when a row has at least ``_GROUPED_MIN_FACTOR * k * 16`` columns;
 #: its group width is about ``n / (8 k)`` (16 to 64), so ``k * group ~ n / 8`` candidates remain.
 _GROUPED_MIN_FACTOR = 8
+
+
+class Workspace:
+    """Named scratch tensors reused across calls (one training loop; not thread-safe).
+
+    glibc serves allocations above 32 MiB (:data:`MMAP_THRESHOLD_BYTES`) with a fresh ``mmap`` and unmaps them on
+    free, so every new ``[2048, 32768]`` fp32 tensor page-faults 256 MiB in again
+    (about 0.15 s on this CPU, a quarter of the encoder matmul).  A buffer from
+    :meth:`get` keeps its memory; its contents are whatever the last user left.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` on the storage kept under ``name`` (grown when short)."""
+        numel = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != torch.device(device):
+            flat = self._flat[name] = torch.empty(numel, dtype=dtype, device=device)
+        return flat[:numel].view(shape)
+
+    def get_unshared(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+        """Like :meth:`get`, for a tensor the caller hands on (a gradient that autograd keeps as ``.grad``): the
+        kept storage is reused only once no tensor from an earlier call uses it; otherwise it is left to its
+        holder and fresh memory is kept instead."""
+        flat = self._flat.get(name)
+        if flat is not None and _storage_shared(flat):
+            del self._flat[name]
+        return self.get(name, shape, dtype, device)
+
+
+def _storage_shared(t: torch.Tensor) -> bool:
+    """Whether a tensor other than ``t`` uses ``t``'s storage (True when this torch cannot tell)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return True
+    return use_count(t.untyped_storage()._cdata) > 2  # t's own reference and the temporary storage object's
+
+
+def encoder_preacts(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+                    workspace: Workspace | None = None) -> torch.Tensor:
+    """``pre = xc W_enc^T + b_enc`` ``[N, n_latents]`` (one ``addmm``), into ``workspace``'s ``"pre"`` when given."""
+    if workspace is None:
+        return torch.addmm(b_enc, xc, W_enc.t())
+    out = workspace.get("pre", (xc.shape[0], W_enc.shape[0]), W_enc.dtype, W_enc.device)
+    return torch.addmm(b_enc, xc, W_enc.t(), out=out)
 
 
 def _auto_group(n: int, k: int) -> int | None:
@@ -50,7 +113,8 @@ def topk_select(scores: torch.Tensor, k: int, group: int | None = -1) -> tuple[t
 
     Exact (the same set of values as ``torch.topk``; among tied values the chosen
     indices may differ).  For wide rows a group-max prefilter shrinks the work of
-    the full ``topk``: ``group=-1`` picks the group width automatically, ``None``
+    the full ``topk`` (and, for ``group >= 32``, a second one within its ``k * group``
+    candidates): ``group=-1`` picks the group width automatically, ``None``
     disables the prefilter, a positive width forces it.
     """
     n_rows, n = scores.shape
@@ -66,7 +130,8 @@ def topk_select(scores: torch.Tensor, k: int, group: int | None = -1) -> tuple[t
     _, gidx = torch.topk(gmax, k, dim=1, sorted=False)  # the k groups with the largest maxima
     flat_groups = (gidx + torch.arange(n_rows, device=scores.device)[:, None] * n_groups).flatten()
     cand = grouped.reshape(n_rows * n_groups, group).index_select(0, flat_groups).view(n_rows, k * group)
-    values, cidx = torch.topk(cand, k, dim=1, sorted=False)
+    # the same argument within the candidates (torch.topk costs ~10 ns per element on CPU, amax ~1)
+    values, cidx = topk_select(cand, k, group // 8 if group >= 32 else None)
     indices = torch.gather(gidx, 1, cidx // group) * group + cidx % group
     return values, indices
 
@@ -92,15 +157,25 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     Row ``i`` holds its ``c_i`` selected latents (its own ``c_i`` largest, as any batch selection is) and
     ``m - c_i`` slots of other latents with value 0 (inactive, as in :class:`SparseCodes`), ``m = max c_i``;
     indices are distinct and sorted within each row.  Among tied values the choice is ``torch.topk``'s.
+
+    Exact prefilter: the batch's largest are first looked for among each row's ``_BATCH_CANDIDATES * k``
+    largest; that is the answer when every row's smallest candidate is below the smallest value taken (no row
+    can hold more), else the whole batch is searched.
     """
     n_rows, n = pre.shape
     total = min(int(k) * n_rows, n_rows * n)
-    flat = torch.topk(pre.reshape(-1), total, sorted=False).indices
-    chosen = torch.zeros(n_rows * n, dtype=torch.bool, device=pre.device)
-    chosen[flat] = True
-    chosen = chosen.view(n_rows, n)
+    width = min(n, _BATCH_CANDIDATES * int(k))
+    cand, cand_idx = topk_select(pre, width) if width < n else (pre, None)
+    top = torch.topk(cand.reshape(-1), total, sorted=False)
+    if cand_idx is not None and not bool((cand.amin(1) < top.values.min()).all()):
+        cand, cand_idx = pre, None  # some row may hold more than its candidates
+        top = torch.topk(pre.reshape(-1), total, sorted=False)
+    chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=pre.device)
+    chosen[top.indices] = True
+    chosen = chosen.view(cand.shape)
     m = max(1, int(chosen.sum(1).max()))
-    vals, idx = topk_select(pre.masked_fill(~chosen, float("-inf")), m)
+    vals, pos = topk_select(cand.masked_fill(~chosen, float("-inf")), m)
+    idx = pos if cand_idx is None else cand_idx.gather(1, pos)
     idx, order = idx.sort(dim=1)
     vals = vals.gather(1, order)
     return vals.masked_fill_(vals == float("-inf"), 0.0).clamp_min_(0), idx
@@ -208,12 +283,25 @@ class LatentPattern:
         self.row_ids = self.perm // indices.shape[1]
         self.n_latents = n_latents
 
-    def matmul(self, weights: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        """``S^T M`` ``[n_latents, d]`` where ``S[i, indices[i, j]] += weights[i, j]``."""
-        return F.embedding_bag(
-            self.row_ids, M, offsets=self.offsets, per_sample_weights=weights.reshape(-1)[self.perm].to(M.dtype),
-            mode="sum",
-        )
+    def matmul(self, weights: torch.Tensor, M: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``S^T M`` ``[n_latents, d]`` where ``S[i, indices[i, j]] += weights[i, j]`` (into ``out`` when given)."""
+        return self.bag(self.row_ids, weights.reshape(-1)[self.perm], M, out)
+
+    def bag(self, rows: torch.Tensor, weights: torch.Tensor, M: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n_latents, d]``: latent ``j``'s row is ``sum weights[e] M[rows[e]]`` over its entries ``e`` (latent
+        order: ``rows``, ``weights`` ``[nnz]``); one embedding-bag, or into ``out`` in blocks of latents (each
+        block's bags are the same sums in the same order, so the result is identical)."""
+        weights = weights.to(M.dtype)
+        if out is None:
+            return F.embedding_bag(rows, M, offsets=self.offsets, per_sample_weights=weights, mode="sum")
+        step = max(1, _BAG_BLOCK_BYTES // (M.shape[1] * M.element_size()))
+        bounds = torch.cat([self.offsets[::step], self.offsets.new_tensor([rows.numel()])]).tolist()
+        for block, start in enumerate(range(0, self.n_latents, step)):
+            a, b = bounds[block], bounds[block + 1]
+            out[start : start + step] = F.embedding_bag(rows[a:b], M, offsets=self.offsets[start : start + step] - a,
+                                                        per_sample_weights=weights[a:b], mode="sum")
+        return out
 
 
 def sparse_transpose_matmul(indices: torch.Tensor, weights: torch.Tensor, M: torch.Tensor, n_latents: int) -> torch.Tensor:

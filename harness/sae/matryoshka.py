@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from harness.errors import ConfigError
 from harness.sae.autograd import sparse_encode
 from harness.sae.batchtopk import BatchTopK, BatchTopKConfig, BatchTopKTrainer
-from harness.sae.kernels import batch_topk_relu, dead_topk_relu
+from harness.sae.kernels import batch_topk_relu, dead_topk_relu, encoder_preacts
 from harness.sae.model import SAE
 from harness.sae.registry import register_architecture
 from harness.sae.training import TrainStats
@@ -91,7 +91,7 @@ class MatryoshkaTrainer(BatchTopKTrainer):
         xc = x - self.b_dec
         dead_idx = self.dead_latents()
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc, xc, self.W_enc.t())
+            pre = encoder_preacts(xc, self.W_enc, self.b_enc, self.workspace)  # selection only: reused buffer
             selected, idx = batch_topk_relu(pre, self.k)
             aux = None if dead_idx is None else dead_topk_relu(pre, dead_idx, self.k_aux)
         vals = sparse_encode(xc, self.W_enc, self.b_enc, idx) * (selected > 0)

@@ -28,7 +28,7 @@ import torch
 from harness.errors import ConfigError, HarnessError
 from harness.protocols.reconstruction import SparseCodes
 from harness.sae.autograd import topk_sae_forward
-from harness.sae.kernels import topk_encode
+from harness.sae.kernels import Workspace, topk_encode
 from harness.sae.model import SAE
 from harness.sae.registry import Architecture, SAEConfig, register_architecture
 from harness.sae.training import NormalisedTrainer, TrainStats
@@ -74,16 +74,19 @@ class TopKTrainer(NormalisedTrainer):
         self.k_aux = d // 2 if self.k_aux_opt is None else int(self.k_aux_opt)
         self.dead_tokens = N if self.dead_tokens_opt is None else int(self.dead_tokens_opt)
         self.since_fired = torch.zeros(self.n_latents, dtype=torch.long, device=x_all.device)
+        self.workspace = Workspace()  # the [B, n_latents] buffers, reused every step
         return x_all
 
     def loss(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         scale = None
         if self.grads is not None:
             with torch.no_grad():
-                scale = (self.g_all[rows] @ self.W_dec.detach().t()).abs_().mul_(self.grad_beta).add_(1.0)
+                scale = self.workspace.get("scale", (x.shape[0], self.n_latents), x.dtype, x.device)
+                torch.mm(self.g_all[rows], self.W_dec.detach().t(), out=scale).abs_().mul_(self.grad_beta).add_(1.0)
         dead_idx = self.dead_latents()
         x_hat, aux_hat, vals, idx = topk_sae_forward(
-            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux, self.batch_topk
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux, self.batch_topk,
+            self.workspace,
         )
         e = x - x_hat
         loss = e.pow(2).sum() / self.denom(x) + self.aux_loss(aux_hat, e, dead_idx, x)
