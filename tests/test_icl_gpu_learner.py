@@ -1,4 +1,5 @@
-"""GPU-trained in-context learners: pending registration, the CPU check of their card numbers, the CUDA build."""
+"""GPU-trained in-context learners: pending registration, the CPU check of their card numbers, the CUDA build;
+and the long-trained CPU learner that reaches the same fidelity."""
 
 from __future__ import annotations
 
@@ -76,3 +77,14 @@ def test_cuda_build_then_cpu_check(tmp_path):
     card["spec_hash"] = spec_hash(gpu)
     save_icl_model(model, card, tmp_path / "g")
     assert card["trained_on"] and verify_card_numbers(gpu, tmp_path / "g", log=None)
+
+
+def test_the_long_cpu_learner_is_within_the_literatures_spd_to_ols():
+    """icl-d5-long (issue 16): mean normalised SPD to OLS over k = 1..11 below 0.01, recomputed from its weights."""
+    from harness.embedded.icl_learner import load_icl_model
+
+    model, card, _ = load_icl_model("icl-d5-long")
+    r = registry.get("icl-d5-long").spec.recipe
+    curve, bayes, spd = error_curves(model, r.eval_tasks, r.noise_std, r.eval_seed)
+    assert curve == pytest.approx(card["final_error_per_k"], abs=1e-5)  # the card's curve, from these weights
+    assert spd[1:].mean() < 0.01

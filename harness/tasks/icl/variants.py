@@ -24,9 +24,15 @@ _predictor("icl/linear-d5", "icl-d5",
 _predictor("icl/linear-d8-noisy", "icl-d8-noisy",
            "in-context linear regression, d = 8, noise std 0.5 (Bayes: ridge lambda 0.25), up to 17 examples: "
            "error curve, SPD / ILWD to the trained transformer and classical predictors")
+_predictor("icl/linear-d5-long", "icl-d5-long",
+           "in-context linear regression, d = 5, noiseless, up to 11 examples, on icl-d5's architecture trained "
+           "~6x longer (mean SPD to OLS < 0.01): error curve, SPD / ILWD to the transformer and classical predictors")
 _probe("icl/probe-d5", "icl-d5",
        "per-layer probes decoding w and X^T y from the query token of the d = 5 learner (held-out R^2), "
        "trained model vs its untrained initialisation")
+_probe("icl/probe-d5-long", "icl-d5-long",
+       "per-layer probes decoding w and X^T y from the query token of the longer-trained d = 5 learner "
+       "(icl-d5-long), trained model vs its untrained initialisation")
 _probe("icl/probe-d8-noisy", "icl-d8-noisy",
        "per-layer probes decoding w and X^T y from the query token of the d = 8 noisy learner, "
        "trained model vs its untrained initialisation")
