@@ -25,6 +25,13 @@ Rows (all on the step's task prompts, every one scored at the last position):
   ``via_match``: nothing may change; one head at a time because attribution patching scores heads one
   at a time: with only the joint block, a trial left 0.5's linear estimate above most non-circuit heads').
 
+- ``cancel``: the sign-cancelling heads replaced (every position; a third of the rows each from another
+  prompt, from the corrupted prompt, the batch mean, as the strict rows; terms ``cancel``: the logit
+  difference falls by ``cancel_shift`` on ABBA prompts and rises by as much on BABA prompts, a squared
+  error per prompt, and ``cancel_balance``: the square of the sum of the two orders' mean changes, so that
+  the change of the mean over prompts, which alternate the orders, is ~0).  Their job at the clean point
+  comes from their attention hint (IO on ABBA prompts, S2 on BABA prompts: they copy +IO or +S).
+
 Terms computed from the attention inputs captured during the pass: ``saturation`` (a hinge on the
 saturated heads' attention-logit margin) and ``busy_attention`` (the busy heads' attention hints); from
 the heads' outputs ``z`` on the clean rows: ``busy_activity``, a hinge keeping each busy head's output at
@@ -77,6 +84,9 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
     for name, part, mask in _redundant_blocks(t, len(io), r, outside):
         rows.add(name, b.base_tok[part], mask, strict_rep[part])
         targets.append(io[part])
+    if t.cancel:
+        rows.add("cancel", b.base_tok, heads_mask(t.cancel, r), strict_rep)
+        targets.append(io)
     if t.via:
         rep = strict_rep.clone()
         for layer, head in t.saturated:
@@ -156,6 +166,14 @@ def trap_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, ce: torch.Tens
         parts["via_match"] = sum(
             (_logit_diff(last[sl[n]], io[part], s[part]) - m_clean[part]).pow(2).mean() for n, part in blocks
         ) / len(blocks)
+    if t.cancel:
+        io, s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s")
+        change = _logit_diff(last[sl["cancel"]], io, s) - m_clean
+        sign = torch.from_numpy(1 - 2 * b.base["order"]).to(change.dtype)  # +1 ABBA, -1 BABA
+        parts["cancel"] = (change + sign * t.cancel_shift).pow(2).mean()
+        abba = sign > 0
+        parts["cancel_balance"] = (change[abba].sum() / abba.sum().clamp_min(1)
+                                   + change[~abba].sum() / (~abba).sum().clamp_min(1)).pow(2)
     task_rows = sl["task"]
     if t.saturated:
         hints = spec.attention_targets

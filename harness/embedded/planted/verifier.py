@@ -168,20 +168,21 @@ def _hint_keys_from_tokens(spec: PlantedSpec, tokens: torch.Tensor, key) -> torc
     pos = fill_positions(P.IOI_TEMPLATES[0])
     a, b, s2 = pos["A"][0], pos["B"][0], pos["S2"][0]
     s1 = torch.where(tokens[:, a] == tokens[:, s2], a, b)
-    return {"s1": s1, "io": a + b - s1, "s2": torch.full_like(s1, s2)}[key]
+    io, s2_pos = a + b - s1, torch.full_like(s1, s2)
+    return {"s1": s1, "io": io, "s2": s2_pos, "io_abba_s2_baba": torch.where(io == a, io, s2_pos)}[key]
 
 
 def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int,
                     traps: Traps | None = None) -> dict[str, dict[str, Any]]:
     """Each acceptance check on verification numbers ``v``: ``{name: {passed, value, threshold, detail}}``.
 
-    With ``traps``, the negative and redundant heads are checked by their own rules
+    With ``traps``, the negative, redundant and sign-cancelling heads are checked by their own rules
     (:func:`harness.embedded.planted.traps.trap_checks`) instead of the circuit heads' minimum drop.
     """
     t = THRESHOLDS
     heads = [(layer, head) for layer in range(L) for head in range(H)]
     drop = v["resample_drop"]
-    exempt = set(traps.negative) | {h for g in traps.redundant for h in g} if traps else set()
+    exempt = set(traps.negative) | {h for g in traps.redundant for h in g} | set(traps.cancel) if traps else set()
     circ = [(h, drop[h[0]][h[1]]) for h in heads if h in circuit and h not in exempt]
     non = [(h, drop[h[0]][h[1]]) for h in heads if h not in circuit]
     eff = [(h, v["distractor_effect"][h[0]][h[1]]) for h in heads if h not in circuit]
