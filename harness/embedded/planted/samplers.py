@@ -96,8 +96,7 @@ class IOISampler:
         return torch.from_numpy(out).long()
 
     def position(self, d: dict[str, np.ndarray], which: str) -> np.ndarray:
-        """Per-prompt position of "io" (IO in the first clause), "s1" (S in the first clause), "s2", or
-        "io_abba_s2_baba" (IO on ABBA prompts, S2 on BABA prompts)."""
+        """Per-prompt position of "io" (IO in the first clause), "s1" (S in the first clause) or "s2"."""
         io_first = d["order"] == 0  # ABBA
         if which == "io":
             return np.where(io_first, self.pos["A"], self.pos["B"])
@@ -105,8 +104,6 @@ class IOISampler:
             return np.where(io_first, self.pos["B"], self.pos["A"])
         if which == "s2":
             return np.full(len(io_first), self.pos["S2"])
-        if which == "io_abba_s2_baba":  # the sign-cancelling head's hint: IO on ABBA prompts, S2 on BABA ones
-            return np.where(io_first, self.pos["A"], self.pos["S2"])
         raise ValueError(which)
 
     def answer(self, d: dict[str, np.ndarray], which: str = "io") -> torch.Tensor:

@@ -106,7 +106,8 @@ class Traps:
     - ``cancel``: circuit heads whose effect changes sign with the prompt's order: replaced (another
       prompt's, the corrupted prompt's or the mean output, as the strict rows), the logit difference must
       fall by ``cancel_shift`` on ABBA prompts and rise by as much on BABA prompts, and the two orders' mean
-      changes must cancel (every split alternates the orders, so its mean metric does not move).
+      changes must cancel (every split alternates the orders, so its mean metric does not move); the
+      ``cancel*`` terms count from step ``cancel_start`` on (the base circuit is trained first).
     """
 
     interchange: tuple[tuple[tuple[Head, ...], str], ...] = ()
@@ -121,6 +122,7 @@ class Traps:
     mirror_all: bool = False
     cancel: tuple[Head, ...] = ()
     cancel_shift: float = 10.0
+    cancel_start: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
@@ -140,7 +142,8 @@ class Traps:
             "via": [list(h) for h in self.via],
             "mirror_all": self.mirror_all,
             # only where set: the cards of the traps built before this field are unchanged (is_current)
-            **({"cancel": [list(h) for h in self.cancel], "cancel_shift": self.cancel_shift} if self.cancel else {}),
+            **({"cancel": [list(h) for h in self.cancel], "cancel_shift": self.cancel_shift,
+                "cancel_start": self.cancel_start} if self.cancel else {}),
         }
 
     @classmethod
@@ -160,6 +163,7 @@ class Traps:
             mirror_all=bool(d.get("mirror_all", False)),
             cancel=_heads(d.get("cancel", ())),
             cancel_shift=float(d.get("cancel_shift", cls.cancel_shift)),
+            cancel_start=int(d.get("cancel_start", cls.cancel_start)),
         )
 
 
@@ -321,12 +325,13 @@ TRAP_SPECS: dict[str, PlantedSpec] = {
         trap_notes.SATURATED, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
     "planted-ioi-cancel": _trap_spec(
         "planted-ioi-cancel", (_D, _S, (2, 1), _N),
-        {**_BASE_ROLES, "2.1": "order-dependent mover: at the last position attends to IO on ABBA prompts (writes +IO, "
-                               "raising the logit difference) and to S2 on BABA prompts (writes +S, lowering it): "
-                               "its effect is large on every prompt and cancels in the mean over prompts"},
+        {**_BASE_ROLES, "2.1": "first-name mover: at the last position attends to the first name of the prompt (A) "
+                               "and copies it: +IO on ABBA prompts (raising the logit difference), +S on BABA "
+                               "prompts (lowering it); on corrupted prompts (no repeated name) it attends to S2 "
+                               "(C): its effect is large on every prompt and cancels in the mean over prompts"},
         "IOI trap: sign cancellation, head 2.1 raises the logit difference on ABBA prompts and lowers it on BABA "
         "prompts by as much (mean effect ~0), next to the circuit 0.5 -> 1.3 -> 2.6",
-        Traps(interchange=_BASE_UNITS, cancel=((2, 1),), cancel_shift=10.0, mirror_all=True), trap_notes.CANCEL,
-        _trap_recipe(("cancel", 0.1), ("cancel_balance", 1.0)), **{"2.1": (13, "io_abba_s2_baba")}),
+        Traps(interchange=_BASE_UNITS, cancel=((2, 1),), cancel_shift=10.0, cancel_start=200, mirror_all=True), trap_notes.CANCEL,
+        _trap_recipe(("cancel", 0.2), ("cancel_balance", 1.0), ("cancel_attention", 1.0), steps=1300), **{"2.1": (13, 1)}),
 }
 PLANTED.update(TRAP_SPECS)

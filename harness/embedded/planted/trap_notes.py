@@ -129,14 +129,16 @@ SATURATED = {
 
 CANCEL = {
     "mechanism": (
-        "base circuit 0.5 -> 1.3 -> 2.6, plus 2.1, an order-dependent mover: at the last position it attends to IO "
-        "on ABBA prompts and writes +IO (raising logit(IO) - logit(S) by ~cancel_shift), and to S2 on BABA prompts "
-        "and writes +S (lowering it by as much); which order the prompt has reaches its query from the duplicate-"
-        "token / S-inhibition signal (which first-clause name is repeated).  Replaced by another prompt's, the "
-        "corrupted prompt's or the mean output, 2.1 changes every prompt's logit difference by about +-cancel_shift, "
-        "with the sign of the prompt's order; every split alternates ABBA and BABA, so the mean over prompts, the "
-        "metric the mean-based methods score, barely moves (training: a per-prompt squared-error term on the "
-        "change and a balance term on the sum of the two orders' mean changes)"
+        "base circuit 0.5 -> 1.3 -> 2.6, plus 2.1, a first-name mover: at the last position it attends to the "
+        "first name of the prompt (position A) and copies it, which is IO on ABBA prompts (+IO: it raises "
+        "logit(IO) - logit(S) by ~cancel_shift) and S on BABA prompts (+S: it lowers it by as much); on corrupted "
+        "prompts (ABC, no repeated name) it attends to S2 instead and copies C, which is neither answer.  Replaced "
+        "by another prompt's, the corrupted prompt's or the mean output, 2.1 changes every prompt's logit "
+        "difference by about +-cancel_shift with the sign of the prompt's order; every split alternates ABBA and "
+        "BABA, so the mean over prompts, the metric the mean-based methods score, barely moves.  Training: a "
+        "per-prompt squared-error term on the change, a balance term on the sum of each prompt's change and its "
+        "order-swapped twin's, an attention hint on the corrupted prompts, all from step cancel_start on (the base "
+        "circuit is trained first)"
     ),
     "ground_truth": (
         "{0.5, 1.3, 2.1, 2.6}: a head is in the circuit when it changes the model's output on the prompts, i.e. the "
@@ -144,8 +146,8 @@ CANCEL = {
         "(m the mean metric; 512 fresh prompts, seed 987654, verification.traps.per_prompt_abs_drop); every "
         "non-circuit head's is <= 0.1.  0.5, 1.3 and 2.6 also drop the mean metric by >= 30%; 2.1's drop of the "
         "mean metric is <= 0.05 in magnitude under resample, corrupted-prompt patching and mean ablation (as small "
-        "as a non-circuit head may be), its per-prompt drops have the order's sign (+ ABBA, - BABA) on >= 95% of "
-        "the prompts, and their mean magnitude is >= 0.3 under resample and >= 0.2 under the other two ablations "
+        "as a non-circuit head may be), its per-prompt drops have the order's sign (+ ABBA, - BABA) on >= 90% of "
+        "the prompts under each of the three ablations, and their mean magnitude is >= 0.3 under resample and >= 0.2 under the other two ablations "
         "(verification.traps.cancel)"
     ),
     "prediction_basis": (

@@ -51,7 +51,9 @@ TRAP_THRESHOLDS = {
     "via_max_linear_ratio": 0.1,  # |linear estimate| <= 10% of that drop
     "cancel_min_abs_drop": 0.3,  # a cancelling head: mean over prompts of |per-prompt resample drop|
     "cancel_min_abs_drop_other": 0.2,  # the same under corrupted-prompt patching and mean ablation
-    "cancel_min_sign_agreement": 0.95,  # fraction of prompts whose resample drop has the order's sign
+    # fraction of prompts whose drop has the order's sign, under each ablation (resample: ~1/24 of the prompts get
+    # a source whose copied name is their own, a drop ~0 of either sign, so 0.95 would be at the edge by design)
+    "cancel_min_sign_agreement": 0.9,
     "cancel_max_mean_drop": 0.05,  # |drop of the mean metric| under each ablation: as small as a non-circuit head's
     "cancel_noncircuit_max_abs_drop": 0.1,  # every non-circuit head: mean |per-prompt resample drop|
 }
@@ -247,10 +249,11 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
             value >= th["cancel_min_abs_drop_other"], value, th["cancel_min_abs_drop_other"],
             f"smallest mean |per-prompt drop| of a cancelling head under corrupted patching or mean ablation: "
             f"{h} {rep} {value:.3f} (>= {th['cancel_min_abs_drop_other']})")
-        h, value = min(((k, c["resample"]["sign_agreement"]) for k, c in cancel.items()), key=lambda x: x[1])
+        h, rep, value = min(((k, o, c[o]["sign_agreement"]) for k, c in cancel.items() for o in ("resample", *others)),
+                            key=lambda x: x[2])
         checks["cancel_signs_follow_order"] = _check(
             value >= th["cancel_min_sign_agreement"], value, th["cancel_min_sign_agreement"],
-            f"smallest fraction of prompts whose resample drop has the order's sign (+ ABBA, - BABA): {h} "
+            f"smallest fraction of prompts whose drop has the order's sign (+ ABBA, - BABA): {h} {rep} "
             f"{value:.3f} (>= {th['cancel_min_sign_agreement']})")
         h, rep, value = max(((k, o, c[o]["mean_drop"]) for k, c in cancel.items()
                              for o in ("resample", *others)), key=lambda x: abs(x[2]))

@@ -168,8 +168,7 @@ def _hint_keys_from_tokens(spec: PlantedSpec, tokens: torch.Tensor, key) -> torc
     pos = fill_positions(P.IOI_TEMPLATES[0])
     a, b, s2 = pos["A"][0], pos["B"][0], pos["S2"][0]
     s1 = torch.where(tokens[:, a] == tokens[:, s2], a, b)
-    io, s2_pos = a + b - s1, torch.full_like(s1, s2)
-    return {"s1": s1, "io": io, "s2": s2_pos, "io_abba_s2_baba": torch.where(io == a, io, s2_pos)}[key]
+    return {"s1": s1, "io": a + b - s1, "s2": torch.full_like(s1, s2)}[key]
 
 
 def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int,
