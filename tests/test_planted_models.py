@@ -33,8 +33,8 @@ def committed() -> dict:
 
 
 def _exempt(spec) -> set:
-    """A trap model's negative and redundant heads: in the circuit, checked by their own rules."""
-    return set(spec.traps.negative) | {h for g in spec.traps.redundant for h in g}
+    """A trap model's negative, redundant and sign-cancelling heads: in the circuit, checked by their own rules."""
+    return set(spec.traps.negative) | {h for g in spec.traps.redundant for h in g} | set(spec.traps.cancel)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -261,7 +261,10 @@ def test_trap_spec_round_trips_through_its_card(committed, name):
     expected = ({"negative_heads_raise_metric"} if t.negative else set()) \
         | ({"redundant_singles_negligible", "redundant_joint_matters"} if t.redundant else set()) \
         | ({"busy_heads_attend", "busy_heads_active", "busy_heads_inert"} if t.busy else set()) \
-        | ({"via_heads_matter", "saturation_hides_gradient"} if t.via else set())
+        | ({"via_heads_matter", "saturation_hides_gradient"} if t.via else set()) \
+        | ({"cancel_heads_change_each_prompt", "cancel_heads_change_each_prompt_other_ablations",
+            "cancel_signs_follow_order", "cancel_mean_effect_negligible", "noncircuit_heads_change_no_prompt"}
+           if t.cancel else set())
     assert expected and expected <= set(checks) and all(checks[c]["passed"] for c in expected)
 
 
@@ -280,6 +283,9 @@ def _break_trap(card: dict, name: str) -> tuple[dict, str]:
         layer, head = t.busy[0][0]
         v["traps"]["activity"][layer][head] = 0.0
         return bad, "busy_heads_active"
+    if t.cancel:  # the head's drops no longer cancel in the mean
+        v["traps"]["cancel"][f"{t.cancel[0][0]}.{t.cancel[0][1]}"]["corrupted_patch"]["mean_drop"] = 0.2
+        return bad, "cancel_mean_effect_negligible"
     layer, head = t.via[0]
     v["traps"]["linear_estimate_drop"][layer][head] = v["corrupted_patch_drop"][layer][head]
     return bad, "saturation_hides_gradient"
@@ -293,10 +299,46 @@ def test_trap_card_that_fails_its_trap_check_is_refused(committed, name):
     # without its traps entry the same numbers are judged as a plain planted model's: the negative and
     # redundant heads then fail the circuit check (they are exempt from it only as declared traps)
     t = planted.PLANTED[name].traps
-    if t.negative or t.redundant:
+    if t.negative or t.redundant or t.cancel:
         plain = {k: v for k, v in committed[name].card.items() if k != "traps"}
         with pytest.raises(HarnessError, match="circuit_heads_matter"):
             planted.check_card(plain, where=name)
+
+
+def test_cancel_trap_checks_and_hint():
+    """planted-ioi-cancel: each of its checks refuses a card whose numbers break it; 2.1's drops cancel in the
+    mean (every split alternates the orders) but not per prompt; it attends to the first name."""
+    name = "planted-ioi-cancel"
+    card = load_gpt(COMMITTED[name]).card
+    v = card["verification"]
+    cancel = v["traps"]["cancel"]["2.1"]
+    for rep in ("resample", "corrupted_patch", "mean_ablation"):
+        c = cancel[rep]
+        assert abs(c["mean_drop"]) <= planted.TRAP_THRESHOLDS["cancel_max_mean_drop"] < c["abs_drop"]
+        assert c["abba_drop"] > 0 > c["baba_drop"]
+    # what the mean metric sees of 2.1 is as small as a non-circuit head's; per prompt it is a circuit head
+    grid = np.array(v["traps"]["per_prompt_abs_drop"]["resample"])
+    circuit = np.zeros_like(grid, dtype=bool)
+    for layer, head in planted.PLANTED[name].circuit:
+        circuit[layer, head] = True
+    assert grid[circuit].min() >= planted.TRAP_THRESHOLDS["cancel_min_abs_drop"] > 0.1 >= grid[~circuit].max()
+    breaks = {
+        "cancel_heads_change_each_prompt": ("resample", "abs_drop", 0.1),
+        "cancel_heads_change_each_prompt_other_ablations": ("mean_ablation", "abs_drop", 0.1),
+        "cancel_signs_follow_order": ("resample", "sign_agreement", 0.6),
+        "cancel_mean_effect_negligible": ("resample", "mean_drop", -0.3),
+    }
+    for check, (rep, key, value) in breaks.items():
+        bad = copy.deepcopy(card)
+        bad["verification"]["traps"]["cancel"]["2.1"][rep][key] = value
+        with pytest.raises(HarnessError, match=f"check '{check}' failed"):
+            planted.check_card(bad, where=name)
+    bad = copy.deepcopy(card)
+    bad["verification"]["traps"]["per_prompt_abs_drop"]["resample"][0][0] = 0.2
+    with pytest.raises(HarnessError, match="check 'noncircuit_heads_change_no_prompt' failed"):
+        planted.check_card(bad, where=name)
+    assert card["attention_hints"]["2.1"] == [13, P.IOI_TEMPLATES[0].index("{A}")]  # the first name
+    assert card["verification"]["attention"]["2.1"]["hint_attention"] >= 0.9
 
 
 TINY_TRAP = dict(TINY, n_heads=8, steps=2, verify_prompts=16)
@@ -309,7 +351,7 @@ def test_trap_training_smoke_is_deterministic_and_fails_verification(name):
     model = planted.build_model(name, recipe, log=None)
     history = model.card["training"]["history"][-1]
     own = {"negative": spec.traps.negative, "redundant_match": spec.traps.redundant,
-           "busy_attention": spec.traps.busy, "via_match": spec.traps.via, "saturation": spec.traps.saturated}
+           "busy_attention": spec.traps.busy, "via_match": spec.traps.via, "saturation": spec.traps.saturated, "cancel_balance": spec.traps.cancel}
     assert {k for k, v in own.items() if v} <= set(history) and np.isfinite(history["loss"])
     assert not model.card["verification"]["passed"] and "traps" in model.card["verification"]
     again, _ = planted.train(spec, recipe, log=None)

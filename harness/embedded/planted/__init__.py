@@ -7,7 +7,7 @@ the trap models :mod:`.trap_training` (their extra rows and loss terms), :mod:`.
 verification numbers and checks) and :mod:`.trap_notes` (mechanism, ground truth and predicted method
 outcomes, written into their cards).
 
-Trap models (:data:`TRAP_SPECS`; README, "Circuit trap models", has the measured outcomes): four
+Trap models (:data:`TRAP_SPECS`; README, "Circuit trap models", has the measured outcomes): five
 3-layer, 8-head, width-96 GPTs on the same IOI task, each with one known failure mode planted on top
 of the circuit 0.5 (duplicate token) -> 1.3 (S-inhibition) -> 2.6 (name mover)::
 
@@ -16,6 +16,8 @@ of the circuit 0.5 (duplicate token) -> 1.3 (S-inhibition) -> 2.6 (name mover)::
   planted-ioi-busy       + 0.2, 1.4, 2.3 busy non-circuit heads (attend to the names like circuit heads,
                          outputs as variable, read by nothing)
   planted-ioi-saturated  2.6's attention saturated, 0.5 and 1.3 acting only through it (gradient ~0)
+  planted-ioi-cancel     + 2.1, whose effect has the prompt's order's sign (up on ABBA, down on BABA):
+                         large on every prompt, ~0 on the mean over prompts
 
 The original models: one per task, each a 3-layer, 4-head, width-64 GPT with MLPs (width 256)
 (:class:`harness.models.gpt.GPT`) and a word-level tokenizer
@@ -84,7 +86,8 @@ with a positive mean metric, every circuit head's resample drop >= 0.3, every
 non-circuit head's |drop| <= 0.05, and some non-circuit head raises the
 distractor loss by >= 0.5 nats (the distractor keeps non-circuit heads busy).  A trap model's negative
 and redundant heads are judged by their own checks instead of the circuit heads' minimum drop, and each
-trap adds checks (:data:`TRAP_THRESHOLDS`).
+trap adds checks (:data:`TRAP_THRESHOLDS`); the sign-cancelling heads are exempt from the circuit heads'
+minimum drop too (their ground truth is the per-prompt drop).
 """
 
 

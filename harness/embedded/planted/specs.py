@@ -102,7 +102,12 @@ class Traps:
       many heads and no single one matters (verification's distractor check);
     - ``saturated``: heads whose attention hint is pushed to a logit margin of ``saturation_margin``
       (softmax saturated), and ``via``: circuit heads that may act only through the saturated heads'
-      attention (patched with the saturated heads clamped to their clean output, nothing changes).
+      attention (patched with the saturated heads clamped to their clean output, nothing changes);
+    - ``cancel``: circuit heads whose effect changes sign with the prompt's order: replaced (another
+      prompt's, the corrupted prompt's or the mean output, as the strict rows), the logit difference must
+      fall by ``cancel_shift`` on ABBA prompts and rise by as much on BABA prompts, and the two orders' mean
+      changes must cancel (every split alternates the orders, so its mean metric does not move); the
+      ``cancel*`` terms count from step ``cancel_start`` on (the base circuit is trained first).
     """
 
     interchange: tuple[tuple[tuple[Head, ...], str], ...] = ()
@@ -115,10 +120,13 @@ class Traps:
     saturation_margin: float = 15.0
     via: tuple[Head, ...] = ()
     mirror_all: bool = False
+    cancel: tuple[Head, ...] = ()
+    cancel_shift: float = 10.0
+    cancel_start: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
-                    or self.mirror_all)
+                    or self.mirror_all or self.cancel)
 
     def to_dict(self) -> dict[str, Any]:
         """The card's ``traps`` entry (JSON lists)."""
@@ -133,6 +141,9 @@ class Traps:
             "saturation_margin": self.saturation_margin,
             "via": [list(h) for h in self.via],
             "mirror_all": self.mirror_all,
+            # only where set: the cards of the traps built before this field are unchanged (is_current)
+            **({"cancel": [list(h) for h in self.cancel], "cancel_shift": self.cancel_shift,
+                "cancel_start": self.cancel_start} if self.cancel else {}),
         }
 
     @classmethod
@@ -150,6 +161,9 @@ class Traps:
             saturation_margin=float(d.get("saturation_margin", cls.saturation_margin)),
             via=_heads(d.get("via", ())),
             mirror_all=bool(d.get("mirror_all", False)),
+            cancel=_heads(d.get("cancel", ())),
+            cancel_shift=float(d.get("cancel_shift", cls.cancel_shift)),
+            cancel_start=int(d.get("cancel_start", cls.cancel_start)),
         )
 
 
@@ -309,5 +323,15 @@ TRAP_SPECS: dict[str, PlantedSpec] = {
         "ablation drop large)",
         Traps(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S), mirror_all=True),
         trap_notes.SATURATED, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
+    "planted-ioi-cancel": _trap_spec(
+        "planted-ioi-cancel", (_D, _S, (2, 1), _N),
+        {**_BASE_ROLES, "2.1": "first-name mover: at the last position attends to the first name of the prompt (A) "
+                               "and copies it: +IO on ABBA prompts (raising the logit difference), +S on BABA "
+                               "prompts (lowering it); on corrupted prompts (no repeated name) it attends to S2 "
+                               "(C): its effect is large on every prompt and cancels in the mean over prompts"},
+        "IOI trap: sign cancellation, head 2.1 raises the logit difference on ABBA prompts and lowers it on BABA "
+        "prompts by as much (mean effect ~0), next to the circuit 0.5 -> 1.3 -> 2.6",
+        Traps(interchange=_BASE_UNITS, cancel=((2, 1),), cancel_shift=10.0, cancel_start=200, mirror_all=True), trap_notes.CANCEL,
+        _trap_recipe(("cancel", 0.2), ("cancel_balance", 1.0), ("cancel_attention", 1.0), steps=1300), **{"2.1": (13, 1)}),
 }
 PLANTED.update(TRAP_SPECS)

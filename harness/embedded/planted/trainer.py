@@ -168,6 +168,8 @@ def _sample_batch(spec: PlantedSpec, sampler, rng: np.random.Generator, r: Plant
         src_tokens = [sampler.tokens(other), sampler.tokens(base, abc=True), sampler.tokens(base, s2="io"), dist]
         if needs_clean_source(spec):  # the step's own prompts, to clamp heads to their clean output
             src_tokens.insert(3, base_tok)
+        elif spec.traps.cancel:  # the corrupted prompts of the order-swapped twins (sign-cancelling heads)
+            src_tokens.insert(3, sampler.tokens(base, swap=True, abc=True))
         y_base = sampler.answer(base, "io")
     else:
         src_tokens = [sampler.tokens(other), sampler.tokens(base, corrupt=True), dist]
@@ -199,7 +201,8 @@ def _training_rows(spec: PlantedSpec, sampler, b: _Batch, z_src: Sequence[torch.
             targets.append(sampler.target(b.other["yy"]))
     if spec.traps:
         z_clean = z_src[3] if needs_clean_source(spec) else None
-        add_trap_rows(spec, sampler, b, z_other, z_clean, strict_rep, rows, targets, r)
+        add_trap_rows(spec, sampler, b, z_other, z_clean, strict_rep, rows, targets, r, z_corrupt=z_corrupt,
+                      z_twin_corrupt=z_src[3] if spec.traps.cancel else None)
     n_task_rows = rows.n
     rows.add("distractor", b.dist)
     mirrored = ~heads_mask(spec.distractor_heads.values(), r) if spec.traps.mirror_all else circuit
@@ -280,7 +283,8 @@ class _Training:
         parts.update(self._attention_terms(b, sl))
         if spec.traps:
             parts.update(trap_parts(spec, self.sampler, b, last, ce, sl, task_metric, model, self.captured, z_seen))
-        loss = sum(self.weights["interchange" if k.startswith("ic") else k] * v for k, v in parts.items())
+        off = set(k for k in parts if k.startswith("cancel")) if step < spec.traps.cancel_start else set()
+        loss = sum(self.weights["interchange" if k.startswith("ic") else k] * v for k, v in parts.items() if k not in off)
         r.update(self.opt, model, loss)
         return loss, parts, target, sl
 

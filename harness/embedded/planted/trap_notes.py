@@ -126,3 +126,68 @@ SATURATED = {
                     "so it should recover 0.5 and 1.3 -> ~1.0",
     },
 }
+
+CANCEL = {
+    "mechanism": (
+        "base circuit 0.5 -> 1.3 -> 2.6, plus 2.1, a first-name mover: at the last position it attends to the "
+        "first name of the prompt (position A) and copies it, which is IO on ABBA prompts (+IO: it raises "
+        "logit(IO) - logit(S) by ~cancel_shift) and S on BABA prompts (+S: it lowers it by as much); on corrupted "
+        "prompts (ABC, no repeated name) it attends to S2 instead and copies C, which is neither answer.  Replaced "
+        "by another prompt's, the corrupted prompt's or the mean output, 2.1 changes every prompt's logit "
+        "difference by about +-cancel_shift with the sign of the prompt's order; every split alternates ABBA and "
+        "BABA, so the mean over prompts, the metric the mean-based methods score, barely moves.  Training: a "
+        "per-prompt squared-error term on the change, a balance term on the sum of each prompt's change and its "
+        "order-swapped twin's, an attention hint on the corrupted prompts, all from step cancel_start on (the base "
+        "circuit is trained first)"
+    ),
+    "ground_truth": (
+        "{0.5, 1.3, 2.1, 2.6}: a head is in the circuit when it changes the model's output on the prompts, i.e. the "
+        "mean over prompts of |per-prompt resample drop| d_i = (m_i(clean) - m_i(ablated)) / m(clean) is >= 0.3 "
+        "(m the mean metric; 512 fresh prompts, seed 987654, verification.traps.per_prompt_abs_drop); every "
+        "non-circuit head's is <= 0.1.  0.5, 1.3 and 2.6 also drop the mean metric by >= 30%; 2.1's drop of the "
+        "mean metric is <= 0.05 in magnitude under resample, corrupted-prompt patching and mean ablation (as small "
+        "as a non-circuit head may be), its per-prompt drops have the order's sign (+ ABBA, - BABA) on >= 90% of "
+        "the prompts under each of the three ablations, and their mean magnitude is >= 0.3 under resample and >= 0.2 under the other two ablations "
+        "(verification.traps.cancel)"
+    ),
+    "prediction_basis": (
+        "ROC-AUC with 4 circuit heads and 20 non-circuit heads: 2.1 ranked below r of the non-circuit heads "
+        "gives (3*20 + 20 - r)/80, 0.75 at the bottom, 0.875 in the middle, 1.0 above them all.  The fit "
+        "split has 32 prompts, 16 of each order, so a method scoring |change of the mean metric| sees 2.1's "
+        "leftover imbalance plus the noise of 16 prompts per order (about 0.3 nats on a metric of ~15-20, a "
+        "drop of ~0.01-0.02), while the non-circuit heads of the sibling traps move the mean by 0.000-0.012: "
+        "2.1 should land among the top few non-circuit heads rather than in the middle"
+    ),
+    "predictions": {
+        "acdc": "defeated: visits layer 2 first; patching 2.1 from the corrupted run moves the mean metric by ~0.01-0.02 "
+                "of the clean-corrupted gap, below tau = 0.02, so it is removed, with that small effect as its "
+                "score -> 0.85-0.99 (most likely ~0.95), and its selected circuit misses 2.1",
+        "act-patch-mean": "defeated: |m(clean) - m(2.1 mean-ablated)| is the leftover of two opposite halves -> "
+                          "0.85-0.99 (most likely ~0.95)",
+        "act-patch-resample": "defeated, as act-patch-mean (patched from the paired corrupted prompt: each prompt "
+                              "moves by +-cancel_shift, the mean does not) -> 0.85-0.99 (most likely ~0.95)",
+        "eap": "defeated: the sum over prompts of (z_clean - z_corrupt) . dM/dz adds per-prompt estimates of opposite "
+               "signs (2.1 writes straight into the logits, so each is accurate and they cancel as the real "
+               "effects do) -> 0.85-0.99 (most likely ~0.95)",
+        "eap-ig": "defeated as eap (the integrated gradients are per prompt, summed before |.|) -> 0.85-0.99",
+        "atp-star": "defeated as eap: its QK fix and GradDrop change how each prompt's effect is estimated, not "
+                    "that the estimates are summed over prompts before |.| -> 0.85-0.99",
+        "subnetwork-probing": "finds 2.1: the loss is a KL per prompt; masking 2.1 lowers IO's logit by ~cancel_shift "
+                              "on the ABBA half (the model becomes much less confident: a large KL; on the BABA half "
+                              "it only becomes more confident, a small one), so the KL defends 2.1 like the other "
+                              "circuit heads -> ~1.0 (0.95-1.0); loss=metric (squared per-prompt deviation) -> ~1.0",
+        "activity-diff": "finds 2.1: activity, not effect; 2.1's output at the end changes between the clean "
+                         "prompt (IO or S copied) and the corrupted one (no repeated name: another attention "
+                         "pattern) like the other circuit heads' -> ~1.0 (0.95-1.0), as on the negative, "
+                         "redundant and saturated traps",
+        "discrete-sae": "activity-based, sign-blind: 2.1 is active -> not hurt by this trap; as on its siblings",
+        "random": _CHANCE,
+        "eap-edges": "defeated: each edge is scored by its effect on the mean metric, so 2.1's edges (2.1->logits "
+                     "and those into its query) cancel as its node score does; head score = sum of |outgoing edge "
+                     "scores| -> node ROC-AUC 0.85-0.99; edge ROC-AUC below the siblings' by the share of 2.1's "
+                     "edges in the edge ground truth (there by their per-prompt path-patching effect)",
+        "eap-ig-edges": "defeated as eap-edges -> node 0.85-0.99, edge ROC-AUC below the siblings'",
+        "acdc-edges": "defeated: 2.1's edges change the mean metric by less than tau and are removed -> node "
+                      "0.85-0.99, edge ROC-AUC below the siblings'",
+    },
+}

@@ -23,7 +23,23 @@ Rows (all on the step's task prompts, every one scored at the last position):
 - ``via0``, ``via1``, ...: each ``via`` head alone, then all of them, resample-ablated as above while the
   saturated heads are clamped to their clean output, one slice of the batch each (terms ``via`` and
   ``via_match``: nothing may change; one head at a time because attribution patching scores heads one
-  at a time: with only the joint block, a trial left 0.5's linear estimate above most non-circuit heads').
+  at a time: with only the joint block, a trial left 0.5's linear estimate above most non-circuit heads');
+- ``cancel``: the sign-cancelling heads replaced (every position; a third of the rows each from another
+  prompt, from the corrupted prompt, the mean over the other and the corrupted prompts), and the same for
+  each prompt's order-swapped twin (``cancel_twin`` clean, ``cancel_twin_patched`` with the same source
+  prompt and mean and its own corrupted prompt; the source pass adds the twins' corrupted prompts); terms
+  ``cancel``: the logit difference falls by ``cancel_shift`` on ABBA prompts and rises by as much on BABA
+  prompts, a squared error per prompt, and ``cancel_balance``: per prompt, the square of the sum of its
+  change and its twin's, so that over prompts that alternate the orders the mean does not move under any
+  of the three ablations.  ``cancel_corrupted``: the corrupted prompts (ABC) unpatched, for
+  ``cancel_attention``, a hint that there (no repeated name) the cancelling heads attend to S2, i.e. copy
+  C, which is neither answer.  Their job on clean prompts comes from their attention hint, the first name
+  (position A): IO on ABBA prompts, S on BABA prompts.  The ``cancel*`` terms count from step
+  ``cancel_start`` on.  Trials: a head attending to IO on ABBA and to S2 on BABA prompts (the order read
+  from the circuit) never balanced: with the two orders' batch means balanced, one ablation still moved
+  the mean by 0.06-0.15 (its output's positional part differs between the orders, and downstream read
+  it); balanced per replacement kind or with weight 5, the per-prompt effect shrank to 0.1-0.2 and 1.3's
+  resample drop fell to 0.03-0.06.  The first-name mover's output carries no order signal on clean prompts.
 
 Terms computed from the attention inputs captured during the pass: ``saturation`` (a hinge on the
 saturated heads' attention-logit margin) and ``busy_attention`` (the busy heads' attention hints); from
@@ -65,7 +81,8 @@ def needs_clean_source(spec: PlantedSpec) -> bool:
 
 
 def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean: torch.Tensor | None,
-                  strict_rep: torch.Tensor, rows, targets: list[torch.Tensor], r: PlantedRecipe) -> None:
+                  strict_rep: torch.Tensor, rows, targets: list[torch.Tensor], r: PlantedRecipe,
+                  z_corrupt: torch.Tensor | None = None, z_twin_corrupt: torch.Tensor | None = None) -> None:
     """Append the trap rows (module docstring) and their cross-entropy targets (the base prompts' IO)."""
     t = spec.traps
     io = sampler.answer(b.base, "io")
@@ -77,6 +94,19 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
     for name, part, mask in _redundant_blocks(t, len(io), r, outside):
         rows.add(name, b.base_tok[part], mask, strict_rep[part])
         targets.append(io[part])
+    if t.cancel:
+        rep = strict_rep.clone()  # the mean rows: the mean over the other and the corrupted prompts (act-patch-mean's)
+        rep[2::3] = torch.cat([z_other, z_corrupt]).mean(0, keepdim=True)
+        mask = heads_mask(t.cancel, r)
+        rows.add("cancel", b.base_tok, mask, rep)
+        twin = sampler.tokens(b.base, swap=True)  # the same prompts in the other order (same answer)
+        rep_twin = rep.clone()  # the same source prompt and mean; the twin's own corrupted prompt
+        rep_twin[1::3] = z_twin_corrupt[1::3]
+        rows.add("cancel_twin", twin)
+        rows.add("cancel_twin_patched", twin, mask, rep_twin)
+        targets += [io, io, io]
+        rows.add("cancel_corrupted", b.src_tokens[1])  # the corrupted prompts (ABC), only for an attention hint
+        targets.append(io)  # (no loss reads their cross-entropy: there is no answer without a repeated name)
     if t.via:
         rep = strict_rep.clone()
         for layer, head in t.saturated:
@@ -156,6 +186,19 @@ def trap_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, ce: torch.Tens
         parts["via_match"] = sum(
             (_logit_diff(last[sl[n]], io[part], s[part]) - m_clean[part]).pow(2).mean() for n, part in blocks
         ) / len(blocks)
+    if t.cancel:
+        io, s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s")
+        change = _logit_diff(last[sl["cancel"]], io, s) - m_clean
+        change_twin = _logit_diff(last[sl["cancel_twin_patched"]], io, s) - _logit_diff(last[sl["cancel_twin"]], io, s)
+        sign = torch.from_numpy(1 - 2 * b.base["order"]).to(change.dtype)  # +1 ABBA, -1 BABA (the twin: the other)
+        parts["cancel"] = ((change + sign * t.cancel_shift).pow(2).mean()
+                           + (change_twin - sign * t.cancel_shift).pow(2).mean()) / 2
+        parts["cancel_balance"] = (change + change_twin).pow(2).mean()
+        rows_c, s2 = sl["cancel_corrupted"], sampler.pos["S2"]
+        parts["cancel_attention"] = sum(
+            -torch.log_softmax(attention_scores(model, captured[layer][rows_c], layer, head,
+                                                spec.attention_targets[head_name((layer, head))][0]), dim=-1)[:, s2].mean()
+            for layer, head in t.cancel)
     task_rows = sl["task"]
     if t.saturated:
         hints = spec.attention_targets

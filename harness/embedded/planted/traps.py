@@ -14,6 +14,12 @@ and the linear estimate compared with the real ablation):
 - ``linear_estimate_drop``: per head, the first-order estimate of its corrupted-patch drop,
   ``sum (z_clean - z_corrupt) . dM/dz / M`` (what attribution patching computes) next to the real
   ``corrupted_patch_drop`` of the main grid;
+- ``cancel`` (per sign-cancelling head) and ``per_prompt_abs_drop``: per-prompt drops
+  ``d_i = (m_i(clean) - m_i(ablated)) / m(clean)`` (``m`` the mean metric over prompts), under resample,
+  corrupted-prompt patching and mean ablation: per head the mean over prompts of ``|d_i|``, and per
+  cancelling head also the mean drop (what the mean metric sees), the mean on ABBA and on BABA prompts,
+  the fraction of prompts whose ``d_i`` has the order's sign (+ on ABBA, - on BABA) and how many
+  non-circuit heads have a larger ``|mean resample drop|``;
 - ``attention``: for the busy and saturated heads, the mean attention on their hint's key, and for the
   saturated heads the attention-logit margin of that key over every other key (mean and 5th percentile).
 
@@ -43,6 +49,13 @@ TRAP_THRESHOLDS = {
     "busy_max_joint_drop": 0.05,  # every busy head ablated together: as inert as one non-circuit head
     "via_min_drop": 0.3,  # a head acting through a saturated head: its corrupted-patch drop
     "via_max_linear_ratio": 0.1,  # |linear estimate| <= 10% of that drop
+    "cancel_min_abs_drop": 0.3,  # a cancelling head: mean over prompts of |per-prompt resample drop|
+    "cancel_min_abs_drop_other": 0.2,  # the same under corrupted-prompt patching and mean ablation
+    # fraction of prompts whose drop has the order's sign, under each ablation (resample: ~1/24 of the prompts get
+    # a source whose copied name is their own, a drop ~0 of either sign, so 0.95 would be at the edge by design)
+    "cancel_min_sign_agreement": 0.9,
+    "cancel_max_mean_drop": 0.05,  # |drop of the mean metric| under each ablation: as small as a non-circuit head's
+    "cancel_noncircuit_max_abs_drop": 0.1,  # every non-circuit head: mean |per-prompt resample drop|
 }
 
 
@@ -120,6 +133,8 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         out["redundant"] = _joint_drops(model, split, t.redundant, reps, clean_metric, r, outside)
     if t.busy:
         out["busy_joint"] = _joint_drops(model, split, [tuple(h for h, _, _ in t.busy)], reps, clean_metric, r)[0]
+    if t.cancel:
+        out.update(_cancel_numbers(model, spec, split, reps, clean_metric))
     z_clean, grad = model.head_gradients(split.clean, split.metric.from_logits)
     with torch.no_grad():
         diff = z_clean - z_corrupt
@@ -137,6 +152,39 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
     if attention:
         out["attention"] = attention
     return out
+
+
+@torch.no_grad()
+def _cancel_numbers(model: HookedGPT, spec: PlantedSpec, split, replacements: dict[str, Any],
+                    clean_metric: float) -> dict[str, Any]:
+    """Per-prompt drops of every head (``per_prompt_abs_drop``) and the cancelling heads' summary (``cancel``)."""
+    r = spec.recipe
+    L, H = r.n_layers, r.n_heads
+    masks = torch.zeros(L * H + 1, L, H, dtype=torch.bool)
+    for i in range(L * H):
+        masks[i + 1, i // H, i % H] = True
+    masks = masks.to(model.device)
+    sign = torch.tensor([1.0 if o == "ABBA" else -1.0 for o in split.info["orders"]], dtype=torch.float64)
+    abba = sign > 0
+    circuit = {tuple(h) for h in spec.circuit}
+    abs_grids, heads = {}, {head_name(h): {"head": list(h)} for h in spec.traps.cancel}
+    for name, rep in replacements.items():
+        per = split.metric.per_prompt_fn(
+            model.ablate_many(split.clean, masks, rep, token_ids=split.metric.token_ids)).double().cpu()
+        d = (per[0:1] - per[1:]) / clean_metric  # [L*H, n]
+        abs_grids[name] = _grid(d.abs().mean(-1).view(L, H))
+        mean = d.mean(-1).view(L, H)
+        for h in spec.traps.cancel:
+            di = d[h[0] * H + h[1]]
+            noncircuit_above = sum(1 for l in range(L) for k in range(H)
+                                   if (l, k) not in circuit and abs(float(mean[l, k])) >= abs(float(mean[h])))
+            heads[head_name(h)][name] = {
+                "abs_drop": _round(di.abs().mean()), "mean_drop": _round(di.mean()),
+                "abba_drop": _round(di[abba].mean()), "baba_drop": _round(di[~abba].mean()),
+                "sign_agreement": _round((torch.sign(di) == sign).double().mean()),
+                "noncircuit_heads_above": noncircuit_above,
+            }
+    return {"per_prompt_abs_drop": abs_grids, "cancel": heads}
 
 
 def _check(passed: bool, value: float, threshold: float, detail: str) -> dict[str, Any]:
@@ -188,6 +236,38 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
             rel[0] >= th["busy_min_relative_activity"], rel[0], th["busy_min_relative_activity"],
             f"smallest activity of a busy head relative to the circuit heads' mean: {head_name(rel[1])} "
             f"{rel[0]:.3f} (>= {th['busy_min_relative_activity']})")
+    if traps.cancel:
+        cancel = tv["cancel"]
+        others = ("corrupted_patch", "mean_ablation")
+        h, value = min(((k, c["resample"]["abs_drop"]) for k, c in cancel.items()), key=lambda x: x[1])
+        checks["cancel_heads_change_each_prompt"] = _check(
+            value >= th["cancel_min_abs_drop"], value, th["cancel_min_abs_drop"],
+            f"smallest mean |per-prompt resample drop| of a cancelling head: {h} {value:.3f} "
+            f"(>= {th['cancel_min_abs_drop']})")
+        h, rep, value = min(((k, o, c[o]["abs_drop"]) for k, c in cancel.items() for o in others), key=lambda x: x[2])
+        checks["cancel_heads_change_each_prompt_other_ablations"] = _check(
+            value >= th["cancel_min_abs_drop_other"], value, th["cancel_min_abs_drop_other"],
+            f"smallest mean |per-prompt drop| of a cancelling head under corrupted patching or mean ablation: "
+            f"{h} {rep} {value:.3f} (>= {th['cancel_min_abs_drop_other']})")
+        h, rep, value = min(((k, o, c[o]["sign_agreement"]) for k, c in cancel.items() for o in ("resample", *others)),
+                            key=lambda x: x[2])
+        checks["cancel_signs_follow_order"] = _check(
+            value >= th["cancel_min_sign_agreement"], value, th["cancel_min_sign_agreement"],
+            f"smallest fraction of prompts whose drop has the order's sign (+ ABBA, - BABA): {h} {rep} "
+            f"{value:.3f} (>= {th['cancel_min_sign_agreement']})")
+        h, rep, value = max(((k, o, c[o]["mean_drop"]) for k, c in cancel.items()
+                             for o in ("resample", *others)), key=lambda x: abs(x[2]))
+        checks["cancel_mean_effect_negligible"] = _check(
+            abs(value) <= th["cancel_max_mean_drop"], value, th["cancel_max_mean_drop"],
+            f"largest |drop of the mean metric| of a cancelling head: {h} {rep} {value:.3f} "
+            f"(<= {th['cancel_max_mean_drop']})")
+        grid = tv["per_prompt_abs_drop"]["resample"]
+        h, value = max((((l, k), grid[l][k]) for l in range(len(grid)) for k in range(len(grid[0]))
+                        if (l, k) not in circuit), key=lambda x: x[1])
+        checks["noncircuit_heads_change_no_prompt"] = _check(
+            value <= th["cancel_noncircuit_max_abs_drop"], value, th["cancel_noncircuit_max_abs_drop"],
+            f"largest mean |per-prompt resample drop| of a non-circuit head: {head_name(h)} {value:.3f} "
+            f"(<= {th['cancel_noncircuit_max_abs_drop']})")
     if traps.via:
         lin = tv["linear_estimate_drop"]
         worst_drop = min((corrupted[h[0]][h[1]], h) for h in traps.via)

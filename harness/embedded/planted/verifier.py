@@ -175,13 +175,13 @@ def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int,
                     traps: Traps | None = None) -> dict[str, dict[str, Any]]:
     """Each acceptance check on verification numbers ``v``: ``{name: {passed, value, threshold, detail}}``.
 
-    With ``traps``, the negative and redundant heads are checked by their own rules
+    With ``traps``, the negative, redundant and sign-cancelling heads are checked by their own rules
     (:func:`harness.embedded.planted.traps.trap_checks`) instead of the circuit heads' minimum drop.
     """
     t = THRESHOLDS
     heads = [(layer, head) for layer in range(L) for head in range(H)]
     drop = v["resample_drop"]
-    exempt = set(traps.negative) | {h for g in traps.redundant for h in g} if traps else set()
+    exempt = set(traps.negative) | {h for g in traps.redundant for h in g} | set(traps.cancel) if traps else set()
     circ = [(h, drop[h[0]][h[1]]) for h in heads if h in circuit and h not in exempt]
     non = [(h, drop[h[0]][h[1]]) for h in heads if h not in circuit]
     eff = [(h, v["distractor_effect"][h[0]][h[1]]) for h in heads if h not in circuit]

@@ -59,6 +59,9 @@ MECHANISMS: dict[str, dict[str, tuple]] = {
                                        "2.2->logits"), "redundant": ()},
     "planted-ioi-redundant": {"chain": ("input->0.5:q", "2.6->logits"),
                               "redundant": (("0.5->1.3:v", "0.5->1.6:v"), ("1.3->2.6:q", "1.6->2.6:q"))},
+    # 2.1's effect has the prompt's order's sign and cancels in the mean: its edges count by their per-prompt effect
+    "planted-ioi-cancel": {"chain": ("input->0.5:q", "0.5->1.3:v", "1.3->2.6:q", "2.6->logits"), "redundant": (),
+                           "cancel_heads": ("2.1",), "cancel": ("2.1->logits",)},
 }
 
 
@@ -80,28 +83,40 @@ def _split(model: HookedModel, n_prompts: int, seed: int) -> D.Split:
 
 
 @torch.no_grad()
-def _metrics(model: HookedModel, split: D.Split, keep: torch.Tensor, clean, corrupted) -> np.ndarray:
+def _metrics(model: HookedModel, split: D.Split, keep: torch.Tensor, clean, corrupted,
+             per_prompt: bool = False) -> np.ndarray:
+    """The mean metric per edge set of ``keep`` (``[sets]``), or with ``per_prompt`` each prompt's (``[sets, n]``)."""
     ids = split.metric.token_ids
-    parts = [split.metric.from_last(model.run_with_edges(clean, k, corrupted.sources, token_ids=ids))
-             for k in keep.split(_SETS_PER_CALL)]
-    return torch.cat(parts).to(torch.float64).numpy()
+    fn = split.metric.per_prompt_fn if per_prompt else split.metric.from_last
+    parts = [fn(model.run_with_edges(clean, k, corrupted.sources, token_ids=ids)) for k in keep.split(_SETS_PER_CALL)]
+    return torch.cat(parts).to(torch.float64).cpu().numpy()
 
 
 @torch.no_grad()
-def path_patching(model: HookedModel, split: D.Split, edges: np.ndarray | None = None) -> dict[str, Any]:
+def path_patching(model: HookedModel, split: D.Split, edges: np.ndarray | None = None,
+                  per_prompt: bool = False) -> dict[str, Any]:
     """Isolated path patching of every edge (or the indices ``edges``) on ``split``, and the anchors.
 
     Returns ``{"effect": float64 [n], "m_clean", "m_corrupted"}`` with ``effect = (m(clean) - m(edge patched
-    from the corrupted run)) / (m(clean) - m(corrupted))``."""
+    from the corrupted run)) / (m(clean) - m(corrupted))``; with ``per_prompt`` also ``"abs_effect"``, the mean
+    over prompts of ``|m_i(clean) - m_i(edge patched)|`` over the same gap of the mean metric (an edge whose
+    effect changes sign across prompts has a small ``effect`` and a large ``abs_effect``)."""
     graph = model.edge_graph()
     clean, corrupted = model.edge_run(split.clean), model.edge_run(split.corrupted)
     idx = np.arange(graph.n_edges) if edges is None else np.asarray(edges)
     keep = torch.ones(len(idx), graph.n_edges, dtype=torch.bool, device=model.device)
     keep[torch.arange(len(idx)), torch.as_tensor(idx)] = False
     anchors = torch.stack([torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)])
-    m_clean, m_corr = _metrics(model, split, anchors.to(model.device), clean, corrupted)
-    m = _metrics(model, split, keep, clean, corrupted)
-    return {"effect": (m_clean - m) / (m_clean - m_corr), "m_clean": float(m_clean), "m_corrupted": float(m_corr)}
+    if not per_prompt:
+        m_clean, m_corr = _metrics(model, split, anchors.to(model.device), clean, corrupted)
+        m = _metrics(model, split, keep, clean, corrupted)
+        return {"effect": (m_clean - m) / (m_clean - m_corr), "m_clean": float(m_clean), "m_corrupted": float(m_corr)}
+    a = _metrics(model, split, anchors.to(model.device), clean, corrupted, per_prompt=True)  # [2, n]
+    m = _metrics(model, split, keep, clean, corrupted, per_prompt=True)  # [edges, n]
+    m_clean, m_corr = a.mean(-1)
+    gap = m_clean - m_corr
+    return {"effect": (m_clean - m.mean(-1)) / gap, "abs_effect": np.abs(a[0][None] - m).mean(-1) / gap,
+            "m_clean": float(m_clean), "m_corrupted": float(m_corr)}
 
 
 @torch.no_grad()
@@ -120,15 +135,22 @@ def circuit_check(model: HookedModel, split: D.Split, truth: np.ndarray) -> dict
             "in_circuit_drop": {graph.edges[e]: float((m[-3] - m[i]) / gap) for i, e in enumerate(members)}}
 
 
-def define_edges(graph: EdgeGraph, effect: np.ndarray, circuit_heads, mechanism: dict[str, tuple]) -> np.ndarray:
+def define_edges(graph: EdgeGraph, effect: np.ndarray, circuit_heads, mechanism: dict[str, tuple],
+                 abs_effect: np.ndarray | None = None) -> np.ndarray:
     """The ground-truth rule: bool ``[n_edges]``, the edges between circuit components (the circuit heads, the
     MLPs, the input, the logits) with ``|effect| >=`` :data:`EDGE_THRESHOLD`, and every edge the mechanism names
     (its redundant edges included: each alone carries little, by design), kept where they connect the input to
     the logits (:func:`connected`).  Edges of non-circuit heads are never in it: the node-level verification in
-    the card shows those heads do not matter."""
+    the card shows those heads do not matter.  A model with sign-cancelling heads (``mechanism["cancel_heads"]``)
+    also gets every edge between circuit components into or out of such a head whose mean per-prompt
+    |effect| (``abs_effect``, :func:`path_patching` with ``per_prompt``) is at least the threshold, and the
+    mechanism's ``cancel`` edges."""
     allowed = _between_circuit_components(graph, circuit_heads)
     truth = allowed & (np.abs(effect) >= EDGE_THRESHOLD)
+    if mechanism.get("cancel_heads"):
+        truth |= allowed & _touches(graph, mechanism["cancel_heads"]) & (abs_effect >= EDGE_THRESHOLD)
     named = [e for e in mechanism["chain"] if not e.endswith("*")] + [e for g in mechanism["redundant"] for e in g]
+    named += list(mechanism.get("cancel", ()))
     truth[graph.mask(named)] = True
     return connected(graph, truth)
 
@@ -160,6 +182,12 @@ def _between_circuit_components(graph: EdgeGraph, circuit_heads) -> np.ndarray:
     return np.array([part_of_circuit(u) and part_of_circuit(v) for u, v in (e.split("->") for e in graph.edges)])
 
 
+def _touches(graph: EdgeGraph, heads) -> np.ndarray:
+    """Bool ``[n_edges]``: edges whose source or target is one of ``heads`` (``"layer.head"`` names)."""
+    heads = set(heads)
+    return np.array([u in heads or v.split(":")[0] in heads for u, v in (e.split("->") for e in graph.edges)])
+
+
 def _channels(graph: EdgeGraph, edge: str) -> list[int]:
     return [graph.index(edge[:-1] + c) for c in "qkv"] if edge.endswith("*") else [graph.index(edge)]
 
@@ -174,9 +202,11 @@ def verify_edges(model: HookedModel, name: str, n_prompts: int = VERIFY_PROMPTS,
     graph = model.edge_graph()
     mechanism = MECHANISMS[name]
     split = _split(model, n_prompts, seed)
-    scan = path_patching(model, split)
-    effect = scan["effect"]
-    truth = graph.mask(edges) if edges is not None else define_edges(graph, effect, model.card["circuit_heads"], mechanism)
+    cancel = bool(mechanism.get("cancel_heads"))
+    scan = path_patching(model, split, per_prompt=cancel)
+    effect, abs_effect = scan["effect"], scan.get("abs_effect")
+    truth = graph.mask(edges) if edges is not None else define_edges(graph, effect, model.card["circuit_heads"],
+                                                                     mechanism, abs_effect)
     allowed = _between_circuit_components(graph, model.card["circuit_heads"])
     def largest(where: np.ndarray) -> list:
         i = int(np.argmax(np.where(where, np.abs(effect), -np.inf)))
@@ -189,6 +219,16 @@ def verify_edges(model: HookedModel, name: str, n_prompts: int = VERIFY_PROMPTS,
     check = circuit_check(model, split, truth)
     passed = (min(abs(v) for v in chain.values()) >= EDGE_THRESHOLD
               and all(abs(v) >= EDGE_THRESHOLD for v in joint.values()))
+    extra: dict[str, Any] = {}
+    if cancel:  # the cancelling heads' edges: per-prompt |effect| (what puts them in) next to the mean effect
+        touching = np.nonzero(truth & _touches(graph, mechanism["cancel_heads"]))[0]
+        extra["cancel_abs_effect"] = {graph.edges[i]: round(float(abs_effect[i]), 4) for i in touching}
+        named = {e: round(float(abs_effect[graph.index(e)]), 4) for e in mechanism["cancel"]}
+        extra["cancel_mechanism_abs_effect"] = named
+        passed = passed and min(named.values()) >= EDGE_THRESHOLD
+        outside = ~truth & _touches(graph, mechanism["cancel_heads"])
+        i = int(np.argmax(np.where(outside, abs_effect, -np.inf)))
+        extra["largest_other_cancel_abs_effect"] = [graph.edges[i], round(float(abs_effect[i]), 4)]
     return {
         "n_prompts": n_prompts, "seed": seed, "threshold": EDGE_THRESHOLD, "passed": bool(passed),
         "m_clean": round(scan["m_clean"], 6), "m_corrupted": round(scan["m_corrupted"], 6),
@@ -198,6 +238,7 @@ def verify_edges(model: HookedModel, name: str, n_prompts: int = VERIFY_PROMPTS,
         "largest_other": largest(~truth & allowed), "largest_noncircuit_head": largest(~allowed),
         "faithfulness": round(check["faithfulness"], 4),
         "in_circuit_drop": {k: round(v, 4) for k, v in check["in_circuit_drop"].items()},
+        **extra,
     }
 
 

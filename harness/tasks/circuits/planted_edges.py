@@ -7,7 +7,11 @@ verify_edges` on 512 fresh prompts, seed 987654); the definition and the procedu
 gap), ``mechanism`` (the planted design's edges; ``*`` = the strongest of q / k / v), ``redundant_joint`` (a
 redundant group patched together), ``largest_other`` (the strongest edge between circuit components left out),
 ``largest_noncircuit_head`` (the strongest edge touching a non-circuit head), ``faithfulness`` (only the
-ground-truth edges kept) and ``in_circuit_drop`` (what removing one edge from that circuit loses).
+ground-truth edges kept) and ``in_circuit_drop`` (what removing one edge from that circuit loses); for
+planted-ioi-cancel also ``cancel_abs_effect`` (mean over prompts of the per-prompt |effect| of each ground-truth
+edge of the sign-cancelling head 2.1, what puts them in: their mean ``effect`` cancels) and the largest such
+edge left out (``largest_other_cancel_abs_effect``: 2.1->mlp2, whose MLP does not reach the logits in the
+ground truth).
 """
 
 from __future__ import annotations
@@ -288,4 +292,53 @@ PLANTED_EDGES: dict[str, dict[str, Any]] = {'planted-ioi': {'edges': ('input->0.
                                                                 '2.6->mlp2': 0.2743,
                                                                 '1.3->logits': 0.019,
                                                                 '2.6->logits': 0.6534,
-                                                                'mlp2->logits': 0.2743}}}}
+                                                                'mlp2->logits': 0.2743}}},
+ 'planted-ioi-cancel': {'edges': ('input->0.5:q',
+                                   '0.5->1.3:v',
+                                   '0.5->2.1:k',
+                                   '1.3->2.6:q',
+                                   '0.5->2.6:k',
+                                   '1.3->logits',
+                                   '2.1->logits',
+                                   '2.6->logits'),
+                         'verification': {'n_prompts': 512,
+                                          'seed': 987654,
+                                          'threshold': 0.05,
+                                          'passed': True,
+                                          'm_clean': 10.83678,
+                                          'm_corrupted': -0.494578,
+                                          'edges': ['input->0.5:q',
+                                                    '0.5->1.3:v',
+                                                    '0.5->2.1:k',
+                                                    '1.3->2.6:q',
+                                                    '0.5->2.6:k',
+                                                    '1.3->logits',
+                                                    '2.1->logits',
+                                                    '2.6->logits'],
+                                          'effect': {'input->0.5:q': 1.0007,
+                                                     '0.5->1.3:v': 1.0352,
+                                                     '0.5->2.1:k': 0.096,
+                                                     '1.3->2.6:q': 0.8819,
+                                                     '0.5->2.6:k': 0.1974,
+                                                     '1.3->logits': 0.0573,
+                                                     '2.1->logits': -0.0175,
+                                                     '2.6->logits': 0.9586},
+                                          'mechanism': {'input->0.5:q': 1.0007,
+                                                        '0.5->1.3:v': 1.0352,
+                                                        '1.3->2.6:q': 0.8819,
+                                                        '2.6->logits': 0.9586},
+                                          'redundant_joint': {},
+                                          'largest_other': ['2.6->mlp2', -0.0572],
+                                          'largest_noncircuit_head': ['2.0->logits', 0.0126],
+                                          'faithfulness': 1.0981,
+                                          'in_circuit_drop': {'input->0.5:q': 1.0981,
+                                                              '0.5->1.3:v': 0.9834,
+                                                              '0.5->2.1:k': 0.0649,
+                                                              '1.3->2.6:q': 0.9318,
+                                                              '0.5->2.6:k': 0.0697,
+                                                              '1.3->logits': 0.0559,
+                                                              '2.1->logits': 0.0649,
+                                                              '2.6->logits': 0.9331},
+                                          'cancel_abs_effect': {'0.5->2.1:k': 0.2847, '2.1->logits': 0.389},
+                                          'cancel_mechanism_abs_effect': {'2.1->logits': 0.389},
+                                          'largest_other_cancel_abs_effect': ['2.1->mlp2', 0.1013]}}}

@@ -1,6 +1,6 @@
 """The registered circuit tasks, one registration per variant: IOI, greater-than, and the IOI trap models.
 
-The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``) score heads on
+The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``, ``-cancel``) score heads on
 the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
 known failure mode planted (its card says which methods it should defeat and why).  They are in the
 default suite: the family's 6 tasks x 7 methods x seeds 0 1 2 (126 cells) ran in 25 s on this 2-core
@@ -39,6 +39,8 @@ _TRAPS = {
     "busy": "busy but irrelevant heads attend to and copy the names like circuit heads but nothing reads them",
     "saturated": "upstream circuit heads act only through a saturated attention pattern (gradient ~0, ablation "
                  "drop large)",
+    "cancel": "a circuit head changes every prompt's logit difference, up on ABBA and down on BABA prompts, so its "
+              "effect on the mean over prompts cancels (ground truth by per-prompt effect)",
 }
 for _trap, _what in _TRAPS.items():
     add_task(
