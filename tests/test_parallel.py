@@ -131,6 +131,21 @@ def test_thread_policy():
     assert torch.get_num_threads() == before
 
 
+def test_busy_elsewhere_leaves_out_this_process_own_threads(monkeypatch):
+    """The machine's runnable count includes this process's spinning OpenMP threads; they are not other
+    work (counting them made a serial run on an idle 2-core machine pick 1 thread)."""
+    from harness.core import threads
+
+    monkeypatch.setattr(threads, "runnable_tasks", lambda: 3)
+    monkeypatch.setattr(threads, "own_runnable_threads", lambda: 3)  # this process: main thread + 2 spinning
+    assert threads.busy_elsewhere(samples=3, interval_s=0) == 0
+    monkeypatch.setattr(threads, "runnable_tasks", lambda: 5)
+    assert threads.busy_elsewhere(samples=3, interval_s=0) == 2
+    monkeypatch.setattr(threads, "runnable_tasks", lambda: None)  # no /proc/loadavg
+    assert threads.busy_elsewhere(samples=3, interval_s=0) == 0
+    assert threads.own_runnable_threads() >= 1  # the caller itself is running
+
+
 def test_cli_rejects_bad_jobs_before_any_work(tmp_path, capsys):
     from harness.cli import main
 

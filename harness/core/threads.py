@@ -30,18 +30,44 @@ def available_cores() -> int:
 
 def busy_elsewhere(samples: int = 5, interval_s: float = 0.05) -> int:
     """Runnable processes on the machine besides this one: the median over a few samples of the kernel's
-    count of runnable tasks (``/proc/loadavg``, Linux) less this process; 0 where it cannot be read."""
+    count of runnable tasks (``/proc/loadavg``, Linux) less this process's own runnable threads (its
+    OpenMP pool spins for a while after a parallel region: counting those once made a serial run on an
+    idle 2-core machine take 1 thread); 0 where it cannot be read."""
     counts = []
     for i in range(samples):
-        try:
-            with open("/proc/loadavg") as fh:
-                running = int(fh.read().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
+        running = runnable_tasks()
+        if running is None:
             return 0
-        counts.append(max(0, running - 1))
+        counts.append(max(0, running - own_runnable_threads()))
         if i + 1 < samples:
             time.sleep(interval_s)
     return sorted(counts)[len(counts) // 2]
+
+
+def runnable_tasks() -> int | None:
+    """The kernel's count of runnable tasks (threads) on the machine, this process's included; None off Linux."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_runnable_threads() -> int:
+    """This process's threads in state R (running or runnable) now, at least 1 (the caller)."""
+    n = 0
+    try:
+        names = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in names:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue  # the thread ended
+        n += text[text.rindex(")") + 2 : text.rindex(")") + 3] == "R"
+    return max(1, n)
 
 
 def free_cores() -> int:
