@@ -3,8 +3,8 @@
 The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``, ``-cancel``) score heads on
 the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
 known failure mode planted (its card says which methods it should defeat and why).  They are in the
-default suite: the family's 6 tasks x 7 methods x seeds 0 1 2 (126 cells) ran in 25 s on this 2-core
-machine (10 s without them).
+default suite: the family's 7 tasks x every circuits method x seeds 0 1 2 (273 cells) ran in 117 s from a
+cold cache on an otherwise idle 2-core machine (README, "Circuit trap models").
 """
 
 from __future__ import annotations
