@@ -191,6 +191,43 @@ def _check(passed: bool, value: float, threshold: float, detail: str) -> dict[st
     return {"passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
 
 
+def _cancel_checks(tv: dict[str, Any], circuit: set[Head]) -> dict[str, dict[str, Any]]:
+    """The sign-cancellation trap's checks on ``v["traps"]`` (``tv``): each prompt changes, the mean does not."""
+    th, checks = TRAP_THRESHOLDS, {}
+    cancel = tv["cancel"]
+    others = ("corrupted_patch", "mean_ablation")
+    h, value = min(((k, c["resample"]["abs_drop"]) for k, c in cancel.items()), key=lambda x: x[1])
+    checks["cancel_heads_change_each_prompt"] = _check(
+        value >= th["cancel_min_abs_drop"], value, th["cancel_min_abs_drop"],
+        f"smallest mean |per-prompt resample drop| of a cancelling head: {h} {value:.3f} "
+        f"(>= {th['cancel_min_abs_drop']})")
+    h, rep, value = min(((k, o, c[o]["abs_drop"]) for k, c in cancel.items() for o in others), key=lambda x: x[2])
+    checks["cancel_heads_change_each_prompt_other_ablations"] = _check(
+        value >= th["cancel_min_abs_drop_other"], value, th["cancel_min_abs_drop_other"],
+        f"smallest mean |per-prompt drop| of a cancelling head under corrupted patching or mean ablation: "
+        f"{h} {rep} {value:.3f} (>= {th['cancel_min_abs_drop_other']})")
+    h, rep, value = min(((k, o, c[o]["sign_agreement"]) for k, c in cancel.items() for o in ("resample", *others)),
+                        key=lambda x: x[2])
+    checks["cancel_signs_follow_order"] = _check(
+        value >= th["cancel_min_sign_agreement"], value, th["cancel_min_sign_agreement"],
+        f"smallest fraction of prompts whose drop has the order's sign (+ ABBA, - BABA): {h} {rep} "
+        f"{value:.3f} (>= {th['cancel_min_sign_agreement']})")
+    h, rep, value = max(((k, o, c[o]["mean_drop"]) for k, c in cancel.items()
+                         for o in ("resample", *others)), key=lambda x: abs(x[2]))
+    checks["cancel_mean_effect_negligible"] = _check(
+        abs(value) <= th["cancel_max_mean_drop"], value, th["cancel_max_mean_drop"],
+        f"largest |drop of the mean metric| of a cancelling head: {h} {rep} {value:.3f} "
+        f"(<= {th['cancel_max_mean_drop']})")
+    grid = tv["per_prompt_abs_drop"]["resample"]
+    h, value = max((((l, k), grid[l][k]) for l in range(len(grid)) for k in range(len(grid[0]))
+                    if (l, k) not in circuit), key=lambda x: x[1])
+    checks["noncircuit_heads_change_no_prompt"] = _check(
+        value <= th["cancel_noncircuit_max_abs_drop"], value, th["cancel_noncircuit_max_abs_drop"],
+        f"largest mean |per-prompt resample drop| of a non-circuit head: {head_name(h)} {value:.3f} "
+        f"(<= {th['cancel_noncircuit_max_abs_drop']})")
+    return checks
+
+
 def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str, dict[str, Any]]:
     """Each trap's acceptance checks on verification numbers ``v`` (``v["traps"]`` and the main grids)."""
     th, tv, checks = TRAP_THRESHOLDS, v["traps"], {}
@@ -237,37 +274,7 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
             f"smallest activity of a busy head relative to the circuit heads' mean: {head_name(rel[1])} "
             f"{rel[0]:.3f} (>= {th['busy_min_relative_activity']})")
     if traps.cancel:
-        cancel = tv["cancel"]
-        others = ("corrupted_patch", "mean_ablation")
-        h, value = min(((k, c["resample"]["abs_drop"]) for k, c in cancel.items()), key=lambda x: x[1])
-        checks["cancel_heads_change_each_prompt"] = _check(
-            value >= th["cancel_min_abs_drop"], value, th["cancel_min_abs_drop"],
-            f"smallest mean |per-prompt resample drop| of a cancelling head: {h} {value:.3f} "
-            f"(>= {th['cancel_min_abs_drop']})")
-        h, rep, value = min(((k, o, c[o]["abs_drop"]) for k, c in cancel.items() for o in others), key=lambda x: x[2])
-        checks["cancel_heads_change_each_prompt_other_ablations"] = _check(
-            value >= th["cancel_min_abs_drop_other"], value, th["cancel_min_abs_drop_other"],
-            f"smallest mean |per-prompt drop| of a cancelling head under corrupted patching or mean ablation: "
-            f"{h} {rep} {value:.3f} (>= {th['cancel_min_abs_drop_other']})")
-        h, rep, value = min(((k, o, c[o]["sign_agreement"]) for k, c in cancel.items() for o in ("resample", *others)),
-                            key=lambda x: x[2])
-        checks["cancel_signs_follow_order"] = _check(
-            value >= th["cancel_min_sign_agreement"], value, th["cancel_min_sign_agreement"],
-            f"smallest fraction of prompts whose drop has the order's sign (+ ABBA, - BABA): {h} {rep} "
-            f"{value:.3f} (>= {th['cancel_min_sign_agreement']})")
-        h, rep, value = max(((k, o, c[o]["mean_drop"]) for k, c in cancel.items()
-                             for o in ("resample", *others)), key=lambda x: abs(x[2]))
-        checks["cancel_mean_effect_negligible"] = _check(
-            abs(value) <= th["cancel_max_mean_drop"], value, th["cancel_max_mean_drop"],
-            f"largest |drop of the mean metric| of a cancelling head: {h} {rep} {value:.3f} "
-            f"(<= {th['cancel_max_mean_drop']})")
-        grid = tv["per_prompt_abs_drop"]["resample"]
-        h, value = max((((l, k), grid[l][k]) for l in range(len(grid)) for k in range(len(grid[0]))
-                        if (l, k) not in circuit), key=lambda x: x[1])
-        checks["noncircuit_heads_change_no_prompt"] = _check(
-            value <= th["cancel_noncircuit_max_abs_drop"], value, th["cancel_noncircuit_max_abs_drop"],
-            f"largest mean |per-prompt resample drop| of a non-circuit head: {head_name(h)} {value:.3f} "
-            f"(<= {th['cancel_noncircuit_max_abs_drop']})")
+        checks.update(_cancel_checks(tv, circuit))
     if traps.via:
         lin = tv["linear_estimate_drop"]
         worst_drop = min((corrupted[h[0]][h[1]], h) for h in traps.via)
