@@ -96,8 +96,8 @@ def test_registry_lists_every_embedded_model_once():
     traps = ["planted-ioi-negative", "planted-ioi-redundant", "planted-ioi-busy", "planted-ioi-saturated",
              "planted-ioi-cancel"]
     assert names == ["planted-ioi", "planted-greater-than", *traps, "icl-d5", "icl-d8-noisy", "icl-d5-long",
-                     "docstring-gpt"]
-    assert [m.family for m in registry.models()] == ["circuits"] * 7 + ["icl"] * 3 + ["reconstruction"]
+                     "icl-d8-noisy-long", "docstring-gpt"]
+    assert [m.family for m in registry.models()] == ["circuits"] * 7 + ["icl"] * 4 + ["reconstruction"]
     for model in registry.models():
         assert model.is_current(model.committed_dir), model.name
         assert model.committed_dir.parent == registry.WEIGHTS_DIR

@@ -357,7 +357,7 @@ def test_icl_models_are_in_the_model_builder_registry(capsys, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a build without --force retrained a committed model (its recipe changed?)")
 
-    names = ["icl-d5", "icl-d8-noisy", "icl-d5-long"]
+    names = ["icl-d5", "icl-d8-noisy", "icl-d5-long", "icl-d8-noisy-long"]
     for name in names:  # never overwrite the committed weights here
         monkeypatch.setattr(icl_learner.MODELS[name], "build", no_training)
     assert registry.get("icl-d5").family == "icl"
