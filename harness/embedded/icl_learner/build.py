@@ -65,6 +65,9 @@ def spec_hash(spec: ICLModelSpec) -> str:
 _ARCH = dict(n_layers=6, n_heads=2, d_model=64, d_mlp=128, encoding="paired")
 # Steps fill ~4 minutes of one core each (45 ms / 62 ms per step for d5 / d8, measured on a quiet machine).
 _RECIPE = dict(steps=5400, batch_size=64, lr=1e-3, warmup=200, min_lr_frac=0.02, clip=1.0, seed=0, threads=1)
+# The long CPU recipe (issue 16: mean SPD to the Bayes predictor < 0.01): batch 128 (the irreducible error at
+# k < d makes the gradient noisy) x 16,000 steps, cosine over all of them; ~25 / ~37 minutes of one core at d 5 / 8.
+_LONG_RECIPE = {**_RECIPE, "steps": 16000, "batch_size": 128}
 
 ICL_MODEL_SPECS: dict[str, ICLModelSpec] = {spec.name: spec for spec in (
     ICLModelSpec(
@@ -83,18 +86,15 @@ ICL_MODEL_SPECS: dict[str, ICLModelSpec] = {spec.name: spec for spec in (
     ICLModelSpec(
         name="icl-d5-long",
         arch=ICLArch(d=5, n_points=11, **_ARCH),
-        # icl-d5's architecture trained ~6x longer (issue 16: mean SPD to OLS < 0.01 on the CPU): batch 128
-        # (the irreducible error at k < d makes the gradient noisy) x 16,000 steps, cosine over all of them.
-        recipe=ICLRecipe(noise_std=0.0, **{**_RECIPE, "steps": 16000, "batch_size": 128}),
+        recipe=ICLRecipe(noise_std=0.0, **_LONG_RECIPE),  # icl-d5's architecture trained ~6x longer
         description="noiseless linear regression, d = 5, up to 11 examples; icl-d5's architecture trained "
                     "~6x longer (about 25 minutes of one core)",
     ),
     ICLModelSpec(
         name="icl-d8-noisy-long",
         arch=ICLArch(d=8, n_points=17, **_ARCH),
-        # icl-d8-noisy trained ~8x longer with icl-d5-long's recipe (issue 16: the ridge-matched equivalent of
-        # mean SPD < 0.01): icl-d8-noisy's mean SPD to ridge was ~0.02; SPD fell as examples^-0.49 at d = 5.
-        recipe=ICLRecipe(noise_std=0.5, **{**_RECIPE, "steps": 16000, "batch_size": 128}),
+        # icl-d8-noisy (mean SPD to the Bayes ridge 0.017) trained ~8x longer with icl-d5-long's recipe
+        recipe=ICLRecipe(noise_std=0.5, **_LONG_RECIPE),
         description="noisy linear regression (noise std 0.5, Bayes ridge lambda 0.25), d = 8, up to 17 "
                     "examples; icl-d8-noisy's architecture trained ~8x longer (about 35 minutes of one core)",
     ),
