@@ -94,10 +94,10 @@ def test_card_format_round_trip_and_errors(tmp_path):
 def test_registry_lists_every_embedded_model_once():
     names = [m.name for m in registry.models()]
     traps = ["planted-ioi-negative", "planted-ioi-redundant", "planted-ioi-busy", "planted-ioi-saturated",
-             "planted-ioi-cancel"]
+             "planted-ioi-saturated-sharp", "planted-ioi-cancel", "planted-ioi-opposing"]
     assert names == ["planted-ioi", "planted-greater-than", *traps, "icl-d5", "icl-d8-noisy", "icl-d5-long",
                      "icl-d8-noisy-long", "docstring-gpt"]
-    assert [m.family for m in registry.models()] == ["circuits"] * 7 + ["icl"] * 4 + ["reconstruction"]
+    assert [m.family for m in registry.models()] == ["circuits"] * 9 + ["icl"] * 4 + ["reconstruction"]
     for model in registry.models():
         assert model.is_current(model.committed_dir), model.name
         assert model.committed_dir.parent == registry.WEIGHTS_DIR

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from harness.embedded import planted, registry
+from harness.embedded.planted.build import sharpen_heads
 from harness.core.card import compare_cards
 from harness.errors import HarnessError
 from harness.models.gpt import load_gpt, save_gpt
@@ -62,7 +63,11 @@ def test_committed_model_card_passes_and_matches_recomputation(committed, name):
         plain[layer, head] = False
     assert v["accuracy"] >= 0.95 and v["mean_metric"] > 0
     assert drop[plain].min() >= planted.THRESHOLDS["circuit_min_drop"]
-    assert np.abs(drop[~circuit]).max() <= planted.THRESHOLDS["noncircuit_max_abs_drop"]
+    others = ~circuit  # non-circuit heads judged by the maximum drop (an opposing pair is not: it has its own checks)
+    for pair in spec.traps.opposing:
+        for layer, head in pair:
+            others[layer, head] = False
+    assert np.abs(drop[others]).max() <= planted.THRESHOLDS["noncircuit_max_abs_drop"]
     assert np.array(v["distractor_effect"])[~circuit].max() >= planted.THRESHOLDS["distractor_min_effect"]
 
 
@@ -264,7 +269,9 @@ def test_trap_spec_round_trips_through_its_card(committed, name):
         | ({"via_heads_matter", "saturation_hides_gradient"} if t.via else set()) \
         | ({"cancel_heads_change_each_prompt", "cancel_heads_change_each_prompt_other_ablations",
             "cancel_signs_follow_order", "cancel_mean_effect_negligible", "noncircuit_heads_change_no_prompt"}
-           if t.cancel else set())
+           if t.cancel else set()) \
+        | ({"opposing_singles_outweigh_circuit", "opposing_pairs_inert"} if t.opposing else set()) \
+        | ({"sharpened_switch_narrow"} if t.sharpen else set())
     assert expected and expected <= set(checks) and all(checks[c]["passed"] for c in expected)
 
 
@@ -341,6 +348,74 @@ def test_cancel_trap_checks_and_hint():
     assert card["verification"]["attention"]["2.1"]["hint_attention"] >= 0.9
 
 
+def test_opposing_trap_checks():
+    """planted-ioi-opposing: each head of the pair alone moves the metric more than any circuit head (the
+    suppressor down, the promoter up), the two together leave it; each check refuses numbers that break it,
+    and as a plain card (no traps entry) the pair fails the non-circuit heads' check."""
+    name = "planted-ioi-opposing"
+    card = load_gpt(COMMITTED[name]).card
+    tv, th = card["verification"]["traps"], planted.TRAP_THRESHOLDS
+    (pair,) = tv["opposing"]
+    for rep in ("resample", "corrupted_patch", "mean_ablation"):
+        bar = max(th["opposing_min_single_drop"], tv["circuit_max_drop"][rep])
+        suppressor, promoter = pair[f"single_{rep}_drop"]
+        assert suppressor >= bar and -promoter >= bar
+        assert abs(pair[f"joint_{rep}_drop"]) <= th["opposing_max_joint_drop"]
+    breaks = {"opposing_singles_outweigh_circuit": ("single_corrupted_patch_drop", [0.5, -2.0]),
+              "opposing_pairs_inert": ("joint_mean_ablation_drop", 0.2)}
+    for check, (key, value) in breaks.items():
+        bad = copy.deepcopy(card)
+        bad["verification"]["traps"]["opposing"][0][key] = value
+        with pytest.raises(HarnessError, match=f"check '{check}' failed"):
+            planted.check_card(bad, where=name)
+    bad = copy.deepcopy(card)  # a circuit head that drops the metric more than the pair does
+    bad["verification"]["traps"]["circuit_max_drop"]["resample"] = 5.0
+    with pytest.raises(HarnessError, match="check 'opposing_singles_outweigh_circuit' failed"):
+        planted.check_card(bad, where=name)
+    plain = {k: v for k, v in card.items() if k != "traps"}
+    with pytest.raises(HarnessError, match="noncircuit_heads_negligible"):
+        planted.check_card(plain, where=name)
+
+
+def test_sharpened_trap_is_the_saturated_model_with_a_sharper_query():
+    """planted-ioi-saturated-sharp: planted-ioi-saturated's trained weights with 2.6's query x30 and nothing
+    else changed; sharpening multiplies that head's attention logits by the factor; without it the switch
+    along the corrupted -> clean path is wider than the check allows."""
+    from harness.embedded.planted.traps import _path_attention
+    from harness.embedded.planted.verifier import _split
+
+    sharp, base = load_gpt(COMMITTED["planted-ioi-saturated-sharp"]), load_gpt(COMMITTED["planted-ioi-saturated"])
+    (head, factor), = planted.PLANTED["planted-ioi-saturated-sharp"].traps.sharpen
+    dh = base.d_head
+    rows = slice(head[1] * dh, (head[1] + 1) * dh)
+    for (key, a), b in zip(sharp.model.state_dict().items(), base.model.state_dict().values()):
+        if key == f"blocks.{head[0]}.attn.qkv.weight" or key == f"blocks.{head[0]}.attn.qkv.bias":
+            assert torch.allclose(a[rows], b[rows] * factor, rtol=1e-6, atol=0)
+            b = b.clone()
+            b[rows] = a[rows]
+        assert torch.equal(a, b), key
+    spec = planted.PLANTED["planted-ioi-saturated-sharp"]
+    width = sharp.card["verification"]["traps"]["path_attention"]
+    assert max(w["switch_width"] for w in width.values()) <= planted.TRAP_THRESHOLDS["sharpen_max_switch_width"]
+    split = _split(base, "ioi", 64, 11)
+    with torch.no_grad():
+        z_clean = base.run_with_cache(split.clean, return_logits=False)[1]
+        z_corrupt = base.run_with_cache(split.corrupted, return_logits=False)[1]
+        unsharpened = _path_attention(base, spec, split, z_clean, z_corrupt)
+    assert max(w["switch_width"] for w in unsharpened.values()) > planted.TRAP_THRESHOLDS["sharpen_max_switch_width"]
+    # the attention logits scale by the factor (a toy check on the model's own scoring function)
+    from harness.embedded.planted.trap_training import attention_scores
+    x = torch.randn(2, 14, base.d_model)
+    before = attention_scores(base.model, x, head[0], head[1], 13)
+    copy_model = load_gpt(COMMITTED["planted-ioi-saturated"])
+    sharpen_heads(copy_model, ((head, 3.0),))
+    assert torch.allclose(attention_scores(copy_model.model, x, head[0], head[1], 13), 3.0 * before, rtol=1e-5, atol=1e-5)
+    bad = copy.deepcopy(sharp.card)
+    next(iter(bad["verification"]["traps"]["path_attention"].values()))["switch_width"] = 0.1
+    with pytest.raises(HarnessError, match="check 'sharpened_switch_narrow' failed"):
+        planted.check_card(bad, where="planted-ioi-saturated-sharp")
+
+
 TINY_TRAP = dict(TINY, n_heads=8, steps=2, verify_prompts=16)
 
 
@@ -351,9 +426,11 @@ def test_trap_training_smoke_is_deterministic_and_fails_verification(name):
     model = planted.build_model(name, recipe, log=None)
     history = model.card["training"]["history"][-1]
     own = {"negative": spec.traps.negative, "redundant_match": spec.traps.redundant,
-           "busy_attention": spec.traps.busy, "via_match": spec.traps.via, "saturation": spec.traps.saturated, "cancel_balance": spec.traps.cancel}
+           "busy_attention": spec.traps.busy, "via_match": spec.traps.via, "saturation": spec.traps.saturated, "cancel_balance": spec.traps.cancel,
+           "opposing_match": spec.traps.opposing}
     assert {k for k, v in own.items() if v} <= set(history) and np.isfinite(history["loss"])
     assert not model.card["verification"]["passed"] and "traps" in model.card["verification"]
     again, _ = planted.train(spec, recipe, log=None)
+    sharpen_heads(again, spec.traps.sharpen)  # what the build does after training (a no-op without sharpened heads)
     for a, b in zip(model.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)

@@ -20,6 +20,7 @@ def build_model(name: str, recipe: PlantedRecipe | None = None, log: Log = print
     r = recipe or spec.recipe
     t0 = time.perf_counter()
     model, training = train(spec, r, log=log)
+    sharpen_heads(model, spec.traps.sharpen)
     verification = verify(model, spec, r)
     total = time.perf_counter() - t0
     model.card = {
@@ -46,6 +47,16 @@ def build_model(name: str, recipe: PlantedRecipe | None = None, log: Log = print
         for c in verification["checks"].values():
             log(f"[{name}]   {'ok  ' if c['passed'] else 'FAIL'} {c['detail']}")
     return model
+
+
+@torch.no_grad()
+def sharpen_heads(model: HookedGPT, sharpen) -> None:
+    """Multiply each ``(head, factor)``'s query weights and bias by ``factor`` in place (attention logits x factor)."""
+    dh = model.d_head
+    for (layer, head), factor in sharpen:
+        qkv = model.model.blocks[layer].attn.qkv
+        qkv.weight[head * dh:(head + 1) * dh] *= factor
+        qkv.bias[head * dh:(head + 1) * dh] *= factor
 
 
 class PlantedModel(registry.EmbeddedModel):

@@ -107,7 +107,16 @@ class Traps:
       prompt's, the corrupted prompt's or the mean output, as the strict rows), the logit difference must
       fall by ``cancel_shift`` on ABBA prompts and rise by as much on BABA prompts, and the two orders' mean
       changes must cancel (every split alternates the orders, so its mean metric does not move); the
-      ``cancel*`` terms count from step ``cancel_start`` on (the base circuit is trained first).
+      ``cancel*`` terms count from step ``cancel_start`` on (the base circuit is trained first);
+    - ``opposing``: pairs of non-circuit heads ``(suppressor, promoter)`` whose effects cancel: each replaced
+      alone (another prompt's, the corrupted prompt's or the mean output) moves the logit difference by
+      ``opposing_ratio`` times the clean one, the suppressor down and the promoter up (more than any circuit
+      head does), the two replaced together leave it unchanged (they are outside every minimal faithful
+      circuit).  Their attention hints are ``busy`` entries (both attend from the end to S2);
+    - ``sharpen``: ``(head, factor)``: after training, the head's query weights and bias are multiplied by
+      ``factor`` (its attention logits too: a softmax temperature of ``1 / factor``), which moves a saturated
+      head's switch between keys into a narrow stretch of any path between two inputs; verification
+      re-runs on the sharpened weights.
     """
 
     interchange: tuple[tuple[tuple[Head, ...], str], ...] = ()
@@ -123,10 +132,14 @@ class Traps:
     cancel: tuple[Head, ...] = ()
     cancel_shift: float = 10.0
     cancel_start: int = 0
+    opposing: tuple[tuple[Head, Head], ...] = ()
+    opposing_ratio: float = 2.5
+    sharpen: tuple[tuple[Head, float], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
-                    or self.mirror_all or self.cancel)
+                    or self.mirror_all or self.cancel or self.opposing
+                    or self.sharpen)
 
     def to_dict(self) -> dict[str, Any]:
         """The card's ``traps`` entry (JSON lists)."""
@@ -144,6 +157,9 @@ class Traps:
             # only where set: the cards of the traps built before this field are unchanged (is_current)
             **({"cancel": [list(h) for h in self.cancel], "cancel_shift": self.cancel_shift,
                 "cancel_start": self.cancel_start} if self.cancel else {}),
+            **({"opposing": [[list(h) for h in pair] for pair in self.opposing],
+                "opposing_ratio": self.opposing_ratio} if self.opposing else {}),
+            **({"sharpen": [[list(h), f] for h, f in self.sharpen]} if self.sharpen else {}),
         }
 
     @classmethod
@@ -164,6 +180,9 @@ class Traps:
             cancel=_heads(d.get("cancel", ())),
             cancel_shift=float(d.get("cancel_shift", cls.cancel_shift)),
             cancel_start=int(d.get("cancel_start", cls.cancel_start)),
+            opposing=tuple((_heads(pair)[0], _heads(pair)[1]) for pair in d.get("opposing", ())),
+            opposing_ratio=float(d.get("opposing_ratio", cls.opposing_ratio)),
+            sharpen=tuple(((int(h[0]), int(h[1])), float(f)) for h, f in d.get("sharpen", ())),
         )
 
 
@@ -323,6 +342,13 @@ TRAP_SPECS: dict[str, PlantedSpec] = {
         "ablation drop large)",
         Traps(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S), mirror_all=True),
         trap_notes.SATURATED, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
+    "planted-ioi-saturated-sharp": _trap_spec(
+        "planted-ioi-saturated-sharp", (_D, _S, _N), _BASE_ROLES,
+        "IOI trap: planted-ioi-saturated with 2.6's attention logits x30 after training, so its softmax switches "
+        "over ~0.4% of a path from corrupted to clean (integrated gradients' few points miss it)",
+        Traps(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S), mirror_all=True,
+              sharpen=((_N, 30.0),)),
+        trap_notes.SATURATED_SHARP, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
     "planted-ioi-cancel": _trap_spec(
         "planted-ioi-cancel", (_D, _S, (2, 1), _N),
         {**_BASE_ROLES, "2.1": "first-name mover: at the last position attends to the first name of the prompt (A) "
@@ -333,5 +359,13 @@ TRAP_SPECS: dict[str, PlantedSpec] = {
         "prompts by as much (mean effect ~0), next to the circuit 0.5 -> 1.3 -> 2.6",
         Traps(interchange=_BASE_UNITS, cancel=((2, 1),), cancel_shift=10.0, cancel_start=200, mirror_all=True), trap_notes.CANCEL,
         _trap_recipe(("cancel", 0.2), ("cancel_balance", 1.0), ("cancel_attention", 1.0), steps=1300), **{"2.1": (13, 1)}),
+    "planted-ioi-opposing": _trap_spec(
+        "planted-ioi-opposing", (_D, _S, _N), _BASE_ROLES,
+        "IOI trap: opposing pair 2.4 (suppresses S) and 2.7 (promotes S), outside the circuit 0.5 -> 1.3 -> 2.6: "
+        "each ablated alone moves the logit difference more than any circuit head, together they change nothing",
+        Traps(interchange=_BASE_UNITS, busy=(((2, 4), 13, "s2"), ((2, 7), 13, "s2")), opposing=(((2, 4), (2, 7)),),
+              opposing_ratio=2.5, mirror_all=True),
+        trap_notes.OPPOSING, _trap_recipe(("busy_attention", 1.0), ("opposing", 0.1), ("opposing_match", 0.5),
+                                          ("opposing_others", 0.5), steps=1300)),
 }
 PLANTED.update(TRAP_SPECS)

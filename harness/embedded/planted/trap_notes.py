@@ -191,3 +191,104 @@ CANCEL = {
                       "0.85-0.99, edge ROC-AUC below the siblings'",
     },
 }
+
+OPPOSING = {
+    "mechanism": (
+        "base circuit 0.5 -> 1.3 -> 2.6, plus an opposing pair of non-circuit heads that both attend from the end "
+        "to S2: 2.4, a suppressor, writes minus the name it attends to (it lowers logit(S), raising the logit "
+        "difference), and 2.7, a promoter, writes plus it (raising logit(S), lowering it) by as much, so the two "
+        "cancel on every prompt.  Replaced alone (another prompt's, the corrupted prompt's or the mean output: "
+        "on a corrupted prompt S2 is C, so the replaced head writes -+C), the other one's uncancelled write "
+        "moves the logit difference by about opposing_ratio = 2.5 times the clean one (the target; reached: "
+        "verification.traps.opposing), down for 2.4 and up for 2.7: more than ablating any circuit head does.  "
+        "Replaced together, nothing changes.  Training: squared-error terms on the change with each head replaced "
+        "alone (target -+2.5 x the clean logit difference), with both replaced (target 0) and with every other "
+        "non-circuit head replaced alone (target 0), attention hints end -> S2 for both (busy entries), and the "
+        "strict term.  Trials before this recipe (no method had run): ratio 1.5 left the promoter's corrupted-patch "
+        "effect (0.96) below a circuit head's (1.31); ratio 2.0 and 2.5 without the last term let a third head "
+        "(1.1, 2.5) share the balance (its single drop 0.10-0.24)"
+    ),
+    "ground_truth": (
+        "{0.5, 1.3, 2.6}, the union of the minimal circuits faithful under resample ablation (the definition of "
+        "planted-ioi-redundant): with every other head ablated, the pair included, the circuit reproduces the "
+        "model; adding one opposing head to it without the other breaks it, so neither is in any minimal "
+        "faithful circuit.  Single resample drops: >= 30% for the circuit heads, <= 5% in magnitude for every "
+        "other head except the pair; each opposing head's single drop (2.4) or minus it (2.7) is >= 1.0 and >= "
+        "the largest circuit head's under resample, corrupted-prompt patching and mean ablation, and the pair "
+        "ablated together moves the metric by <= 5% under each (verification.traps.opposing, circuit_max_drop)"
+    ),
+    "prediction_basis": (
+        "ROC-AUC with 3 circuit heads and 21 non-circuit heads: the pair ranked above every circuit head gives "
+        "(3*21 - 2*3)/(3*21) = 0.905; above none, 1.0.  The pair's single effects are ~1.5-2.5x the clean logit "
+        "difference and a circuit head's at most ~1.0-1.4x (an ablated circuit head removes the answer's "
+        "preference, an opposing head reverses it), so every method that scores a head by its effect alone, "
+        "measured or estimated, should put both on top (the predictions below were written for ratio 1.5, before "
+        "the verification trials raised it to 2.5)"
+    ),
+    "predictions": {
+        "acdc": "defeated: visits layer 2 first; 2.4 is visited before 2.7 with nothing removed, its effect (~1.5x the "
+                "clean metric over the clean-corrupted gap) is above tau and the largest of all, so it is kept with "
+                "the top score; then 2.7 likewise (2.4 is still there) -> 0.905, and its selected circuit adds both",
+        "act-patch-mean": "defeated: single mean ablation of either moves the metric more than any circuit head's -> 0.905",
+        "act-patch-resample": "defeated as act-patch-mean -> 0.905",
+        "eap": "defeated: both write straight into the logits, so the linear estimate of each single effect is accurate "
+               "and the largest -> 0.905",
+        "eap-ig": "defeated as eap -> 0.905",
+        "atp-star": "defeated as eap (its fixes concern saturated attention and cancelling paths within one head's "
+                    "effect, not two heads cancelling each other) -> 0.905",
+        "eap-edges": "defeated: 2.4->logits and 2.7->logits each carry ~1.5x the gap alone -> node 0.905; edge ROC-AUC "
+                     "down by those two edges outranking the ground-truth edges",
+        "eap-ig-edges": "defeated as eap-edges -> node 0.905",
+        "acdc-edges": "defeated: each of the pair's edges to the logits is tested with the other still in place and kept "
+                      "-> node 0.905",
+        "subnetwork-probing": "uncertain: the only method whose objective sees the pair together; pruning both costs "
+                              "nothing, but its masks are sampled independently per head, so while they are "
+                              "uncertain one is often off without the other (a large KL): the L0 term lowers them "
+                              "together only if the KL penalty of mismatched samples stays small.  Most likely it "
+                              "keeps both (0.905), 1.0 if it prunes them together",
+        "activity-diff": "defeated: activity, not effect; both copy S2, which is C on the corrupted prompt, so their "
+                         "outputs change like the circuit heads' -> 0.85-0.95, as on planted-ioi-busy",
+        "discrete-sae": "activity-based: the pair is active -> ranked with the circuit heads, as on its siblings",
+        "random": _CHANCE,
+    },
+}
+
+SATURATED_SHARP = {
+    "mechanism": (
+        "planted-ioi-saturated's weights (the same recipe and seeds: its training is repeated bit for bit), then "
+        "2.6's query weights and bias multiplied by 30 (traps.sharpen): its attention logits x30, a softmax "
+        "temperature of 1/30.  On clean prompts 2.6 already attended to IO with a margin of ~45 (attention 1.0), "
+        "so the model's outputs on the task do not change; what changes is how 2.6 switches along any path "
+        "between a corrupted and a clean input: where planted-ioi-saturated's attention leaves (1e-6, 1 - 1e-6) "
+        "over ~14% of the straight path from a via layer's corrupted to its clean outputs, the sharpened one "
+        "does over ~0.4% (verification.traps.path_attention: switch_width), so the gradient through 2.6's "
+        "softmax is nonzero on almost no point of the path"
+    ),
+    "ground_truth": "as planted-ioi-saturated: {0.5, 1.3, 2.6}, re-verified on the sharpened weights",
+    "prediction_basis": (
+        "written after a probe, not before: the sharpening factor was chosen by scaling the committed "
+        "planted-ioi-saturated weights by 3, 10, 30 and 100 and running the circuits task on them (eap-ig "
+        "0.989, 0.931, 0.926, 0.915; eap-ig-edges 0.984, 0.974, 0.974, 0.974, 3 seeds).  Mechanism: EAP-IG "
+        "averages the gradient over 5 points (alpha = 0.2, ..., 1); a prompt adds to 0.5's and 1.3's scores only "
+        "if a point falls inside its switch (~0.4% of the path), so most prompts add nothing and the two rank "
+        "among the non-circuit heads' noise"
+    ),
+    "predictions": {
+        "acdc": "ablation-based: patching 0.5 or 1.3 from the corrupted run flips 2.6's choice -> ~1.0",
+        "acdc-edges": "as acdc -> ~1.0",
+        "act-patch-mean": "ablation-based -> ~1.0",
+        "act-patch-resample": "ablation-based -> ~1.0",
+        "eap": "defeated as on planted-ioi-saturated (the gradient at the clean point was already ~0) -> ~0.86",
+        "eap-edges": "defeated as eap -> below 0.99",
+        "eap-ig": "defeated: 0.5 and 1.3 score only from the few prompts whose switch contains one of the 5 points "
+                  "-> 0.9-0.95 (planted-ioi-saturated: 1.0)",
+        "eap-ig-edges": "defeated as eap-ig, less (its 5 points interpolate every layer at once, whose combined switch "
+                        "is reached by more prompts' points) -> ~0.97",
+        "atp-star": "its QK fix recomputes 2.6's attention exactly with the corrupted query, which sharpening does "
+                    "not hide -> as on planted-ioi-saturated (0.98-1.0)",
+        "subnetwork-probing": "masks act on the outputs, not through gradients at the clean point alone -> ~1.0",
+        "activity-diff": "activity-based, not affected -> as on planted-ioi-saturated",
+        "discrete-sae": "activity-based, not affected -> as on planted-ioi-saturated",
+        "random": _CHANCE,
+    },
+}

@@ -41,6 +41,14 @@ Rows (all on the step's task prompts, every one scored at the last position):
   it); balanced per replacement kind or with weight 5, the per-prompt effect shrank to 0.1-0.2 and 1.3's
   resample drop fell to 0.03-0.06.  The first-name mover's output carries no order signal on clean prompts.
 
+- ``opp<head>``: one head of an opposing pair replaced alone, ``oppjoint<pair>``: the pair replaced together
+  (every position; a third of the rows each from another prompt, from the corrupted prompt, the batch mean, as
+  the strict rows); terms ``opposing``: the suppressor's replacement lowers the logit difference by
+  ``opposing_ratio`` times the clean one and the promoter's raises it by as much (a squared error per prompt),
+  and ``opposing_match``: replaced together, nothing changes; ``oppother<head>``: every other non-circuit head
+  replaced alone, one slice of the batch each (term ``opposing_others``: nothing changes).  Their attention
+  hints are ``busy`` entries.
+
 Terms computed from the attention inputs captured during the pass: ``saturation`` (a hinge on the
 saturated heads' attention-logit margin) and ``busy_attention`` (the busy heads' attention hints); from
 the heads' outputs ``z`` on the clean rows: ``busy_activity``, a hinge keeping each busy head's output at
@@ -107,6 +115,12 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
         targets += [io, io, io]
         rows.add("cancel_corrupted", b.src_tokens[1])  # the corrupted prompts (ABC), only for an attention hint
         targets.append(io)  # (no loss reads their cross-entropy: there is no answer without a repeated name)
+    for name, heads in opposing_blocks(t):
+        rows.add(name, b.base_tok, heads_mask(heads, r), strict_rep)
+        targets.append(io)
+    for name, part, mask in _opposing_other_blocks(spec, len(io), r):
+        rows.add(name, b.base_tok[part], mask, strict_rep[part])
+        targets.append(io[part])
     if t.via:
         rep = strict_rep.clone()
         for layer, head in t.saturated:
@@ -114,6 +128,51 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
         for i, (part, heads) in enumerate(zip(_slices(len(io), len(t.via) + 1), via_sets(t))):
             rows.add(f"via{i}", b.base_tok[part], heads_mask(heads + t.saturated, r), rep[part])
             targets.append(io[part])
+
+
+def opposing_blocks(t) -> list[tuple[str, tuple[Head, ...]]]:
+    """``(row block name, heads replaced)`` of the opposing pairs: each head alone (``opp<head>``), then the
+    pair together (``oppjoint<suppressor>+<promoter>``), every block on the whole batch."""
+    out = []
+    for pair in t.opposing:
+        out += [("opp" + head_name(h), (h,)) for h in pair]
+        out.append(("oppjoint" + "+".join(head_name(h) for h in pair), tuple(pair)))
+    return out
+
+
+def _opposing_other_blocks(spec: PlantedSpec, n: int, r: PlantedRecipe) -> list[tuple[str, slice, torch.Tensor]]:
+    """``(row block name, slice of the batch, head replaced)``: every non-circuit head outside the opposing pairs
+    alone, one slice each (``oppother<head>``; term ``opposing_others``: nothing changes).  Without them, trials
+    balanced the pair with the help of a third head (2.5 or 1.1 then moved the metric by 10-24% alone)."""
+    t = spec.traps
+    if not t.opposing:
+        return []
+    skip = set(spec.circuit) | {h for pair in t.opposing for h in pair}
+    heads = [(layer, head) for layer in range(r.n_layers) for head in range(r.n_heads) if (layer, head) not in skip]
+    return [("oppother" + head_name(h), part, heads_mask((h,), r)) for part, h in zip(_slices(n, len(heads)), heads)]
+
+
+def _opposing_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, m_clean: torch.Tensor, sl: dict[str, slice]) -> dict[str, torch.Tensor]:
+    """``opposing``: each head of a pair replaced alone moves the logit difference by ``-+opposing_ratio`` times
+    the clean one (suppressor down, promoter up), a squared error per prompt (the rows patched from another
+    prompt whose S is this prompt's IO or S are left out: there the copied name changes the target);
+    ``opposing_match``: the pair replaced together leaves it unchanged."""
+    t = spec.traps
+    io, s, other_s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s"), sampler.answer(b.other, "s")
+    valid = torch.ones(len(io), dtype=last.dtype)
+    valid[0::3] = ((other_s != io) & (other_s != s))[0::3].to(last.dtype)  # rows 0::3: from another prompt
+    target = t.opposing_ratio * m_clean.detach()
+    single, joint = [], []
+    for pair in t.opposing:
+        for h, sign in zip(pair, (-1.0, 1.0)):
+            change = _logit_diff(last[sl["opp" + head_name(h)]], io, s) - m_clean
+            single.append(((change - sign * target).pow(2) * valid).sum() / valid.sum().clamp_min(1))
+        rows = sl["oppjoint" + "+".join(head_name(h) for h in pair)]
+        joint.append((_logit_diff(last[rows], io, s) - m_clean).pow(2).mean())
+    others = [(name, part) for name, part, _ in _opposing_other_blocks(spec, len(io), spec.recipe)]
+    return {"opposing": sum(single) / len(single), "opposing_match": sum(joint) / len(joint),
+            "opposing_others": sum((_logit_diff(last[sl[n]], io[p], s[p]) - m_clean[p]).pow(2).sum() for n, p in others)
+            / len(io)}
 
 
 def _redundant_blocks(t, n: int, r: PlantedRecipe, outside: torch.Tensor) -> list[tuple[str, slice, torch.Tensor]]:
@@ -199,6 +258,8 @@ def trap_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, ce: torch.Tens
             -torch.log_softmax(attention_scores(model, captured[layer][rows_c], layer, head,
                                                 spec.attention_targets[head_name((layer, head))][0]), dim=-1)[:, s2].mean()
             for layer, head in t.cancel)
+    if t.opposing:
+        parts.update(_opposing_parts(spec, sampler, b, last, m_clean, sl))
     task_rows = sl["task"]
     if t.saturated:
         hints = spec.attention_targets

@@ -14,12 +14,18 @@ and the linear estimate compared with the real ablation):
 - ``linear_estimate_drop``: per head, the first-order estimate of its corrupted-patch drop,
   ``sum (z_clean - z_corrupt) . dM/dz / M`` (what attribution patching computes) next to the real
   ``corrupted_patch_drop`` of the main grid;
+- ``opposing`` (per opposing pair): each head's single drop and the pair's joint drop (resample,
+  corrupted-prompt patching, mean ablation), next to ``circuit_max_drop``, the largest drop of a circuit head
+  under each of the three (the single drops must outweigh it for the trap to bite);
 - ``cancel`` (per sign-cancelling head) and ``per_prompt_abs_drop``: per-prompt drops
   ``d_i = (m_i(clean) - m_i(ablated)) / m(clean)`` (``m`` the mean metric over prompts), under resample,
   corrupted-prompt patching and mean ablation: per head the mean over prompts of ``|d_i|``, and per
   cancelling head also the mean drop (what the mean metric sees), the mean on ABBA and on BABA prompts,
   the fraction of prompts whose ``d_i`` has the order's sign (+ on ABBA, - on BABA) and how many
   non-circuit heads have a larger ``|mean resample drop|``;
+- ``path_attention`` (sharpened traps): each saturated head's attention on its key along the straight path
+  from the corrupted to the clean outputs of each via head's layer (:data:`PATH_ALPHAS`): how wide the stretch
+  of the path over which it switches, per prompt;
 - ``attention``: for the busy and saturated heads, the mean attention on their hint's key, and for the
   saturated heads the attention-logit margin of that key over every other key (mean and 5th percentile).
 
@@ -56,6 +62,13 @@ TRAP_THRESHOLDS = {
     "cancel_min_sign_agreement": 0.9,
     "cancel_max_mean_drop": 0.05,  # |drop of the mean metric| under each ablation: as small as a non-circuit head's
     "cancel_noncircuit_max_abs_drop": 0.1,  # every non-circuit head: mean |per-prompt resample drop|
+    # an opposing head alone: its drop (suppressor) or minus it (promoter), under each ablation, at least this and
+    # at least the largest circuit head's drop under that ablation (so that single-head effects rank it first)
+    "opposing_min_single_drop": 1.0,
+    "opposing_max_joint_drop": 0.05,  # the pair ablated together: as inert as one non-circuit head
+    # a sharpened saturated head: the mean fraction of the path from a via layer's corrupted to clean outputs over which
+    # it switches (attention on its key in (1e-6, 1 - 1e-6)): a tenth of EAP-IG's point spacing at 5 steps (0.2)
+    "sharpen_max_switch_width": 0.02,
 }
 
 
@@ -67,13 +80,13 @@ def _grid(t: torch.Tensor) -> list[list[float]]:
     return [[_round(v) for v in row] for row in t.tolist()]
 
 
-def _attention_inputs(model: HookedGPT, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Each layer's attention input (after ``ln1``) on ``tokens``."""
+def _attention_inputs(model: HookedGPT, tokens: torch.Tensor, z_fn=None) -> dict[int, torch.Tensor]:
+    """Each layer's attention input (after ``ln1``) on ``tokens`` (``z_fn``: the forward's head-output hook)."""
     captured: dict[int, torch.Tensor] = {}
     hooks = [block.ln1.register_forward_hook(lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out))
              for layer, block in enumerate(model.model.blocks)]
     try:
-        model.model(tokens)
+        model.model(tokens, z_fn)
     finally:
         for hook in hooks:
             hook.remove()
@@ -135,6 +148,13 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         out["busy_joint"] = _joint_drops(model, split, [tuple(h for h, _, _ in t.busy)], reps, clean_metric, r)[0]
     if t.cancel:
         out.update(_cancel_numbers(model, spec, split, reps, clean_metric))
+    if t.opposing:
+        out["opposing"] = _joint_drops(model, split, t.opposing, reps, clean_metric, r)
+        circuit = [heads_mask((h,), r) for h in spec.circuit]
+        out["circuit_max_drop"] = {}
+        for name, rep in reps.items():
+            lg = model.ablate_many(split.clean, torch.stack(circuit).to(model.device), rep, token_ids=split.metric.token_ids)
+            out["circuit_max_drop"][name] = _round(max(1 - split.metric.per_prompt_fn(lg).mean(-1) / clean_metric))
     z_clean, grad = model.head_gradients(split.clean, split.metric.from_logits)
     with torch.no_grad():
         diff = z_clean - z_corrupt
@@ -149,9 +169,50 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         for head in t.saturated:
             query, key = spec.attention_targets[head_name(head)]
             attention[head_name(head)] = _head_attention(model, captured, split.clean, head, query, key, True)
+        if t.sharpen:
+            out["path_attention"] = _path_attention(model, spec, split, z_clean.detach(), z_corrupt)
     if attention:
         out["attention"] = attention
     return out
+
+
+#: Points of the straight path from the corrupted to the clean outputs of one layer where ``path_attention`` is read.
+PATH_ALPHAS = tuple(i / 40 for i in range(41))
+#: A softmax is "switching" while its attention on the key is in (band, 1 - band): the gradient through it is then
+#: at least ~band times its largest (p (1 - p)); outside, gradient methods see ~nothing of the switch.
+SWITCH_BAND = 1e-6
+
+
+def _path_attention(model: HookedGPT, spec: PlantedSpec, split, z_clean: torch.Tensor,
+                    z_corrupt: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per layer of a ``via`` head and saturated head: that head's attention on its hint's key with the layer's head
+    outputs at ``z_corrupt + alpha (z_clean - z_corrupt)`` (every other layer computed normally), alpha on the grid
+    :data:`PATH_ALPHAS`: ``switch_width``, the mean over prompts of the fraction of the path where the attention is
+    in (:data:`SWITCH_BAND`, 1 - :data:`SWITCH_BAND`) (how wide a stretch the softmax's switch takes, against EAP-IG's point spacing), and
+    ``attention_at``, the mean attention at alpha = 0, 0.2, 0.4, ..., 1."""
+    out: dict[str, dict[str, float]] = {}
+    for layer in sorted({h[0] for h in spec.traps.via}):
+        per_alpha = []
+        for alpha in PATH_ALPHAS:
+            z_a = z_corrupt[:, :, layer] + alpha * (z_clean[:, :, layer] - z_corrupt[:, :, layer])
+            captured = _attention_inputs(model, split.clean, lambda lay, z, z_a=z_a, at=layer: z_a.to(z.dtype) if lay == at else z)
+            per_alpha.append([_key_attention(model, captured, split.clean, head, *spec.attention_targets[head_name(head)])
+                              for head in spec.traps.saturated])
+        for i, head in enumerate(spec.traps.saturated):
+            att = torch.stack([a[i] for a in per_alpha])  # [alphas, prompts]
+            switching = ((att > SWITCH_BAND) & (att < 1 - SWITCH_BAND)).double().mean(0)
+            out[f"layer {layer} -> {head_name(head)}"] = {
+                "switch_width": _round(switching.mean()),
+                "attention_at": {f"{a:.1f}": _round(att[j].mean()) for j, a in enumerate(PATH_ALPHAS) if j % 8 == 0},
+            }
+    return out
+
+
+def _key_attention(model: HookedGPT, captured, tokens, head: Head, query: int, key: Any) -> torch.Tensor:
+    """Per prompt ``[b]``: head ``head``'s attention from ``query`` on its hint's key."""
+    keys = _hint_keys(tokens, key).to(tokens.device)
+    probs = attention_logprobs(model.model, captured[head[0]], head[0], head[1]).exp()[:, query]
+    return probs.gather(1, keys[:, None])[:, 0]
 
 
 @torch.no_grad()
@@ -228,6 +289,28 @@ def _cancel_checks(tv: dict[str, Any], circuit: set[Head]) -> dict[str, dict[str
     return checks
 
 
+def _opposing_checks(tv: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The opposing pairs' checks: each head alone outweighs every circuit head, the pair together is inert."""
+    th, checks, reps = TRAP_THRESHOLDS, {}, ("resample", "corrupted_patch", "mean_ablation")
+    # per head and ablation: its signed drop (suppressor +, promoter -) minus the bar it must clear
+    singles = [(tuple(g["heads"][i]), rep, sign * g[f"single_{rep}_drop"][i],
+                max(th["opposing_min_single_drop"], tv["circuit_max_drop"][rep]))
+               for g in tv["opposing"] for i, sign in enumerate((1.0, -1.0)) for rep in reps]
+    h, rep, value, bar = min(singles, key=lambda x: x[2] - x[3])
+    checks["opposing_singles_outweigh_circuit"] = _check(
+        value >= bar, value, bar,
+        f"smallest single drop of an opposing head (suppressor: drop, promoter: minus the drop) over resample, "
+        f"corrupted patching and mean ablation, against max({th['opposing_min_single_drop']}, the largest circuit "
+        f"head's drop under the same ablation): {head_name(h)} {rep} {value:.3f} (>= {bar:.3f})")
+    g, rep = max(((g, rep) for g in tv["opposing"] for rep in reps), key=lambda x: abs(x[0][f"joint_{x[1]}_drop"]))
+    value = g[f"joint_{rep}_drop"]
+    checks["opposing_pairs_inert"] = _check(
+        abs(value) <= th["opposing_max_joint_drop"], value, th["opposing_max_joint_drop"],
+        f"largest |drop| with an opposing pair ablated together: {'+'.join(head_name(tuple(x)) for x in g['heads'])} "
+        f"{rep} {value:.3f} (<= {th['opposing_max_joint_drop']})")
+    return checks
+
+
 def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str, dict[str, Any]]:
     """Each trap's acceptance checks on verification numbers ``v`` (``v["traps"]`` and the main grids)."""
     th, tv, checks = TRAP_THRESHOLDS, v["traps"], {}
@@ -275,6 +358,15 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
             f"{rel[0]:.3f} (>= {th['busy_min_relative_activity']})")
     if traps.cancel:
         checks.update(_cancel_checks(tv, circuit))
+    if traps.opposing:
+        checks.update(_opposing_checks(tv))
+    if traps.sharpen:
+        path, value = max(((p, a["switch_width"]) for p, a in tv["path_attention"].items()), key=lambda x: x[1])
+        checks["sharpened_switch_narrow"] = _check(
+            value <= th["sharpen_max_switch_width"], value, th["sharpen_max_switch_width"],
+            f"largest mean fraction of the corrupted -> clean path of a via head's layer over which a sharpened "
+            f"saturated head's attention on its key is in (1e-6, 1 - 1e-6): {path} {value:.3f} "
+            f"(<= {th['sharpen_max_switch_width']})")
     if traps.via:
         lin = tv["linear_estimate_drop"]
         worst_drop = min((corrupted[h[0]][h[1]], h) for h in traps.via)

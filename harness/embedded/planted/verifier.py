@@ -175,15 +175,17 @@ def evaluate_checks(v: dict[str, Any], circuit: set[Head], L: int, H: int,
                     traps: Traps | None = None) -> dict[str, dict[str, Any]]:
     """Each acceptance check on verification numbers ``v``: ``{name: {passed, value, threshold, detail}}``.
 
-    With ``traps``, the negative, redundant and sign-cancelling heads are checked by their own rules
+    With ``traps``, the negative, redundant and sign-cancelling heads (and the opposing pairs, outside the
+    circuit: not by the non-circuit heads' maximum drop) are checked by their own rules
     (:func:`harness.embedded.planted.traps.trap_checks`) instead of the circuit heads' minimum drop.
     """
     t = THRESHOLDS
     heads = [(layer, head) for layer in range(L) for head in range(H)]
     drop = v["resample_drop"]
     exempt = set(traps.negative) | {h for g in traps.redundant for h in g} | set(traps.cancel) if traps else set()
+    opposing = {h for pair in traps.opposing for h in pair} if traps else set()  # checked by their own rules
     circ = [(h, drop[h[0]][h[1]]) for h in heads if h in circuit and h not in exempt]
-    non = [(h, drop[h[0]][h[1]]) for h in heads if h not in circuit]
+    non = [(h, drop[h[0]][h[1]]) for h in heads if h not in circuit and h not in opposing]
     eff = [(h, v["distractor_effect"][h[0]][h[1]]) for h in heads if h not in circuit]
     worst_c = min(circ, key=lambda x: x[1]) if circ else ((-1, -1), float("nan"))
     worst_n = max(non, key=lambda x: abs(x[1])) if non else ((-1, -1), 0.0)

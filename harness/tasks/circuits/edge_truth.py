@@ -54,7 +54,7 @@ MECHANISMS: dict[str, dict[str, tuple]] = {
     "planted-ioi": {"chain": ("input->0.1:q", "0.1->1.2:v", "1.2->2.0:q", "2.0->logits"), "redundant": ()},
     "planted-greater-than": {"chain": ("input->0.3:v", "0.3->1.0:*", "1.0->2.1:*"), "redundant": ()},
     **{f"planted-ioi-{trap}": {"chain": ("input->0.5:q", "0.5->1.3:v", "1.3->2.6:q", "2.6->logits"), "redundant": ()}
-       for trap in ("busy", "saturated")},
+       for trap in ("busy", "saturated", "saturated-sharp", "opposing")},
     "planted-ioi-negative": {"chain": ("input->0.5:q", "0.5->1.3:v", "1.3->2.6:q", "2.6->logits", "1.3->2.2:q",
                                        "2.2->logits"), "redundant": ()},
     "planted-ioi-redundant": {"chain": ("input->0.5:q", "2.6->logits"),

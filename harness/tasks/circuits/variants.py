@@ -1,6 +1,7 @@
 """The registered circuit tasks, one registration per variant: IOI, greater-than, and the IOI trap models.
 
-The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``, ``-cancel``) score heads on
+The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-saturated``, ``-saturated-sharp``,
+``-cancel``, ``-opposing``) score heads on
 the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
 known failure mode planted (its card says which methods it should defeat and why).  They are in the
 default suite: the family's 7 tasks x every circuits method x seeds 0 1 2 (273 cells) ran in 117 s from a
@@ -39,8 +40,13 @@ _TRAPS = {
     "busy": "busy but irrelevant heads attend to and copy the names like circuit heads but nothing reads them",
     "saturated": "upstream circuit heads act only through a saturated attention pattern (gradient ~0, ablation "
                  "drop large)",
+    "saturated-sharp": "as ioi-saturated with the saturated head's attention logits x30 after training: its switch "
+                       "between keys takes ~0.4% of a path from corrupted to clean, which integrated gradients' few "
+                       "points miss",
     "cancel": "a circuit head changes every prompt's logit difference, up on ABBA and down on BABA prompts, so its "
               "effect on the mean over prompts cancels (ground truth by per-prompt effect)",
+    "opposing": "two non-circuit heads that cancel each other: either ablated alone moves the logit difference more "
+                "than any circuit head, both together change nothing (ground truth: minimal faithful circuits)",
 }
 for _trap, _what in _TRAPS.items():
     add_task(
