@@ -7,7 +7,7 @@ the trap models :mod:`.trap_training` (their extra rows and loss terms), :mod:`.
 verification numbers and checks) and :mod:`.trap_notes` (mechanism, ground truth and predicted method
 outcomes, written into their cards).
 
-Trap models (:data:`TRAP_SPECS`; README, "Circuit trap models", has the measured outcomes): five
+Trap models (:data:`TRAP_SPECS`; README, "Circuit trap models", has the measured outcomes): seven
 3-layer, 8-head, width-96 GPTs on the same IOI task, each with one known failure mode planted on top
 of the circuit 0.5 (duplicate token) -> 1.3 (S-inhibition) -> 2.6 (name mover)::
 
@@ -16,8 +16,12 @@ of the circuit 0.5 (duplicate token) -> 1.3 (S-inhibition) -> 2.6 (name mover)::
   planted-ioi-busy       + 0.2, 1.4, 2.3 busy non-circuit heads (attend to the names like circuit heads,
                          outputs as variable, read by nothing)
   planted-ioi-saturated  2.6's attention saturated, 0.5 and 1.3 acting only through it (gradient ~0)
+  planted-ioi-saturated-sharp  planted-ioi-saturated with 2.6's attention logits x30 after training: its
+                         switch along a corrupted -> clean path takes ~0.4% of it (integrated gradients miss it)
   planted-ioi-cancel     + 2.1, whose effect has the prompt's order's sign (up on ABBA, down on BABA):
                          large on every prompt, ~0 on the mean over prompts
+  planted-ioi-opposing   + 2.4 and 2.7, non-circuit heads that cancel each other: either ablated alone moves
+                         the metric more than any circuit head, both together change nothing
 
 The original models: one per task, each a 3-layer, 4-head, width-64 GPT with MLPs (width 256)
 (:class:`harness.models.gpt.GPT`) and a word-level tokenizer
