@@ -86,7 +86,8 @@ class PlantedModel(registry.EmbeddedModel):
 
     def accept(self, model: HookedGPT, where: str, reverify: bool = True) -> None:
         """Refuse (``HarnessError``) a model whose card fails a check, or, with ``reverify``, whose weights
-        fail a quick verification (:data:`QUICK_VERIFY_PROMPTS` prompts, well under a second)."""
+        fail a quick verification (:data:`QUICK_VERIFY_PROMPTS` prompts: 2-4 s for a trap model on
+        two CPU threads, the sharpened one the slowest)."""
         check_card(model.card, where=where)
         if reverify:
             fresh = verify(model, self.spec, n_prompts=QUICK_VERIFY_PROMPTS)
