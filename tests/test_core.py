@@ -24,7 +24,7 @@ from harness.core.records import Store, read_record, validate, write_record
 from harness.core.cell import RunSpec, expand
 from harness.core.runner import run
 from toy_plugin import toy_spec
-from harness.report.stats import mean_ci, paired_difference
+from harness.report.stats import mean_ci, paired_difference, separated_levels
 
 
 # ---------------------------------------------------------------- registry
@@ -218,6 +218,20 @@ def test_mean_ci_matches_t_interval():
     assert math.isnan(mean_ci([1.0])[1])
 
 
+def test_separated_levels_is_the_largest_set_of_disjoint_intervals():
+    # the saturated-sharp trap's shape: 1.0 +- 0, 0.926 +- 0.046, 0.862 +- 0.164 (overlaps both), 0.582 +- 0.12
+    assert separated_levels([(1.0, 0.0), (0.926, 0.046), (0.862, 0.164), (0.582, 0.12)]) == [0, 1, 3]
+    # the saturated trap's: 0.72 +- 0.089 and 0.582 +- 0.12 overlap, so two levels (either of them with 1.0)
+    assert len(separated_levels([(1.0, 0.0), (0.979, 0.023), (0.72, 0.089), (0.582, 0.12)])) == 2
+    # touching ends are not disjoint; NaN half-widths (one seed) take no part; best first by mean
+    assert separated_levels([(1.0, 0.5), (2.0, 0.5)]) == [0]  # the one with the lower upper end
+    assert separated_levels([(0.0, 0.1), (5.0, float("nan")), (1.0, 0.1)]) == [2, 0]
+    assert separated_levels([]) == [] and separated_levels([(1.0, float("nan"))]) == []
+    # greedy by upper end is optimal where greedy by mean is not: a wide top interval would block two levels
+    wide = [(10.0, 9.5), (3.0, 0.1), (1.0, 0.1), (-5.0, 0.1)]
+    assert separated_levels(wide) == [1, 2, 3]
+
+
 def test_paired_difference():
     a, b = [0.9, 0.8, 0.85], [0.7, 0.65, 0.7]
     d = paired_difference(a, b)
@@ -237,6 +251,8 @@ def test_leaderboard_ranks_by_direction(results_dir):
     md = render_markdown(tables)
     assert "toy-zero (baseline)" in md and "err (95% CI)" in md
     assert "toy-good" in render_csv(tables)
+    levels = separated_levels([r.main for r in t.rows])
+    assert f"CI-separated levels: {len(levels)} " in md
 
 
 def test_leaderboard_shows_only_the_tasks_chosen_columns(results_dir, monkeypatch):

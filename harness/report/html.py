@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from harness.core.io import atomic_write_text
-from harness.report.leaderboard import CELLS_CAPTION, Row, Table, commit_label, hidden_metrics, table_frame
+from harness.report.leaderboard import CELLS_CAPTION, Row, Table, commit_label, hidden_metrics, separation, table_frame
 from harness.report.plots import file_slug
 
 DEFAULT_ASV_RESULTS = Path("results/asv/results")
@@ -175,6 +175,8 @@ def _caption(table: Table) -> str:
     text = (f"Ranked by <code>{_e(table.main_metric)}</code> ({table.direction_label}); {_e(CELLS_CAPTION)}; "
             "hover a row or open its provenance for the code that produced it.")
     out = f'<p class="caption">{text}</p>'
+    if separation(table):
+        out += f'<p class="caption">{_e(separation(table))}.</p>'
     hidden = hidden_metrics(table)
     if hidden:
         names = " ".join(f"<code>{_e(m)}</code>" for m in hidden)

@@ -15,7 +15,7 @@ from harness.core import registry
 from harness.errors import UnknownNameError
 from harness.core.io import atomic_write_text
 from harness.report.grouping import group
-from harness.report.stats import mean_ci
+from harness.report.stats import mean_ci, separated_levels
 
 
 @dataclass
@@ -70,6 +70,16 @@ def shown_metrics(task: str, names: list[str]) -> list[str]:
 def commit_label(row: Row) -> str:
     """The code a row ran: the commit's first 10 hex digits, ``+dirty`` for uncommitted changes."""
     return (row.commit or "unknown")[:10] + ("+dirty" if row.dirty else "")
+
+
+def separation(table: Table) -> str:
+    """A sentence on how many levels ``table``'s ranking has beyond its 95% CIs (:func:`separated_levels`), naming
+    one method per level; empty when fewer than two rows have a CI."""
+    if sum(1 for r in table.rows if not math.isnan(r.main[1])) < 2:
+        return ""
+    levels = separated_levels([r.main for r in table.rows])
+    names = ", ".join(f"{table.rows[i].method} {_fmt(table.rows[i].main[0])}" for i in levels)
+    return f"CI-separated levels: {len(levels)} (methods whose 95% CIs are pairwise disjoint, e.g. {names})"
 
 
 def hidden_metrics(table: Table) -> list[str]:
@@ -146,6 +156,8 @@ def render_markdown(tables: list[Table], plots: list[Path] | None = None, base: 
     for table in tables:
         out.write(f"## {table.title}\n\nRanked by `{table.main_metric}` ({table.direction_label}); "
                   f"{CELLS_CAPTION}.\n\n")
+        if separation(table):
+            out.write(separation(table) + ".\n\n")
         out.write(tabulate(table_frame(table), headers="keys", tablefmt="github", showindex=False))
         commits = {commit_label(r) for r in table.rows}
         out.write(f"\n\nCode: {', '.join(sorted(commits))}")

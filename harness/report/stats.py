@@ -1,4 +1,5 @@
-"""Small statistics used by leaderboard, compare and check: means with t intervals, paired differences."""
+"""Small statistics used by leaderboard, compare and check: means with t intervals, CI-separated levels, paired
+differences."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
         return m, math.nan
     sem = float(x.std(ddof=1) / math.sqrt(x.size))
     return m, float(_st.t.ppf(0.5 + level / 2, x.size - 1) * sem)
+
+
+def separated_levels(intervals: Sequence[tuple[float, float]]) -> list[int]:
+    """The largest set of ``(mean, half_width)`` intervals that are pairwise disjoint, as indices (best first by
+    mean): how many levels a ranking has beyond its confidence intervals.  Intervals whose half-width is NaN
+    (fewer than 2 seeds) take no part.  Disjoint means strictly: one's upper end below the other's lower end.
+    Greedy by upper end (interval scheduling), which is optimal."""
+    ok = [(m - h, m + h, i) for i, (m, h) in enumerate(intervals) if not (math.isnan(m) or math.isnan(h))]
+    chosen, last_high = [], -math.inf
+    for low, high, i in sorted(ok, key=lambda t: (t[1], t[0])):
+        if low > last_high:
+            chosen.append(i)
+            last_high = high
+    return sorted(chosen, key=lambda i: -intervals[i][0])
 
 
 @dataclass(frozen=True)
