@@ -134,6 +134,9 @@ def _add_readers(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("results/reference.json"))
     p.add_argument("--tasks", nargs="+", help="only these tasks")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (the quick suite's reference: --seeds 0)")
+    p.add_argument("--suite", choices=["default", "quick"],
+                   help="only the cells of this suite (what CI's check expects: --suite quick); results of tasks "
+                        "outside it, or of other seeds, configs and grid points, are left out")
     _add_results_dir(p, reader=True)
 
 
@@ -378,6 +381,12 @@ def cmd_reference(args: argparse.Namespace) -> int:
         records = [r for r in records if r["task"] in set(args.tasks)]
     if args.seeds:
         records = [r for r in records if r["seed"] in set(args.seeds)]
+    if args.suite:
+        from harness.core.cell import SUITES, RunSpec, expand
+
+        registry.load_all()
+        keys = {c.identity.key for c in expand(RunSpec(seeds=SUITES[args.suite]))}
+        records = [r for r in records if r.get("cell_key") in keys]
     doc = build_reference(records)
     if not doc["entries"]:
         raise HarnessError(f"no results in {args.results_dir} to build a reference from; run `harness run` first")

@@ -358,7 +358,7 @@ def test_tasks_registered():
     assert task.default_config().model == "planted-ioi"
     assert registry.get_task("circuits/greater_than").create().default_config().model == "planted-greater-than"
     assert not task.metric_spec("forward_passes").gated and task.metric_spec("roc_auc").abs_tol == 0.05
-    for trap in ("negative", "redundant", "busy", "saturated", "cancel"):  # the trap variants, in the default suite
+    for trap in ("negative", "redundant", "busy", "saturated", "saturated-sharp", "cancel", "opposing"):  # in the default suite
         entry = registry.get_task(f"circuits/ioi-{trap}")
         assert entry.in_default_suite and entry.create().default_config().model == f"planted-ioi-{trap}"
         assert entry.create().task_key == "ioi"

@@ -310,6 +310,10 @@ def test_cli_run_check_compare_leaderboard(capsys, results_dir, tmp_path):
     ref = tmp_path / "ref.json"
     assert main(["reference", "--out", str(ref), *common]) == 0
     assert main(["check", "--reference", str(ref), *common]) == 0
+    # --suite keeps only that suite's cells: toy/vector at n=512 is not a default-suite cell (its config differs)
+    capsys.readouterr()
+    assert main(["reference", "--out", str(tmp_path / "suite.json"), "--suite", "quick", *common]) == 2
+    assert "no results" in capsys.readouterr().err and not (tmp_path / "suite.json").exists()
     doc = json.loads(ref.read_text())
     doc["entries"][0]["metrics"]["score"]["value"] = 5.0
     ref.write_text(json.dumps(doc))
