@@ -162,14 +162,21 @@ def test_sparse_decode_equals_dense_decode_and_transposes():
 
 @pytest.mark.parametrize("gsae", [False, True])
 @pytest.mark.parametrize("aux", [False, True])
-def test_sparse_backward_equals_dense_autograd(gsae, aux):
+@pytest.mark.parametrize("wrt", ["weights", "weights and x", "all but b_enc"])
+def test_sparse_backward_equals_dense_autograd(gsae, aux, wrt):
+    """Every gradient asked for equals dense autograd's; ``wrt`` covers b_dec's gradient from b_enc's (x needs
+    none, as in training), from the per-row x gradient (x needs one) and with b_enc's not asked for."""
     g = torch.Generator().manual_seed(2)
     N, d, n, k, k_aux = 40, 12, 600, 4, 6
     x = torch.randn(N, d, generator=g, dtype=torch.float64)
     params = [torch.randn(n, d, generator=g, dtype=torch.float64), 0.1 * torch.randn(n, generator=g, dtype=torch.float64),
               torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)]
-    params = [p.requires_grad_() for p in params]
+    for i, p in enumerate(params):
+        p.requires_grad_(not (wrt == "all but b_enc" and i == 1))
+    if wrt == "weights and x":
+        x.requires_grad_()
     We, be, Wd, bd = params
+    params = [p for p in (*params, x) if p.requires_grad]
     scale = 1 + torch.rand(N, n, generator=g, dtype=torch.float64) if gsae else None
     dead = torch.arange(0, n, 3) if aux else None
     x_hat, aux_hat, vals, idx = topk_sae_forward(x, We, be, Wd, bd, k, scale, dead, k_aux)

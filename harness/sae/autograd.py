@@ -7,7 +7,8 @@ every gradient from the ``k`` (and ``k_aux``) selected latents of each row:
 - decoder values: ``W_dec[idx] . g`` (:func:`~harness.sae.kernels.sparse_rowdot`);
 - ``W_dec``: ``S^T g`` and ``W_enc``: ``S'^T (x - b_dec)`` as embedding-bags over
   latents (:class:`~harness.sae.kernels.LatentPattern`, one sort per step);
-- ``b_enc``: an ``index_add``; ``b_dec``: ``sum g - sum S' W_enc`` (one gather);
+- ``b_enc``: an ``index_add``; ``b_dec``: ``sum g - grad_b_enc W_enc`` (the row sum of ``S' W_enc`` is the
+  per-latent sum of the entries times ``W_enc``: one mat-vec, no gather);
 
 so a training step does one dense matmul (the encoder's) instead of the five
 of a dense TopK SAE (encode, dense decode, and three in the backward).  With
@@ -88,7 +89,10 @@ class _TopKSAE(torch.autograd.Function):
 
         grad_x = grad_Wd = grad_bd = None
         pattern = LatentPattern(all_idx, n_lat) if need_We or need_Wd else None
-        grad_xc, grad_We, grad_be = _encoder_grads(all_idx, all_gv, xc, W_enc, need_x or need_bd, need_We, need_be,
+        # b_dec's gradient needs only the row sum of grad_xc, which is (sum of gv per latent) . W_enc: b_enc's
+        # gradient times W_enc, one mat-vec instead of a sparse decode over every entry (training: x needs none)
+        latent_sums = need_be or (need_bd and not need_x)
+        grad_xc, grad_We, grad_be = _encoder_grads(all_idx, all_gv, xc, W_enc, need_x, need_We, latent_sums,
                                                    pattern, _weight_grad_buffer(ctx, "grad_W_enc", W_enc))
         if need_Wd:
             out = _weight_grad_buffer(ctx, "grad_W_dec", W_dec)
@@ -105,8 +109,8 @@ class _TopKSAE(torch.autograd.Function):
         if need_x:
             grad_x = grad_xc
         if need_bd:
-            grad_bd = g.sum(0) - grad_xc.sum(0)
-        return grad_x, grad_We, grad_be, grad_Wd, grad_bd, None, None, None, None, None, None
+            grad_bd = g.sum(0) - (grad_xc.sum(0) if need_x else grad_be @ W_enc)
+        return grad_x, grad_We, grad_be if need_be else None, grad_Wd, grad_bd, None, None, None, None, None, None
 
 
 def _weight_grad_buffer(ctx, name: str, W: torch.Tensor) -> torch.Tensor | None:
