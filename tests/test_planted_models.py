@@ -354,10 +354,11 @@ def test_opposing_trap_checks():
     and as a plain card (no traps entry) the pair fails the non-circuit heads' check."""
     name = "planted-ioi-opposing"
     card = load_gpt(COMMITTED[name]).card
-    tv, th = card["verification"]["traps"], planted.TRAP_THRESHOLDS
-    (pair,) = tv["opposing"]
+    v, th = card["verification"], planted.TRAP_THRESHOLDS
+    (pair,) = v["traps"]["opposing"]
+    circuit = planted.PLANTED[name].circuit
     for rep in ("resample", "corrupted_patch", "mean_ablation"):
-        bar = max(th["opposing_min_single_drop"], tv["circuit_max_drop"][rep])
+        bar = max(th["opposing_min_single_drop"], max(v[f"{rep}_drop"][layer][head] for layer, head in circuit))
         suppressor, promoter = pair[f"single_{rep}_drop"]
         assert suppressor >= bar and -promoter >= bar
         assert abs(pair[f"joint_{rep}_drop"]) <= th["opposing_max_joint_drop"]
@@ -369,7 +370,8 @@ def test_opposing_trap_checks():
         with pytest.raises(HarnessError, match=f"check '{check}' failed"):
             planted.check_card(bad, where=name)
     bad = copy.deepcopy(card)  # a circuit head that drops the metric more than the pair does
-    bad["verification"]["traps"]["circuit_max_drop"]["resample"] = 5.0
+    layer, head = circuit[0]
+    bad["verification"]["resample_drop"][layer][head] = 5.0
     with pytest.raises(HarnessError, match="check 'opposing_singles_outweigh_circuit' failed"):
         planted.check_card(bad, where=name)
     plain = {k: v for k, v in card.items() if k != "traps"}

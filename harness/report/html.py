@@ -175,8 +175,9 @@ def _caption(table: Table) -> str:
     text = (f"Ranked by <code>{_e(table.main_metric)}</code> ({table.direction_label}); {_e(CELLS_CAPTION)}; "
             "hover a row or open its provenance for the code that produced it.")
     out = f'<p class="caption">{text}</p>'
-    if separation(table):
-        out += f'<p class="caption">{_e(separation(table))}.</p>'
+    levels = separation(table)
+    if levels:
+        out += f'<p class="caption">{_e(levels)}.</p>'
     hidden = hidden_metrics(table)
     if hidden:
         names = " ".join(f"<code>{_e(m)}</code>" for m in hidden)

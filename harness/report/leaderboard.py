@@ -156,8 +156,9 @@ def render_markdown(tables: list[Table], plots: list[Path] | None = None, base: 
     for table in tables:
         out.write(f"## {table.title}\n\nRanked by `{table.main_metric}` ({table.direction_label}); "
                   f"{CELLS_CAPTION}.\n\n")
-        if separation(table):
-            out.write(separation(table) + ".\n\n")
+        levels = separation(table)
+        if levels:
+            out.write(levels + ".\n\n")
         out.write(tabulate(table_frame(table), headers="keys", tablefmt="github", showindex=False))
         commits = {commit_label(r) for r in table.rows}
         out.write(f"\n\nCode: {', '.join(sorted(commits))}")

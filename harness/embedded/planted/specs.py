@@ -138,8 +138,7 @@ class Traps:
 
     def __bool__(self) -> bool:
         return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
-                    or self.mirror_all or self.cancel or self.opposing
-                    or self.sharpen)
+                    or self.mirror_all or self.cancel or self.opposing or self.sharpen)
 
     def to_dict(self) -> dict[str, Any]:
         """The card's ``traps`` entry (JSON lists)."""

@@ -215,7 +215,7 @@ OPPOSING = {
         "faithful circuit.  Single resample drops: >= 30% for the circuit heads, <= 5% in magnitude for every "
         "other head except the pair; each opposing head's single drop (2.4) or minus it (2.7) is >= 1.0 and >= "
         "the largest circuit head's under resample, corrupted-prompt patching and mean ablation, and the pair "
-        "ablated together moves the metric by <= 5% under each (verification.traps.opposing, circuit_max_drop)"
+        "ablated together moves the metric by <= 5% under each (verification.traps.opposing and the main drop grids)"
     ),
     "prediction_basis": (
         "ROC-AUC with 3 circuit heads and 21 non-circuit heads: the pair ranked above every circuit head gives "

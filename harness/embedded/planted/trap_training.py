@@ -115,7 +115,7 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
         targets += [io, io, io]
         rows.add("cancel_corrupted", b.src_tokens[1])  # the corrupted prompts (ABC), only for an attention hint
         targets.append(io)  # (no loss reads their cross-entropy: there is no answer without a repeated name)
-    for name, heads in opposing_blocks(t):
+    for name, heads in _opposing_blocks(t):
         rows.add(name, b.base_tok, heads_mask(heads, r), strict_rep)
         targets.append(io)
     for name, part, mask in _opposing_other_blocks(spec, len(io), r):
@@ -130,7 +130,7 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
             targets.append(io[part])
 
 
-def opposing_blocks(t) -> list[tuple[str, tuple[Head, ...]]]:
+def _opposing_blocks(t) -> list[tuple[str, tuple[Head, ...]]]:
     """``(row block name, heads replaced)`` of the opposing pairs: each head alone (``opp<head>``), then the
     pair together (``oppjoint<suppressor>+<promoter>``), every block on the whole batch."""
     out = []

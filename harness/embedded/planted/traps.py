@@ -15,8 +15,9 @@ and the linear estimate compared with the real ablation):
   ``sum (z_clean - z_corrupt) . dM/dz / M`` (what attribution patching computes) next to the real
   ``corrupted_patch_drop`` of the main grid;
 - ``opposing`` (per opposing pair): each head's single drop and the pair's joint drop (resample,
-  corrupted-prompt patching, mean ablation), next to ``circuit_max_drop``, the largest drop of a circuit head
-  under each of the three (the single drops must outweigh it for the trap to bite);
+  corrupted-prompt patching, mean ablation); its check weighs the single drops against the largest circuit
+  head's drop under the same ablation, read from the main grids (the single drops must outweigh it for the
+  trap to bite);
 - ``cancel`` (per sign-cancelling head) and ``per_prompt_abs_drop``: per-prompt drops
   ``d_i = (m_i(clean) - m_i(ablated)) / m(clean)`` (``m`` the mean metric over prompts), under resample,
   corrupted-prompt patching and mean ablation: per head the mean over prompts of ``|d_i|``, and per
@@ -150,11 +151,6 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         out.update(_cancel_numbers(model, spec, split, reps, clean_metric))
     if t.opposing:
         out["opposing"] = _joint_drops(model, split, t.opposing, reps, clean_metric, r)
-        circuit = [heads_mask((h,), r) for h in spec.circuit]
-        out["circuit_max_drop"] = {}
-        for name, rep in reps.items():
-            lg = model.ablate_many(split.clean, torch.stack(circuit).to(model.device), rep, token_ids=split.metric.token_ids)
-            out["circuit_max_drop"][name] = _round(max(1 - split.metric.per_prompt_fn(lg).mean(-1) / clean_metric))
     z_clean, grad = model.head_gradients(split.clean, split.metric.from_logits)
     with torch.no_grad():
         diff = z_clean - z_corrupt
@@ -289,12 +285,14 @@ def _cancel_checks(tv: dict[str, Any], circuit: set[Head]) -> dict[str, dict[str
     return checks
 
 
-def _opposing_checks(tv: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The opposing pairs' checks: each head alone outweighs every circuit head, the pair together is inert."""
-    th, checks, reps = TRAP_THRESHOLDS, {}, ("resample", "corrupted_patch", "mean_ablation")
-    # per head and ablation: its signed drop (suppressor +, promoter -) minus the bar it must clear
+def _opposing_checks(v: dict[str, Any], circuit: set[Head]) -> dict[str, dict[str, Any]]:
+    """The opposing pairs' checks: each head alone outweighs every circuit head (the largest circuit head's drop
+    under the same ablation, from the main grids ``v[<ablation>_drop]``), the pair together is inert."""
+    th, checks, reps, tv = TRAP_THRESHOLDS, {}, ("resample", "corrupted_patch", "mean_ablation"), v["traps"]
+    circuit_max = {rep: max(v[f"{rep}_drop"][h[0]][h[1]] for h in circuit) for rep in reps}
+    # per head and ablation: its signed drop (suppressor +, promoter -) and the bar it must clear
     singles = [(tuple(g["heads"][i]), rep, sign * g[f"single_{rep}_drop"][i],
-                max(th["opposing_min_single_drop"], tv["circuit_max_drop"][rep]))
+                max(th["opposing_min_single_drop"], circuit_max[rep]))
                for g in tv["opposing"] for i, sign in enumerate((1.0, -1.0)) for rep in reps]
     h, rep, value, bar = min(singles, key=lambda x: x[2] - x[3])
     checks["opposing_singles_outweigh_circuit"] = _check(
@@ -359,7 +357,7 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
     if traps.cancel:
         checks.update(_cancel_checks(tv, circuit))
     if traps.opposing:
-        checks.update(_opposing_checks(tv))
+        checks.update(_opposing_checks(v, circuit))
     if traps.sharpen:
         path, value = max(((p, a["switch_width"]) for p, a in tv["path_attention"].items()), key=lambda x: x[1])
         checks["sharpened_switch_narrow"] = _check(
