@@ -173,6 +173,9 @@ _LOOP = dict(epochs=10**6, batch_size=N, lr=1e-3, seed=0)
 OURS = {
     "ours": lambda x, n: TopKTrainer(x, n, K, grads=None, grad_beta=0.0, auxk_coef=0.0, k_aux=None,
                                      dead_tokens=None, **_LOOP),
+    # the same trainer with the fp32 selection (what "ours" is on a CPU without AMX, where "auto" picks it)
+    "ours_fp32": lambda x, n: TopKTrainer(x, n, K, grads=None, grad_beta=0.0, auxk_coef=0.0, k_aux=None,
+                                          dead_tokens=None, selection="fp32", **_LOOP),
     "batchtopk": lambda x, n: BatchTopKTrainer(x, n, K, auxk_coef=0.0, k_aux=None, dead_tokens=None, **_LOOP),
     "matryoshka": lambda x, n: MatryoshkaTrainer(x, n, K, prefixes=prefix_sizes(n, 5), auxk_coef=0.0, k_aux=None,
                                                  dead_tokens=None, **_LOOP),

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import torch
 
+from harness.sae.bf16_select import PrefilterStats, prefiltered_topk_relu
 from harness.sae.kernels import (
     MMAP_THRESHOLD_BYTES,
     LatentPattern,
     Workspace,
     batch_topk_relu,
+    dead_columns_topk_relu,
     dead_topk_relu,
     encoder_preacts,
     sparse_decode,
@@ -55,13 +57,18 @@ def _encoder_grads(idx: torch.Tensor, gv: torch.Tensor, xc: torch.Tensor, W_enc:
 
 class _TopKSAE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch, workspace):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, select_scale, dead_idx, k_aux, batch, workspace, prefilter):
         xc = x - b_dec
-        pre = encoder_preacts(xc, W_enc, b_enc, workspace)  # not kept: the backward needs only the selection
-        vals, idx = batch_topk_relu(pre, k) if batch else topk_relu(pre, k, select_scale)
+        if prefilter is not None and not batch and select_scale is None:
+            pre = None  # the bf16 prefilter's selection never forms the fp32 pre-activations
+            vals, idx = prefiltered_topk_relu(xc, W_enc, b_enc, k, workspace, prefilter)
+        else:
+            pre = encoder_preacts(xc, W_enc, b_enc, workspace)  # not kept: the backward needs only the selection
+            vals, idx = batch_topk_relu(pre, k) if batch else topk_relu(pre, k, select_scale)
         x_hat = sparse_decode(idx, vals, W_dec, b_dec)
         if dead_idx is not None and k_aux > 0 and dead_idx.numel() > 0:
-            aux_vals, aux_idx = dead_topk_relu(pre, dead_idx, k_aux)
+            aux_vals, aux_idx = dead_topk_relu(pre, dead_idx, k_aux) if pre is not None else \
+                _dead_topk_exact(xc, W_enc, b_enc, dead_idx, k_aux)
             aux_hat = sparse_decode(aux_idx, aux_vals, W_dec)
         else:
             aux_idx = aux_vals = None
@@ -110,7 +117,13 @@ class _TopKSAE(torch.autograd.Function):
             grad_x = grad_xc
         if need_bd:
             grad_bd = g.sum(0) - (grad_xc.sum(0) if need_x else grad_be @ W_enc)
-        return grad_x, grad_We, grad_be if need_be else None, grad_Wd, grad_bd, None, None, None, None, None, None
+        return (grad_x, grad_We, grad_be if need_be else None, grad_Wd, grad_bd) + (None,) * 7
+
+
+def _dead_topk_exact(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, dead_idx: torch.Tensor,
+                     k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AuxK's selection from the dead latents' fp32 pre-activations alone (one matmul over ``dead_idx``)."""
+    return dead_columns_topk_relu(torch.addmm(b_enc[dead_idx], xc, W_enc[dead_idx].t()), dead_idx, k_aux)
 
 
 def _weight_grad_buffer(ctx, name: str, W: torch.Tensor) -> torch.Tensor | None:
@@ -135,6 +148,7 @@ def topk_sae_forward(
     k_aux: int = 0,
     batch: bool = False,
     workspace: Workspace | None = None,
+    prefilter: PrefilterStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_hat [N, d], aux_hat [N, d] or empty, values [N, k], indices [N, k])``.
 
@@ -147,10 +161,14 @@ def topk_sae_forward(
     ``indices`` are then ``[N, m]`` with value-0 slots; ``select_scale`` is not used).  Differentiable in ``x``
     and all weights; the backward is sparse.  ``workspace``: the ``[N, n_latents]`` pre-activations, and the
     ``W_enc`` / ``W_dec`` gradients once the previous ones are no longer held, go into its buffers instead of
-    fresh memory (a training loop passes the same one every step).
+    fresh memory (a training loop passes the same one every step).  ``prefilter`` (with a ``workspace``): select
+    plain TopK with the bf16 prefilter (:mod:`harness.sae.bf16_select`: the same latents, no fp32 matmul),
+    counting into these stats; AuxK then takes the dead latents' fp32 pre-activations from their own matmul.
     """
+    if prefilter is not None and workspace is None:
+        workspace = Workspace()
     return _TopKSAE.apply(x, W_enc, b_enc, W_dec, b_dec, int(k), select_scale, dead_idx, int(k_aux), bool(batch),
-                          workspace)
+                          workspace, prefilter)
 
 
 class _SparseEncode(torch.autograd.Function):

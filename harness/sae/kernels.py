@@ -184,7 +184,13 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 def dead_topk_relu(pre: torch.Tensor, dead_idx: torch.Tensor, k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, indices)`` ``[N, min(k_aux, n_dead)]``: ``relu`` of the largest ``pre`` among the latents
     ``dead_idx`` in each row (AuxK), indices sorted within each row."""
-    values, which = topk_select(pre.index_select(1, dead_idx), min(int(k_aux), dead_idx.numel()))
+    return dead_columns_topk_relu(pre.index_select(1, dead_idx), dead_idx, k_aux)
+
+
+def dead_columns_topk_relu(pre_dead: torch.Tensor, dead_idx: torch.Tensor,
+                           k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dead_topk_relu` given only the dead latents' pre-activations ``pre_dead`` ``[N, n_dead]``."""
+    values, which = topk_select(pre_dead, min(int(k_aux), dead_idx.numel()))
     indices, order = dead_idx[which].sort(dim=1)
     return values.gather(1, order).clamp_min_(0), indices
 
@@ -252,19 +258,30 @@ def dense_decode(
     return out if b_dec is None else out + b_dec
 
 
-def sparse_rowdot(indices: torch.Tensor, W: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``out[i, j] = W[indices[i, j]] . g[i]``, ``[N, k]`` (rows of ``indices`` must be sorted)."""
+def sparse_rowdot(indices: torch.Tensor, W: torch.Tensor, g: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[i, j] = W[indices[i, j]] . g[i]``, ``[N, k]`` (rows of ``indices`` must be sorted); with ``mask``
+    ``[N, k]`` (bool) only the entries where it is True are computed, the others are 0."""
     n_rows, k = indices.shape
     if k == 0:
         return g.new_zeros(n_rows, 0)
-    crow = torch.arange(0, n_rows * k + 1, k, device=indices.device, dtype=torch.long)
+    if mask is None:
+        crow = torch.arange(0, n_rows * k + 1, k, device=indices.device, dtype=torch.long)
+        cols = indices.reshape(-1)
+    else:
+        crow = torch.zeros(n_rows + 1, dtype=torch.long, device=indices.device)
+        torch.cumsum(mask.sum(1), 0, out=crow[1:])
+        cols = indices[mask]
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
         pattern = torch.sparse_csr_tensor(
-            crow, indices.reshape(-1), torch.ones(n_rows * k, dtype=g.dtype, device=g.device),
+            crow, cols, torch.ones(cols.numel(), dtype=g.dtype, device=g.device),
             size=(n_rows, W.shape[0]), check_invariants=False,
         )
-    return torch.sparse.sampled_addmm(pattern, g.contiguous(), W.t(), beta=0.0).values().view(n_rows, k)
+    values = torch.sparse.sampled_addmm(pattern, g.contiguous(), W.t(), beta=0.0).values()
+    if mask is None:
+        return values.view(n_rows, k)
+    return g.new_zeros(n_rows, k).masked_scatter_(mask, values)
 
 
 class LatentPattern:

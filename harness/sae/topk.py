@@ -28,10 +28,15 @@ import torch
 from harness.errors import ConfigError, HarnessError
 from harness.protocols.reconstruction import SparseCodes
 from harness.sae.autograd import topk_sae_forward
+from harness.sae.bf16_select import PrefilterStats, resolve_selection
 from harness.sae.kernels import Workspace, topk_encode
 from harness.sae.model import SAE
 from harness.sae.registry import Architecture, SAEConfig, register_architecture
 from harness.sae.training import NormalisedTrainer, TrainStats
+
+
+#: ``selection="auto"`` uses the bf16 prefilter from this many latents on (where AMX is present)
+PREFILTER_MIN_LATENTS = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,13 +59,15 @@ class TopKTrainer(NormalisedTrainer):
     batch_topk = False
 
     def __init__(self, acts: torch.Tensor, n_latents: int, k: int, *, grads: torch.Tensor | None, grad_beta: float,
-                 auxk_coef: float, k_aux: int | None, dead_tokens: int | None, **loop) -> None:
+                 auxk_coef: float, k_aux: int | None, dead_tokens: int | None, selection: str = "auto",
+                 **loop) -> None:
         if not 1 <= k <= n_latents:
             raise ConfigError(f"k must lie in [1, n_latents = {n_latents}], got {k}")
         super().__init__(acts, n_latents, **loop)
         self.k, self.grad_beta, self.auxk_coef = k, grad_beta, auxk_coef
         self.grads = grads if grads is not None and grad_beta > 0 else None
         self.k_aux_opt, self.dead_tokens_opt = k_aux, dead_tokens
+        self.selection = selection
 
     def setup(self) -> torch.Tensor:
         x_all = super().setup()
@@ -75,7 +82,21 @@ class TopKTrainer(NormalisedTrainer):
         self.dead_tokens = N if self.dead_tokens_opt is None else int(self.dead_tokens_opt)
         self.since_fired = torch.zeros(self.n_latents, dtype=torch.long, device=x_all.device)
         self.workspace = Workspace()  # the [B, n_latents] buffers, reused every step
+        self.stats.selection = self.resolve_selection(x_all.device)
+        self.prefilter = PrefilterStats() if self.stats.selection == "bf16-prefilter" else None
         return x_all
+
+    def resolve_selection(self, device: torch.device) -> str:
+        """``"bf16-prefilter"`` or ``"fp32"``: ``"auto"`` takes the prefilter for plain TopK on a CPU with AMX
+        from :data:`PREFILTER_MIN_LATENTS` latents on (below that the fp32 matmul is not the larger cost)."""
+        plain = not self.batch_topk and self.grads is None
+        if self.selection == "auto":
+            wide = self.n_latents >= PREFILTER_MIN_LATENTS and plain
+            return resolve_selection("auto", device) if wide else "fp32"
+        chosen = resolve_selection(self.selection, device)
+        if chosen == "bf16-prefilter" and not plain:
+            raise ConfigError("selection='bf16-prefilter' applies to plain TopK only (not g-SAE or BatchTopK)")
+        return chosen
 
     def loss(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         scale = None
@@ -86,7 +107,7 @@ class TopKTrainer(NormalisedTrainer):
         dead_idx = self.dead_latents()
         x_hat, aux_hat, vals, idx = topk_sae_forward(
             x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux, self.batch_topk,
-            self.workspace,
+            self.workspace, self.prefilter,
         )
         e = x - x_hat
         loss = e.pow(2).sum() / self.denom(x) + self.aux_loss(aux_hat, e, dead_idx, x)
@@ -128,6 +149,8 @@ class TopKTrainer(NormalisedTrainer):
 
     def finish(self) -> SAE:
         self.stats.dead_fraction = float((self.since_fired > self.dead_tokens).float().mean())
+        if self.prefilter is not None:
+            self.stats.fallback_rows = self.prefilter.fallback_rows
         return SAE(*self.folded(), self.config(), info={"train": self.stats.__dict__})
 
 
@@ -183,12 +206,16 @@ def train_topk_sae(
     auxk_coef: float = 1 / 32,
     k_aux: int | None = None,
     dead_tokens: int | None = None,
+    selection: str = "auto",
 ) -> tuple[SAE, TrainStats]:
     """Train a TopK SAE (g-SAE when ``grads`` and ``grad_beta > 0``); see the module docstring.
 
     ``acts`` ``[N, d]``; ``grads`` ``[N, d]`` the downstream-loss gradients at
     ``acts``; ``auxk_coef = 0`` disables AuxK; ``k_aux`` defaults to ``d // 2``
-    and ``dead_tokens`` to ``N`` (a latent is dead after one epoch without firing).
+    and ``dead_tokens`` to ``N`` (a latent is dead after one epoch without firing).  ``selection``: ``"fp32"``,
+    ``"bf16-prefilter"`` (:mod:`harness.sae.bf16_select`: the same latents selected without the fp32 encoder
+    matmul) or ``"auto"`` (the prefilter where it pays, see :meth:`TopKTrainer.resolve_selection`).
     """
     return TopKTrainer(acts, n_latents, k, grads=grads, grad_beta=grad_beta, auxk_coef=auxk_coef, k_aux=k_aux,
-                       dead_tokens=dead_tokens, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).run()
+                       dead_tokens=dead_tokens, selection=selection, epochs=epochs, batch_size=batch_size, lr=lr,
+                       seed=seed).run()

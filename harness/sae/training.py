@@ -40,6 +40,8 @@ class TrainStats:
     seconds: float = 0.0
     final_loss: float = float("nan")
     dead_fraction: float = float("nan")  # on the training stream at the end (AuxK's definition)
+    selection: str = "fp32"  # how TopK selected: "fp32", or "bf16-prefilter" (harness.sae.bf16_select)
+    fallback_rows: int = 0  # rows the bf16 prefilter could not settle and selected in fp32
 
     @property
     def tokens_per_s(self) -> float:
