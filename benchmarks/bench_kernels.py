@@ -17,6 +17,7 @@ from benchmarks.kernels import KERNELS, Kernel
 VERSIONS = {
     "sae_encode": "1",
     "sae_sparse_decode": "1",
+    "sae_train_step": "1",
     "ablate_many": "1",
     "eap": "1",
     "hungarian": "1",

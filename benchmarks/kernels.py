@@ -60,6 +60,40 @@ def setup_sae_sparse_decode(d_sae: int) -> Callable[[], Any]:
     return lambda: sparse_decode(indices, values, W_dec, b_dec)
 
 
+def sae_train_step(make: Callable[[Any, int], Any], d_sae: int) -> Callable[[], Any]:
+    """One step (``loss`` then ``update``: forward, backward, Adam, decoder renormalisation) of one of our SAE
+    trainers on the benchmark batch, from :func:`sae_inputs`' weights; ``make(acts, d_sae)`` builds the trainer
+    (a schedule long enough to keep the learning rate constant)."""
+    import torch
+
+    x, *weights = sae_inputs(d_sae)
+    trainer = make(x, d_sae)
+    x_all = trainer.setup()
+    with torch.no_grad():
+        for p, w in zip((trainer.W_enc, trainer.b_enc, trainer.W_dec, trainer.b_dec), weights):
+            p.copy_(w)
+    rows = torch.arange(SAE_ROWS)
+
+    def step():
+        with torch.enable_grad():
+            loss = trainer.loss(x_all, rows)
+            trainer.update(loss)
+        trainer.step += 1
+        return loss.detach()
+
+    return step
+
+
+def setup_sae_train_step(d_sae: int) -> Callable[[], Any]:
+    """One TopK SAE training step on 2048 rows of width 512, k = 32, AuxK off (forward, sparse backward, fused
+    Adam, decoder renormalisation), with the trainer's default selection (the bf16 prefilter where AMX is)."""
+    from harness.sae.topk import TopKTrainer
+
+    return sae_train_step(lambda x, n: TopKTrainer(x, n, SAE_K, grads=None, grad_beta=0.0, auxk_coef=0.0,
+                                                   k_aux=None, dead_tokens=None, epochs=10**6,
+                                                   batch_size=SAE_ROWS, lr=1e-3, seed=0), d_sae)
+
+
 # ---------------------------------------------------------------- circuits kernels
 #: (layers, heads, d_model, d_mlp, vocab, prompts, tokens)
 GPT_SIZES = {
@@ -145,6 +179,7 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Kernel("sae_encode", setup_sae_encode.__doc__, "d_sae", (8192, 32768), setup_sae_encode, 8192),
     Kernel("sae_sparse_decode", setup_sae_sparse_decode.__doc__, "d_sae", (8192, 32768), setup_sae_sparse_decode,
            32768),
+    Kernel("sae_train_step", setup_sae_train_step.__doc__, "d_sae", (8192, 32768), setup_sae_train_step, 8192),
     Kernel("ablate_many", setup_ablate_many.__doc__, "model", ("embedded", "medium"), setup_ablate_many,
            "embedded"),
     Kernel("eap", setup_eap.__doc__, "model", ("embedded", "medium"), setup_eap, "medium"),

@@ -44,6 +44,7 @@ from benchmarks.kernels import SAE_D_IN as D_IN
 from benchmarks.kernels import SAE_K as K
 from benchmarks.kernels import SAE_ROWS as N
 from benchmarks.kernels import sae_inputs as _weights
+from benchmarks.kernels import sae_train_step as _trainer_step
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "8192,32768").split(",")]
 STRICT = os.environ.get("BENCH_STRICT") == "1"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -146,25 +147,6 @@ class _SparsifyFusedEncoder(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias)
         grad_bias.index_add_(0, indices.flatten(), grad_values.flatten().type_as(bias))
         return grad_input, grad_weight, grad_bias, None
-
-
-def _trainer_step(make, n: int):
-    """One step (``loss`` then ``update``: forward, backward, Adam, decoder renormalisation) of one of our
-    trainers, on the benchmark batch, from the shared initial weights; ``make(acts, n)`` builds the trainer."""
-    x, *weights = _weights(n)
-    trainer = make(x, n)
-    x_all = trainer.setup()
-    with torch.no_grad():
-        for p, w in zip((trainer.W_enc, trainer.b_enc, trainer.W_dec, trainer.b_dec), weights):
-            p.copy_(w)
-    rows = torch.arange(N)
-
-    def step():
-        with torch.enable_grad():
-            trainer.update(trainer.loss(x_all, rows))
-        trainer.step += 1
-
-    return step
 
 
 #: our trainers as timed: one batch of N rows, a schedule long enough to keep the learning rate constant,

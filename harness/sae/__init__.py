@@ -11,7 +11,8 @@
   (``batchtopk``: Bussmann et al. 2024), :mod:`.matryoshka` (``matryoshka``: Bussmann et al. 2025).
 - :mod:`.io`: ``sae.safetensors`` + ``sae.json`` (:func:`load_sae`).
 - :mod:`.kernels`, :mod:`.autograd`: TopK / BatchTopK selection, threshold encode, sparse decode,
-  the sparse-backward TopK forward and sparse encode.
+  the sparse-backward TopK forward and sparse encode; :mod:`.bf16_select`: the exact TopK selection
+  through a bf16 matmul and a proven error bound (the TopK trainer's default on CPUs with AMX).
 """
 
 from harness.sae.autograd import sparse_encode, topk_sae_forward

@@ -11,7 +11,9 @@ every gradient from the ``k`` (and ``k_aux``) selected latents of each row:
   per-latent sum of the entries times ``W_enc``: one mat-vec, no gather);
 
 so a training step does one dense matmul (the encoder's) instead of the five
-of a dense TopK SAE (encode, dense decode, and three in the backward).  With
+of a dense TopK SAE (encode, dense decode, and three in the backward); with the
+bf16 prefilter (``prefilter=``, :mod:`harness.sae.bf16_select`) that one matmul
+runs in bf16 and only the candidates' pre-activations in fp32, with the same selection.  With
 ``batch=True`` the selection is BatchTopK's (:func:`~harness.sae.kernels.batch_topk_relu`:
 the ``k * N`` largest of the batch, padded per row with value-0 slots, which get
 no gradient).

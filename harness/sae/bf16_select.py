@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.sae.kernels import Workspace, sparse_rowdot, topk_select
 
 #: bf16's unit roundoff (8 significant bits, round to nearest)
@@ -83,7 +83,11 @@ def resolve_selection(selection: str, device: torch.device | str) -> str:
     if selection == "auto":
         return "bf16-prefilter" if bf16_prefilter_supported(device) else "fp32"
     if selection not in ("fp32", "bf16-prefilter"):
-        raise HarnessError(f"selection must be 'auto', 'fp32' or 'bf16-prefilter', got {selection!r}")
+        raise ConfigError(f"selection must be 'auto', 'fp32' or 'bf16-prefilter', got {selection!r}")
+    if selection == "bf16-prefilter" and torch.device(device).type != "cpu":
+        # GPU bf16 matmuls may reduce in bf16 (cuBLAS' reduced-precision reduction), which the bound excludes
+        raise ConfigError(f"selection='bf16-prefilter' runs on the CPU only (this SAE trains on {device}); "
+                          "use 'fp32' or 'auto'")
     return selection
 
 
@@ -160,6 +164,9 @@ def prefiltered_topk_relu(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Te
     positive; slots of value 0 may name other latents), computed with the bf16 prefilter (module docstring).
     ``xc`` ``[N, d]``, ``W_enc`` ``[n, d]``, ``b_enc`` ``[n]``, fp32.  ``stats`` (optional) counts the rows and
     the fp32 fallbacks."""
+    if not xc.dtype == W_enc.dtype == b_enc.dtype == torch.float32:
+        raise ConfigError(f"the bf16 prefilter takes fp32 inputs (got {xc.dtype}, {W_enc.dtype}, {b_enc.dtype}); "
+                          "use selection='fp32' for other dtypes")
     n = W_enc.shape[0]
     W, b = W_enc.detach(), b_enc.detach()
     a, c = approx_preacts(xc, W, b, workspace)
