@@ -187,8 +187,10 @@ def prefiltered_topk_relu(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Te
     slack = _slack(cand_a, c[:, None])
     contender = (cand_a + slack) >= lower[:, None]
     exact = sparse_rowdot(cand_idx, W, xc, contender).add_(b[cand_idx])
-    # the bound, checked where the exact value is at hand (a cheap guard against a wrong rounding model)
-    if bool(((exact - cand_a).abs() > slack * 1.01).logical_and_(contender).any()):
+    # the bound, checked where the exact value is at hand (a cheap guard against a wrong rounding model); the
+    # fp32 value's own error is at most c (whose accumulation term covers a d-term fp32 dot product) + rounding
+    own = c[:, None] + 2 * _U_FP32 * exact.abs()
+    if bool(((exact - cand_a).abs() > slack * 1.01 + own).logical_and_(contender).any()):
         raise PrefilterBoundError("the bf16 prefilter's error bound failed on this machine; train with "
                                   "selection='fp32'")
     values, pos = torch.topk(exact.masked_fill_(~contender, float("-inf")), k, dim=1, sorted=False)
