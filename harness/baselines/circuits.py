@@ -231,6 +231,29 @@ class EAP(CircuitMethod):
 
 
 @register_method(
+    "eap-signed",
+    version="1",
+    baseline=True,
+    description="attribution patching ranked by the signed estimate sum (z_clean - z_corrupt) . dM/dz (positive "
+    "= the head helps), as when a search keeps the heads that promote the answer; on the default suite only "
+    "where that matters (circuits/ioi-negative)",
+)
+class EAPSigned(EAP):
+    """:class:`EAP` with ``absolute=False`` by default: heads ranked by how much they *help* the metric.
+
+    The reading of attribution scores that looks for heads promoting the answer (e.g. keeping the top
+    positive nodes); a suppression head such as Wang et al.'s negative name movers then ranks last although
+    its effect is large.  It is the method the ``planted-ioi-negative`` trap is built to defeat, so the
+    default suite runs it there only (other tasks: ``--methods eap-signed``).
+    """
+
+    default_suite_tasks = ("circuits/ioi-negative",)
+
+    def __init__(self, absolute: bool = False):
+        super().__init__(absolute=absolute)
+
+
+@register_method(
     "eap-ig",
     version="1",
     baseline=True,
