@@ -20,7 +20,7 @@ def test_selftest_reports_each_pair_and_names_failures(tmp_path):
 def test_selftest_real_families_on_cpu(tmp_path):
     """A circuits and a clustering task with every method of their families, on the tiny settings."""
     results = selftest("cpu", tasks=["circuits/ioi", "clustering/wine"], cache_dir=tmp_path)
-    assert len(results) == 13 + 5  # circuits: 7 baselines, 3 edge baselines, discrete-sae, atp-star, subnetwork-probing; clustering: 5
+    assert len(results) == 14 + 5  # circuits: 8 baselines (eap-signed too), 3 edge baselines, discrete-sae, atp-star, subnetwork-probing; clustering: 5
     assert [r.line() for r in results if not r.ok] == []
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from harness.models.base import HookedModel
+from harness.baselines.circuit_mlps import mlp_eap_scores, mlp_patch_effects
 from harness.protocols.circuits import REPLACEMENTS, CircuitData, CircuitMethod, patch_replacement  # noqa: F401
 from harness.core.registry import register_method
 
@@ -175,6 +176,11 @@ class _ActPatch(CircuitMethod):
         effects = act_patch_batched(model, data, patch_replacement(model, data, self.replacement_kind))
         return np.abs(effects) if self.absolute else effects
 
+    def score_mlps(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        """Each MLP's patching effect, replaced as the heads are (:func:`mlp_patch_effects`)."""
+        effects = mlp_patch_effects(model, data, self.replacement_kind)
+        return np.abs(effects) if self.absolute else effects
+
 
 @register_method(
     "act-patch-mean",
@@ -227,6 +233,11 @@ class EAP(CircuitMethod):
 
     def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
         s = eap_scores(model, data)
+        return np.abs(s) if self.absolute else s
+
+    def score_mlps(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        """Attribution patching of each MLP's output (:func:`mlp_eap_scores`)."""
+        s = mlp_eap_scores(model, data)
         return np.abs(s) if self.absolute else s
 
 
@@ -415,3 +426,7 @@ class RandomScores(CircuitMethod):
 
     def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
         return np.random.default_rng(self.seed).random((model.n_layers, model.n_heads))
+
+    def score_mlps(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        """Uniform random MLP scores from their own stream (``default_rng([seed, 1])``: head scores unchanged)."""
+        return np.random.default_rng([int(self.seed), 1]).random(model.n_layers)

@@ -16,7 +16,9 @@
   on the hook points;
 - :mod:`harness.models.edges`: edge-level runs over :class:`~harness.models.graph.EdgeGraph` (``edge_graph``,
   ``edge_run``, ``edge_gradients``, ``run_with_edges``), for adapters with split q / k / v inputs
-  (``_split_qkv``: the harness GPT; others raise a ``HarnessError``).
+  (``_split_qkv``: the harness GPT; others raise a ``HarnessError``);
+- :mod:`harness.models.mlp_nodes`: MLP outputs as circuit nodes (``mlp_outputs``, ``run_with_mlp_replaced``,
+  ``mlp_gradients``), on the hook points.
 
 Adapters implement the token primitives (``_encode``, ``_decode_one``, ``token_id``), ``W_O``,
 ``b_O``, ``_ln_final``, ``_W_U``, ``_b_U`` and one run between two hook points (``_run``):
@@ -39,11 +41,12 @@ import torch
 from harness.models.edges import EdgesMixin
 from harness.models.forward import FwdHooks, HookedForward, HookFn, ZFn
 from harness.models.gradients import GradientsMixin
+from harness.models.mlp_nodes import MLPNodesMixin
 from harness.models.patching import PatchingMixin
 from harness.models.tokens import TokensMixin
 
 
-class HookedModel(TokensMixin, HookedForward, PatchingMixin, GradientsMixin, EdgesMixin):
+class HookedModel(TokensMixin, HookedForward, PatchingMixin, GradientsMixin, EdgesMixin, MLPNodesMixin):
     """A transformer whose attention heads can be read, replaced and differentiated.
 
     Attributes: ``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``d_mlp`` (0 if

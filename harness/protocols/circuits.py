@@ -5,7 +5,9 @@ a *fit* split of clean and corrupted prompts (same length, position ``-1`` is
 where the answer is read), and the task metric.  Methods never see the
 ground truth nor the task's held-out evaluation prompts.  A method may also score
 the edges of the model's computational graph (``score_edges``, the optional edge
-half of the protocol: :mod:`harness.protocols.edges`).
+half of the protocol: :mod:`harness.protocols.edges`) and the MLPs as nodes
+(``score_mlps(model, data) -> array[n_layers]``, optional, on the scale of its head
+scores: :func:`has_mlp_scores`, :func:`validate_mlp_scores`).
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ COUNTED_CALLS: dict[str, tuple[int, int]] = {
     "mix_gradient": (1, 1),
     "edge_run": (1, 0),
     "edge_gradients": (1, 1),
+    "mlp_outputs": (1, 0),
+    "run_with_mlp_replaced": (1, 0),
+    "mlp_gradients": (1, 1),
 }
 
 
@@ -203,3 +208,26 @@ def validate_selection(selection: Any, shape: tuple[int, int], method: str = "me
             raise InvalidOutputError(f"{method}: select_heads must return a bool array (or 0/1 integers), got dtype {selection.dtype}")
         selection = selection.astype(bool)
     return selection.copy()
+
+
+def has_mlp_scores(method: Any) -> bool:
+    """Whether ``method`` scores MLP nodes (a callable ``score_mlps``)."""
+    return callable(getattr(method, "score_mlps", None))
+
+
+def validate_mlp_scores(scores: Any, n_layers: int, method: str = "method") -> np.ndarray:
+    """MLP scores must be a finite real array ``[n_layers]`` (one per block's MLP); returns float64."""
+    x = _to_numpy(scores)
+    if not isinstance(x, np.ndarray):
+        raise InvalidOutputError(f"{method}: score_mlps must return a numpy array (or torch tensor) of shape "
+                                 f"[{n_layers}], got {type(x).__name__}")
+    if x.shape != (n_layers,):
+        raise InvalidOutputError(f"{method}: score_mlps must return shape [{n_layers}] (one score per layer's MLP), "
+                                 f"got {list(x.shape)}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+        raise InvalidOutputError(f"{method}: MLP scores must be real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise InvalidOutputError(f"{method}: MLP scores contain NaN or infinite values (layers "
+                                 f"{np.flatnonzero(~np.isfinite(x))[:3].tolist()})")
+    return x

@@ -9,7 +9,7 @@ inputs, logits; ``model.edge_graph()``) besides the heads.  The task then record
 :class:`EdgeCircuitMethod` is the base of methods that score edges only: it implements
 :meth:`~harness.protocols.circuits.CircuitMethod.score_heads` from the edge scores by
 :meth:`~harness.models.graph.EdgeGraph.node_scores` (a head's score is the sum of ``|score|`` over its
-outgoing edges), computing the edges once per task data however often either is called.
+outgoing edges; an MLP's likewise, :meth:`EdgeCircuitMethod.score_mlps`), computing the edges once per task data however often either is called.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class EdgeCircuitMethod(CircuitMethod):
 
     def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
         return EdgeGraph.of(model).node_scores(self._edges(model, data))["heads"]
+
+    def score_mlps(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        """Each MLP's score: the sum of ``|score|`` over its outgoing edges, as for a head."""
+        return EdgeGraph.of(model).node_scores(self._edges(model, data))["mlps"]
 
     def select_edges(self, model: HookedModel, data: CircuitData) -> np.ndarray | None:
         """The method's own edge circuit (bool ``[n_edges]``), or None."""

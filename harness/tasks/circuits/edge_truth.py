@@ -75,6 +75,22 @@ def edge_ground_truth(model: HookedModel) -> tuple[np.ndarray, str] | None:
     return model.edge_graph().mask(entry["edges"]), f"path-patched edges of {name}"
 
 
+def mlp_ground_truth(model: HookedModel) -> np.ndarray | None:
+    """Bool ``[n_layers]``: the MLPs in a planted model's ground-truth circuit, i.e. those on at least one of its
+    path-patched ground-truth edges (:func:`edge_ground_truth`); None where the model has no edge truth or no
+    MLPs."""
+    found = edge_ground_truth(model) if int(getattr(model, "d_mlp", 0) or 0) else None
+    if found is None:
+        return None
+    out = np.zeros(model.n_layers, dtype=bool)
+    for name in model.edge_graph().names(found[0]):
+        for node in name.split("->"):
+            node = node.split(":")[0]
+            if node.startswith("mlp"):
+                out[int(node[3:])] = True
+    return out
+
+
 def _split(model: HookedModel, n_prompts: int, seed: int) -> D.Split:
     task = model.card["task"]
     vocabulary = D.ioi_vocabulary if task == "ioi" else D.greater_than_vocabulary

@@ -49,12 +49,15 @@ from harness.core.inputs import content_hash
 from harness.errors import ConfigError, HarnessError, InvalidOutputError
 from harness.metrics.circuits import faithfulness, pr_auc, roc_auc, set_metrics, top_k_mask
 from harness.models.base import HookedModel
-from harness.protocols.circuits import CircuitData, PassCounter, validate_scores, validate_selection
+from harness.protocols.circuits import (
+    CircuitData, PassCounter, has_mlp_scores, validate_mlp_scores, validate_scores, validate_selection,
+)
 from harness.protocols.edges import has_edge_scores, validate_edge_scores
 from harness.core.task import MetricSpec, Task
 from harness.data import circuits as D
 from harness.embedded import planted
 from harness.tasks.circuits.curves import ABLATIONS, CurveEvaluator, FaithfulnessCurve
+from harness.tasks.circuits.edge_truth import mlp_ground_truth
 from harness.tasks.circuits.edges import edge_artifacts, edge_metrics
 from harness.tasks.circuits.ground_truth import GPT2_HEADS, GPT2_SMALL_SHAPE, heads_to_mask, load_ground_truth_file
 
@@ -118,6 +121,7 @@ class CircuitTaskData:
     _faith_cache: dict[str, float] = field(default_factory=dict, repr=False)
     _curve_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # curve evaluators and curves
     _edge_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # edge truth, evaluator and curves
+    mlp_truth: np.ndarray | None = None  # bool [n_layers]: MLPs in the ground-truth circuit (planted models)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,6 +137,7 @@ class CircuitOutput:
     forward_passes: int
     backward_passes: int
     edge_scores: np.ndarray | None = None  # float64 [n_edges] from methods that score edges (score_edges)
+    mlp_scores: np.ndarray | None = None  # float64 [n_layers] from methods that score MLPs, where truth exists
 
 
 # --------------------------------------------------------------------- the task
@@ -182,6 +187,10 @@ class CircuitTask(Task):
             abs_tol=0.1,
         ),
         MetricSpec("cmd", False, "MIB CMD: trapezoid area under |1 - f(k)|, same curve and axis as cpr", abs_tol=0.1),
+        MetricSpec("node_roc_auc", True, "ROC-AUC of head and MLP scores together against the ground-truth heads and "
+                   "MLPs (methods that score MLPs, planted models)", abs_tol=0.05, optional=True),
+        MetricSpec("node_pr_auc", True, "average precision of head and MLP scores together against the ground-truth "
+                   "heads and MLPs", abs_tol=0.05, optional=True),
         MetricSpec("edge_roc_auc", True, "ROC-AUC of edge scores against the model's ground-truth edges (methods "
                    "that score edges, models with edge ground truth)", abs_tol=0.05, optional=True),
         MetricSpec("edge_pr_auc", True, "average precision of edge scores against the ground-truth edges",
@@ -204,7 +213,7 @@ class CircuitTask(Task):
     )
     main_metric = "roc_auc"
     leaderboard_metrics = (
-        "cpr", "cmd", "edge_roc_auc", "edge_cpr", "edge_cmd", "pr_auc", "faithfulness", "precision", "recall", "f1", "forward_passes", "backward_passes",
+        "cpr", "cmd", "node_roc_auc", "edge_roc_auc", "edge_cpr", "edge_cmd", "pr_auc", "faithfulness", "precision", "recall", "f1", "forward_passes", "backward_passes",
         "dropped_candidates", "dropped_templates",
     )
 
@@ -265,6 +274,7 @@ class CircuitTask(Task):
             fit=circuit_data, eval=ev, fit_split=fit, truth=truth, model=model,
             dropped_candidates=vocab.dropped_candidates, dropped=vocab.dropped_summary(), ground_truth_source=source,
             dropped_templates=dict(vocab.dropped_templates), prompt_style=vocab.style,
+            mlp_truth=None if config.ground_truth else mlp_ground_truth(model),
         )
 
     def apply(self, method: Any, data: CircuitTaskData, ctx: RunContext) -> CircuitOutput:
@@ -287,7 +297,10 @@ class CircuitTask(Task):
         if has_edge_scores(method):
             n_edges = data.model.edge_graph().n_edges
             edges = validate_edge_scores(method.score_edges(counter, fit), n_edges, name)
-        return CircuitOutput(scores, selection, int(counter.forward), int(counter.backward), edges)
+        mlps = None
+        if has_mlp_scores(method) and data.mlp_truth is not None:
+            mlps = validate_mlp_scores(method.score_mlps(counter, fit), data.model.n_layers, name)
+        return CircuitOutput(scores, selection, int(counter.forward), int(counter.backward), edges, mlps)
 
     def evaluate(self, data: CircuitTaskData, output: CircuitOutput) -> dict[str, float]:
         truth = data.truth
@@ -301,6 +314,9 @@ class CircuitTask(Task):
         out["backward_passes"] = float(output.backward_passes)
         out["dropped_candidates"] = float(data.dropped_candidates)
         out["dropped_templates"] = float(len(data.dropped_templates))
+        if output.mlp_scores is not None:
+            nodes, node_truth = node_arrays(output.scores, output.mlp_scores, truth, data.mlp_truth)
+            out["node_roc_auc"], out["node_pr_auc"] = roc_auc(nodes, node_truth), pr_auc(nodes, node_truth)
         if output.edge_scores is not None:
             try:
                 out.update(edge_metrics(data.model, data.eval, output.edge_scores, data._edge_cache))
@@ -319,9 +335,18 @@ class CircuitTask(Task):
         curve = score_curve(data, output.scores, self.faithfulness_ablation).artifact()
         out = {"head_scores": output.scores.tolist(), "truth": data.truth.astype(int).tolist(), "prompts": prompts,
                "faithfulness_curve": curve}
+        if output.mlp_scores is not None:
+            out.update({"mlp_scores": output.mlp_scores.tolist(), "mlp_truth": data.mlp_truth.astype(int).tolist()})
         if output.edge_scores is not None:
             out.update(edge_artifacts(data.model, data.eval, output.edge_scores, data._edge_cache))
         return out
+
+
+def node_arrays(head_scores: np.ndarray, mlp_scores: np.ndarray, head_truth: np.ndarray,
+                mlp_truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, truth)`` of every node, ``[L * H + L]``: the heads (row-major) then the MLPs by layer."""
+    return (np.concatenate([np.ravel(head_scores), np.ravel(mlp_scores)]),
+            np.concatenate([np.ravel(head_truth), np.ravel(mlp_truth)]).astype(bool))
 
 
 # ----------------------------------------------------------------- faithfulness
