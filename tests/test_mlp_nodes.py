@@ -75,7 +75,7 @@ def test_mlp_gradients_match_finite_differences(model):
         v = torch.randn(out[:, :, layer].shape, generator=g, dtype=out.dtype)
         m = [data.metric.from_logits(model.run_with_mlp_replaced(data.clean, layer, out[:, :, layer] + s * eps * v))
              for s in (1, -1)]
-        fd = float((m[0] - m[1]) / (2 * eps))
+        fd = float(((m[0] - m[1]) / (2 * eps)).detach())
         assert float((grad[:, :, layer] * v).sum()) == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 

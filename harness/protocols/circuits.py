@@ -217,17 +217,22 @@ def has_mlp_scores(method: Any) -> bool:
 
 def validate_mlp_scores(scores: Any, n_layers: int, method: str = "method") -> np.ndarray:
     """MLP scores must be a finite real array ``[n_layers]`` (one per block's MLP); returns float64."""
+    return validate_vector(scores, n_layers, method, "score_mlps", "one score per layer's MLP", "MLP", "layers")
+
+
+def validate_vector(scores: Any, n: int, method: str, fn: str, per: str, kind: str, where: str) -> np.ndarray:
+    """The output of ``fn`` must be a finite real array ``[n]`` (``per``: what each entry scores; ``kind`` names
+    the scores and ``where`` their indices in the errors); returns float64."""
     x = _to_numpy(scores)
     if not isinstance(x, np.ndarray):
-        raise InvalidOutputError(f"{method}: score_mlps must return a numpy array (or torch tensor) of shape "
-                                 f"[{n_layers}], got {type(x).__name__}")
-    if x.shape != (n_layers,):
-        raise InvalidOutputError(f"{method}: score_mlps must return shape [{n_layers}] (one score per layer's MLP), "
-                                 f"got {list(x.shape)}")
+        raise InvalidOutputError(f"{method}: {fn} must return a numpy array (or torch tensor) of shape [{n}], "
+                                 f"got {type(x).__name__}")
+    if x.shape != (n,):
+        raise InvalidOutputError(f"{method}: {fn} must return shape [{n}] ({per}), got {list(x.shape)}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-        raise InvalidOutputError(f"{method}: MLP scores must be real numbers, got dtype {x.dtype}")
+        raise InvalidOutputError(f"{method}: {kind} scores must be real numbers, got dtype {x.dtype}")
     x = x.astype(np.float64)
     if not np.isfinite(x).all():
-        raise InvalidOutputError(f"{method}: MLP scores contain NaN or infinite values (layers "
+        raise InvalidOutputError(f"{method}: {kind} scores contain NaN or infinite values (e.g. at {where} "
                                  f"{np.flatnonzero(~np.isfinite(x))[:3].tolist()})")
     return x

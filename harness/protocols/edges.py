@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import InvalidOutputError
 from harness.models.base import HookedModel
 from harness.models.graph import EdgeGraph
-from harness.protocols.circuits import CircuitData, CircuitMethod, _to_numpy
+from harness.protocols.circuits import CircuitData, CircuitMethod, validate_vector
 
 
 def has_edge_scores(method: Any) -> bool:
@@ -71,17 +70,5 @@ class EdgeCircuitMethod(CircuitMethod):
 
 def validate_edge_scores(scores: Any, n_edges: int, method: str = "method") -> np.ndarray:
     """Edge scores must be a finite real array ``[n_edges]``; returns float64."""
-    x = _to_numpy(scores)
-    if not isinstance(x, np.ndarray):
-        raise InvalidOutputError(f"{method}: score_edges must return a numpy array (or torch tensor) of shape "
-                                 f"[{n_edges}], got {type(x).__name__}")
-    if x.shape != (n_edges,):
-        raise InvalidOutputError(f"{method}: score_edges must return shape [{n_edges}] (one score per edge of "
-                                 f"model.edge_graph()), got {list(x.shape)}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-        raise InvalidOutputError(f"{method}: edge scores must be real numbers, got dtype {x.dtype}")
-    x = x.astype(np.float64)
-    if not np.isfinite(x).all():
-        raise InvalidOutputError(f"{method}: edge scores contain NaN or infinite values (e.g. at edges "
-                                 f"{np.nonzero(~np.isfinite(x))[0][:3].tolist()})")
-    return x
+    return validate_vector(scores, n_edges, method, "score_edges", "one score per edge of model.edge_graph()",
+                           "edge", "edges")
