@@ -4,25 +4,29 @@ A TopK SAE's training step spends most of its time in the dense encoder matmul `
 ``[N, n_latents]``, of which it keeps only the ``k`` largest per row.  On CPUs with AMX (Intel Sapphire Rapids
 and later) a bf16 matmul runs about 8x faster than an fp32 one.  :func:`prefiltered_topk_relu` uses it to find
 candidates, then computes the candidates' pre-activations exactly (fp32, :func:`~harness.sae.kernels.sparse_rowdot`)
-and selects among them, so the result is the fp32 TopK (the same set; values equal up to fp32 rounding order):
+and selects among them, so the result is the fp32 TopK (the same latents wherever the value is positive, the
+values fp32; slots of value 0 may name other latents, which nothing reads):
 
 1. ``a = bf16(xc) bf16(W_enc)^T + bf16(b_enc)`` as one bf16 matmul (the bias as an extra column), fp32
    accumulation, rounded to bf16;
-2. per row, the ``m`` largest ``a`` (``m = k + max(2k, 32)``) are the candidates;
+2. per row, the ``m`` largest ``a`` (``m = k + max(2k, 32)``) are the candidates, found by a top-``m`` of the
+   bf16 bit patterns read as int16 (which order the values >= 0 and put every negative value below them);
 3. a rigorous per-entry error bound ``|a - pre| <= E(a) = c_i + u' |a|`` (below) proves, row by row, that no
-   entry outside the candidates can be among the ``k`` largest ``pre``: the largest ``pre`` outside is at most
-   ``a_m + E(a_m)``, the ``k``-th largest ``pre`` at least ``a_k - E(a_k)`` (``a_k``, ``a_m`` the ``k``-th and
-   ``m``-th largest ``a`` of the row);
-4. rows where that proof fails (near-ties wider than the bound) are recomputed in fp32 in full.
+   entry outside the candidates can be among the ``k`` largest ``pre``: outside, ``pre <= r + E(r)`` with ``r``
+   the smallest candidate's ``a`` clamped at 0; ``k`` candidates have ``pre >= a_k - E(a_k)`` (``a_k`` the
+   ``k``-th largest ``a``); the exact fp32 values are computed only for the candidates whose upper bound
+   reaches that lower one;
+4. rows where the proof fails (near-ties wider than the bound) are recomputed in fp32 in full.
 
 The bound, with ``u = 2^-8`` (bf16's unit roundoff), augmented vectors ``x' = [xc_i, 1]``, ``w' = [w_j, b_j]``,
 ``dx``, ``dw`` their rounding errors to bf16 (computed exactly), ``W = max_j |w'_j|`` and ``D = max_j |dw_j|``:
 inputs ``|dx| (W + D) + |x'| D`` (Cauchy-Schwarz, since ``x'.w' - bf16(x').bf16(w') = dx.bf16(w') + x'.dw``);
 the fp32 accumulation of the exact bf16 products ``gamma_K (|x'| + |dx|)(W + D)`` (``gamma_K = K 2^-24 /
-(1 - K 2^-24)``, any summation order); the rounding of the output to bf16 ``u / (1 - u) |a|``.  A safety factor of 1.001 and ``1e-30`` absolute cover the terms of
-second order and flushed denormals.  Every step also checks the bound where it can at no cost, on the
-candidates whose exact values it computes; a violation (which would mean this machine's bf16 matmul rounds
-differently than assumed) raises :class:`PrefilterBoundError`.
+(1 - K 2^-24)``, any summation order); the rounding of the output to bf16 ``u / (1 - u) |a|``.  A safety
+factor of 1.001 and ``1e-30`` absolute cover the terms of second order and flushed denormals.  Every step
+also checks the bound where it can at no cost, on the candidates whose exact values it computes; a violation
+(which would mean this machine's bf16 matmul rounds differently than assumed) raises
+:class:`PrefilterBoundError`.
 
 :func:`bf16_prefilter_supported` says whether this machine has the hardware (AMX tiles and AVX512-BF16); the
 trainers use the prefilter by default only there (``selection="auto"``), so the choice is fixed per machine
