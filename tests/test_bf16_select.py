@@ -140,9 +140,27 @@ def test_trainer_records_its_selection():
     _, stats = train_topk_sae(acts, 64, 4, epochs=1, batch_size=128, selection="bf16-prefilter")
     assert stats.selection == "bf16-prefilter" and 0 <= stats.fallback_rows <= 512
     _, stats = train_topk_sae(acts, 64, 4, epochs=1, batch_size=128)
-    assert stats.selection == "fp32"  # 64 x 16 weights: far below PREFILTER_MIN_WEIGHTS
+    assert stats.selection == "fp32"  # 64 latents of width 16: far below PREFILTER_MIN_D_IN x PREFILTER_MIN_LATENTS
     trainer = TopKTrainer(acts, 64, 4, grads=torch.randn(512, 16, generator=g), grad_beta=1.0, auxk_coef=0.0,
                           k_aux=None, dead_tokens=None, selection="bf16-prefilter", epochs=1, batch_size=128,
                           lr=1e-3, seed=0)
     with pytest.raises(ConfigError, match="plain TopK only"):
         trainer.run()
+
+
+def test_trainer_retires_the_prefilter_when_rows_keep_falling_back(monkeypatch):
+    """A step whose rows fall back beyond MAX_FALLBACK_FRACTION sends every later step to fp32 (counted)."""
+    monkeypatch.setattr(bf16_select, "candidate_count", lambda k, n: k)  # every row falls back
+    g = torch.Generator().manual_seed(6)
+    acts = torch.randn(512, 16, generator=g)
+    _, stats = train_topk_sae(acts, 64, 4, epochs=2, batch_size=128, selection="bf16-prefilter")
+    assert stats.steps == 8 and stats.fallback_rows == 128 and stats.fp32_steps == 7
+
+
+def test_trainer_takes_fp32_steps_while_many_latents_are_dead():
+    """With more than MAX_DEAD_FRACTION of the latents dead, AuxK steps skip the prefilter."""
+    g = torch.Generator().manual_seed(7)
+    acts = torch.randn(256, 8, generator=g)
+    # k = 1 of 512 latents on 256 rows: most latents never fire, so after dead_tokens most are dead
+    _, stats = train_topk_sae(acts, 512, 1, epochs=3, batch_size=64, selection="bf16-prefilter", dead_tokens=64)
+    assert stats.dead_fraction > 0.25 and 0 < stats.fp32_steps < stats.steps

@@ -54,16 +54,30 @@ _TINY = 1e-30
 _K_ALIGN = 16
 
 
+#: A TopK step with AuxK takes the fp32 selection when more than this fraction of the latents are dead: the
+#: prefilter never forms the fp32 pre-activations, so AuxK needs the dead latents' own fp32 matmul, which then
+#: costs more than the bf16 matmul saves (MiniLM residual stream, d_in 384, 12,288 latents, 43% dead at the end:
+#: 1,183 tokens/s with the prefilter on every step against 1,256 without)
+MAX_DEAD_FRACTION = 0.25
+#: A trainer stops using the prefilter for good once one step's rows fell back to fp32 beyond this fraction
+#: (each such row costs its fp32 matmul on top of the bf16 one)
+MAX_FALLBACK_FRACTION = 0.15
+
+
 class PrefilterBoundError(HarnessError):
     """The bf16 prefilter's error bound failed on this machine (its bf16 matmul rounds differently)."""
 
 
 @dataclass
 class PrefilterStats:
-    """What the prefilter did over a run: rows selected, rows recomputed in fp32 in full."""
+    """What the prefilter did over a run: rows selected, rows recomputed in fp32 in full, and training steps
+    that took the fp32 selection instead (many dead latents: see :data:`MAX_DEAD_FRACTION`)."""
 
     rows: int = 0
     fallback_rows: int = 0
+    fp32_steps: int = 0
+    last_fallback_fraction: float = 0.0  # of the last call's rows
+    retired: bool = False  # set by a trainer that stopped using the prefilter
 
     @property
     def fallback_fraction(self) -> float:
@@ -205,5 +219,6 @@ def prefiltered_topk_relu(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Te
     if stats is not None:
         stats.rows += xc.shape[0]
         stats.fallback_rows += int(redo.numel())
+        stats.last_fallback_fraction = redo.numel() / max(1, xc.shape[0])
     indices, order = indices.sort(dim=1)
     return values.gather(1, order).clamp_min_(0), indices

@@ -28,17 +28,19 @@ import torch
 from harness.errors import ConfigError, HarnessError
 from harness.protocols.reconstruction import SparseCodes
 from harness.sae.autograd import topk_sae_forward
-from harness.sae.bf16_select import PrefilterStats, resolve_selection
+from harness.sae.bf16_select import MAX_DEAD_FRACTION, MAX_FALLBACK_FRACTION, PrefilterStats, resolve_selection
 from harness.sae.kernels import Workspace, topk_encode
 from harness.sae.model import SAE
 from harness.sae.registry import Architecture, SAEConfig, register_architecture
 from harness.sae.training import NormalisedTrainer, TrainStats
 
 
-#: ``selection="auto"`` uses the bf16 prefilter from ``n_latents * d_in`` this large on (where AMX is present):
-#: below it the fp32 encoder matmul is not the larger cost (selection alone, one thread, 2,048 rows, k 32:
-#: 1.04-1.07x at d_in 256 / 8,192 latents and 512 / 4,096, 1.36x at 512 / 8,192, 2.27x at 512 / 16,384)
-PREFILTER_MIN_WEIGHTS = 1 << 22
+#: ``selection="auto"`` uses the bf16 prefilter (where AMX is) for SAEs at least this wide and this large: the
+#: regime where it was measured to pay (training step, one thread, batch 2,048, d_in 512, k 32: 1.2x at 8,192
+#: latents, 1.9x at 32,768); on MiniLM's residual stream (d_in 384, 12,288 latents, batch 512, two threads) it
+#: did not (7,760 and 7,499 tokens/s against 7,142 and 7,821 with fp32; 19% of the rows fell back by epoch 6)
+PREFILTER_MIN_D_IN = 512
+PREFILTER_MIN_LATENTS = 8192
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,10 +92,10 @@ class TopKTrainer(NormalisedTrainer):
 
     def resolve_selection(self, device: torch.device) -> str:
         """``"bf16-prefilter"`` or ``"fp32"``: ``"auto"`` takes the prefilter for plain TopK on a CPU with AMX
-        from :data:`PREFILTER_MIN_WEIGHTS` encoder weights on."""
+        from :data:`PREFILTER_MIN_D_IN` x :data:`PREFILTER_MIN_LATENTS` on."""
         plain = not self.batch_topk and self.grads is None
         if self.selection == "auto":
-            wide = self.n_latents * self.d >= PREFILTER_MIN_WEIGHTS and plain
+            wide = self.d >= PREFILTER_MIN_D_IN and self.n_latents >= PREFILTER_MIN_LATENTS and plain
             return resolve_selection("auto", device) if wide else "fp32"
         chosen = resolve_selection(self.selection, device)
         if chosen == "bf16-prefilter" and not plain:
@@ -109,12 +111,28 @@ class TopKTrainer(NormalisedTrainer):
         dead_idx = self.dead_latents()
         x_hat, aux_hat, vals, idx = topk_sae_forward(
             x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k, scale, dead_idx, self.k_aux, self.batch_topk,
-            self.workspace, self.prefilter,
+            self.workspace, self.step_prefilter(dead_idx),
         )
         e = x - x_hat
         loss = e.pow(2).sum() / self.denom(x) + self.aux_loss(aux_hat, e, dead_idx, x)
         self.selected = idx, vals
         return loss
+
+    def step_prefilter(self, dead_idx: torch.Tensor | None) -> PrefilterStats | None:
+        """The prefilter's stats for this step, or None for the fp32 selection: with more than
+        :data:`~harness.sae.bf16_select.MAX_DEAD_FRACTION` of the latents dead (AuxK's own fp32 matmul over them
+        would cost more than the prefilter saves), and for good once a step's rows fell back to fp32 beyond
+        :data:`~harness.sae.bf16_select.MAX_FALLBACK_FRACTION`.  Deterministic: it follows the seeded trajectory."""
+        p = self.prefilter
+        if p is None:
+            return None
+        if p.last_fallback_fraction > MAX_FALLBACK_FRACTION:
+            p.retired = True  # the bound no longer settles enough rows on this data: fp32 from here on
+        many_dead = dead_idx is not None and self.k_aux > 0 and dead_idx.numel() > MAX_DEAD_FRACTION * self.n_latents
+        if p.retired or many_dead:
+            p.fp32_steps += 1
+            return None
+        return p
 
     def denom(self, x: torch.Tensor) -> float:
         """``B * d``: in normalised units the total variance of a batch ``x`` ``[B, d]`` is about that."""
@@ -153,6 +171,7 @@ class TopKTrainer(NormalisedTrainer):
         self.stats.dead_fraction = float((self.since_fired > self.dead_tokens).float().mean())
         if self.prefilter is not None:
             self.stats.fallback_rows = self.prefilter.fallback_rows
+            self.stats.fp32_steps = self.prefilter.fp32_steps
         return SAE(*self.folded(), self.config(), info={"train": self.stats.__dict__})
 
 

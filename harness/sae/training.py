@@ -42,6 +42,7 @@ class TrainStats:
     dead_fraction: float = float("nan")  # on the training stream at the end (AuxK's definition)
     selection: str = "fp32"  # how TopK selected: "fp32", or "bf16-prefilter" (harness.sae.bf16_select)
     fallback_rows: int = 0  # rows the bf16 prefilter could not settle and selected in fp32
+    fp32_steps: int = 0  # steps that took the fp32 selection although the prefilter was chosen (many dead latents)
 
     @property
     def tokens_per_s(self) -> float:
