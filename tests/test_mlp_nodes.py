@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from harness.baselines.circuit_mlps import mlp_eap_scores, mlp_patch_effects
+from harness.baselines.circuit_mlps import mlp_eap_ig_scores, mlp_eap_scores, mlp_patch_effects
 from harness.core import registry
 from harness.errors import HarnessError, InvalidOutputError
 from harness.models.graph import EdgeGraph
@@ -88,6 +88,18 @@ def test_mlp_eap_is_the_linear_estimate_of_the_patch(model):
     assert np.allclose(mlp_eap_scores(model, data), expected, atol=1e-12)
 
 
+def test_mlp_eap_ig_is_eap_at_one_step_and_complete_at_many(model):
+    """steps=1 is EAP; with many steps each MLP's score approaches its resample patching effect (the
+    interpolation runs between the corrupted and the clean output of that MLP, the rest computed normally)."""
+    data = make_data(model)
+    assert np.allclose(mlp_eap_ig_scores(model, data, steps=1), mlp_eap_scores(model, data), atol=1e-12)
+    effects = mlp_patch_effects(model, data, "resample")
+    coarse, fine = (np.abs(mlp_eap_ig_scores(model, data, steps=s) - effects).max() for s in (2, 256))
+    assert fine < 0.02 * np.abs(effects).max() and fine < coarse
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        mlp_eap_ig_scores(model, data, steps=0)
+
+
 def test_attention_only_models_have_no_mlp_nodes():
     model = make_model(d_mlp=0)
     with pytest.raises(HarnessError, match="no MLPs"):
@@ -105,7 +117,7 @@ def test_pass_counter_counts_mlp_runs(model):
 
 
 @pytest.mark.parametrize("name, expected", [("act-patch-resample", "resample"), ("act-patch-mean", "mean"),
-                                            ("eap", "eap"), ("eap-signed", "eap-signed")])
+                                            ("eap", "eap"), ("eap-signed", "eap-signed"), ("eap-ig", "eap-ig")])
 def test_methods_score_mlps_like_their_heads(model, name, expected):
     data = make_data(model)
     method = registry.get_method(name).cls()
@@ -113,6 +125,8 @@ def test_methods_score_mlps_like_their_heads(model, name, expected):
     got = method.score_mlps(model, data)
     if expected in ("resample", "mean"):
         ref = np.abs(mlp_patch_effects(model, data, expected))
+    elif expected == "eap-ig":
+        ref = np.abs(mlp_eap_ig_scores(model, data, steps=5))
     else:
         ref = mlp_eap_scores(model, data)
         ref = ref if expected == "eap-signed" else np.abs(ref)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from harness.models.base import HookedModel
-from harness.baselines.circuit_mlps import mlp_eap_scores, mlp_patch_effects
+from harness.baselines.circuit_mlps import mlp_eap_ig_scores, mlp_eap_scores, mlp_patch_effects
 from harness.protocols.circuits import REPLACEMENTS, CircuitData, CircuitMethod, patch_replacement  # noqa: F401
 from harness.core.registry import register_method
 
@@ -295,6 +295,11 @@ class EAPIG(CircuitMethod):
 
     def score_heads(self, model: HookedModel, data: CircuitData) -> np.ndarray:
         s = eap_ig_scores(model, data, self.steps)
+        return np.abs(s) if self.absolute else s
+
+    def score_mlps(self, model: HookedModel, data: CircuitData) -> np.ndarray:
+        """EAP-IG of each MLP's output, integrated the same way (:func:`mlp_eap_ig_scores`)."""
+        s = mlp_eap_ig_scores(model, data, self.steps)
         return np.abs(s) if self.absolute else s
 
 

@@ -9,7 +9,8 @@ and get a :class:`~harness.errors.HarnessError`.
 - :meth:`MLPNodesMixin.mlp_outputs`: ``[b, s, L, d_model]`` of one run;
 - :meth:`MLPNodesMixin.run_with_mlp_replaced`: logits of a run where one layer's MLP output is replaced
   (resample: the corrupted run's, mean: a per-position mean);
-- :meth:`MLPNodesMixin.mlp_gradients`: ``(outputs, d metric / d outputs)`` from one forward and one backward.
+- :meth:`MLPNodesMixin.mlp_gradients`: ``(outputs, d metric / d outputs)`` from one forward and one backward;
+- :meth:`MLPNodesMixin.mlp_replacement_gradient`: the gradient with respect to a replaced MLP output.
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ class MLPNodesMixin:
             grads = torch.autograd.grad(metric.reshape(()), probes, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(probes, grads)]
         return torch.stack(outs, dim=2), torch.stack(grads, dim=2).detach()
+
+
+    def mlp_replacement_gradient(self, tokens: torch.Tensor, layer: int, replacement: torch.Tensor,
+                                 metric_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``d metric / d replacement`` of :meth:`run_with_mlp_replaced` (one forward, one backward), the shape
+        of ``replacement``; no parameter gradients are computed."""
+        rep = replacement.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            metric = metric_fn(self.run_with_mlp_replaced(tokens, layer, rep))
+            if not isinstance(metric, torch.Tensor) or metric.numel() != 1:
+                raise ValueError(f"metric_fn must return a scalar tensor, got {describe(metric)}")
+            (grad,) = torch.autograd.grad(metric.reshape(()), rep)
+        return grad
 
 
 def _keep(outs: list, layer: int) -> HookFn:

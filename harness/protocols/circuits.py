@@ -129,6 +129,7 @@ COUNTED_CALLS: dict[str, tuple[int, int]] = {
     "mlp_outputs": (1, 0),
     "run_with_mlp_replaced": (1, 0),
     "mlp_gradients": (1, 1),
+    "mlp_replacement_gradient": (1, 1),
 }
 
 
