@@ -4,7 +4,7 @@ The trap variants (``circuits/ioi-negative``, ``-redundant``, ``-busy``, ``-satu
 ``-cancel``, ``-opposing``) score heads on
 the planted models of :data:`harness.embedded.planted.specs.TRAP_SPECS`: the IOI task on a model with a
 known failure mode planted (its card says which methods it should defeat and why).  They are in the
-default suite: the family's 9 tasks x every circuits method x seeds 0 1 2 (354 cells) ran in 154 s from a
+default suite: the family's 9 tasks x every circuits method x seeds 0 1 2 (354 cells) ran in 154-182 s from a
 cold cache on an otherwise idle 2-core machine (README, "Circuit trap models").
 """
 
