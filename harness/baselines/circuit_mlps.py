@@ -4,7 +4,8 @@ Each is on the scale of the same method's head scores, so that heads and MLPs ca
 
 - :func:`mlp_patch_effects`: ``m(clean) - m(layer l's MLP output replaced)`` per layer, the MLP counterpart of
   :func:`~harness.baselines.circuits.act_patch_batched` (resample: from the paired corrupted prompt; mean: the
-  per-position mean over the clean and corrupted fit prompts); ``L + 1`` forward passes (+1 for the mean);
+  per-position mean over the clean and corrupted fit prompts); ``L + 2`` forward passes (the replacement's run, the
+  clean run, one per layer);
 - :func:`mlp_eap_scores`: attribution patching of the MLP outputs, ``sum (out_clean - out_corrupt) . dM/d out``
   at the clean run (one forward + backward, one forward), the counterpart of
   :func:`~harness.baselines.circuits.eap_scores`;

@@ -18,7 +18,7 @@
   ``edge_run``, ``edge_gradients``, ``run_with_edges``), for adapters with split q / k / v inputs
   (``_split_qkv``: the harness GPT; others raise a ``HarnessError``);
 - :mod:`harness.models.mlp_nodes`: MLP outputs as circuit nodes (``mlp_outputs``, ``run_with_mlp_replaced``,
-  ``mlp_gradients``), on the hook points.
+  ``mlp_gradients``, ``mlp_replacement_gradient``), on the hook points.
 
 Adapters implement the token primitives (``_encode``, ``_decode_one``, ``token_id``), ``W_O``,
 ``b_O``, ``_ln_final``, ``_W_U``, ``_b_U`` and one run between two hook points (``_run``):

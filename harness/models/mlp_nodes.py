@@ -84,7 +84,6 @@ class MLPNodesMixin:
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(probes, grads)]
         return torch.stack(outs, dim=2), torch.stack(grads, dim=2).detach()
 
-
     def mlp_replacement_gradient(self, tokens: torch.Tensor, layer: int, replacement: torch.Tensor,
                                  metric_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``d metric / d replacement`` of :meth:`run_with_mlp_replaced` (one forward, one backward), the shape
