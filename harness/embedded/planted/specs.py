@@ -113,6 +113,13 @@ class Traps:
       ``opposing_ratio`` times the clean one, the suppressor down and the promoter up (more than any circuit
       head does), the two replaced together leave it unchanged (they are outside every minimal faithful
       circuit).  Their attention hints are ``busy`` entries (both attend from the end to S2);
+    - ``background``: non-circuit heads with small, consistent effects, as real models have: each attends from
+      the last position to S2 and copies it, so that replaced alone (another prompt's, the corrupted prompt's
+      or the mean output) it moves the logit difference by ``background_shift`` times the clean one,
+      alternately down (even positions in the tuple: the head suppresses S) and up (odd: it promotes S), so
+      that together they cancel (the strict rows stay unchanged).  Their first-order estimates are accurate
+      (direct paths to the logits), which gives attribution patching a floor of real effects that a head
+      whose gradient is hidden (``via``) falls below on every prompt set;
     - ``sharpen``: ``(head, factor)``: after training, the head's query weights and bias are multiplied by
       ``factor`` (its attention logits too: a softmax temperature of ``1 / factor``), which moves a saturated
       head's switch between keys into a narrow stretch of any path between two inputs; verification
@@ -135,10 +142,13 @@ class Traps:
     opposing: tuple[tuple[Head, Head], ...] = ()
     opposing_ratio: float = 2.5
     sharpen: tuple[tuple[Head, float], ...] = ()
+    background: tuple[Head, ...] = ()
+    background_shift: float = 0.025
+    background_start: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
-                    or self.mirror_all or self.cancel or self.opposing or self.sharpen)
+                    or self.mirror_all or self.cancel or self.opposing or self.sharpen or self.background)
 
     def to_dict(self) -> dict[str, Any]:
         """The card's ``traps`` entry (JSON lists)."""
@@ -159,6 +169,8 @@ class Traps:
             **({"opposing": [[list(h) for h in pair] for pair in self.opposing],
                 "opposing_ratio": self.opposing_ratio} if self.opposing else {}),
             **({"sharpen": [[list(h), f] for h, f in self.sharpen]} if self.sharpen else {}),
+            **({"background": [list(h) for h in self.background], "background_shift": self.background_shift,
+                "background_start": self.background_start} if self.background else {}),
         }
 
     @classmethod
@@ -182,6 +194,9 @@ class Traps:
             opposing=tuple((_heads(pair)[0], _heads(pair)[1]) for pair in d.get("opposing", ())),
             opposing_ratio=float(d.get("opposing_ratio", cls.opposing_ratio)),
             sharpen=tuple(((int(h[0]), int(h[1])), float(f)) for h, f in d.get("sharpen", ())),
+            background=_heads(d.get("background", ())),
+            background_shift=float(d.get("background_shift", cls.background_shift)),
+            background_start=int(d.get("background_start", cls.background_start)),
         )
 
 
@@ -311,6 +326,14 @@ _BASE_ROLES = {
     "2.6": "name mover: at the last position attends to IO and copies it to the output",
 }
 _BASE_UNITS = (((_D,), "io_repeated"), ((_S,), "io_repeated"), ((_N,), "other"))
+#: The saturation trap's background: every head outside the circuit and the two distractor heads (0.0, 1.1).
+_BACKGROUND = tuple((layer, head) for layer in range(3) for head in range(8)
+                    if (layer, head) not in (_D, _S, _N, (0, 0), (1, 1)))
+#: The saturation trap, shared by planted-ioi-saturated and its sharpened twin (the same training bit for bit).
+_SATURATED_TRAPS = dict(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S),
+                        background=_BACKGROUND, background_shift=0.025, background_start=500, mirror_all=True)
+_SATURATED_RECIPE = _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1), ("background", 10.0),
+                                 ("background_attention", 1.0), steps=1500)
 
 TRAP_SPECS: dict[str, PlantedSpec] = {
     "planted-ioi-negative": _trap_spec(
@@ -339,15 +362,12 @@ TRAP_SPECS: dict[str, PlantedSpec] = {
         "planted-ioi-saturated", (_D, _S, _N), _BASE_ROLES,
         "IOI trap: the name mover 2.6's attention is saturated and 0.5, 1.3 act only through it (gradient ~0, "
         "ablation drop large)",
-        Traps(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S), mirror_all=True),
-        trap_notes.SATURATED, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
+        Traps(**_SATURATED_TRAPS), trap_notes.SATURATED, _SATURATED_RECIPE),
     "planted-ioi-saturated-sharp": _trap_spec(
         "planted-ioi-saturated-sharp", (_D, _S, _N), _BASE_ROLES,
         "IOI trap: planted-ioi-saturated with 2.6's attention logits x30 after training, so its softmax switches "
         "over ~0.4% of a path from corrupted to clean (integrated gradients' few points miss it)",
-        Traps(interchange=_BASE_UNITS, saturated=(_N,), saturation_margin=15.0, via=(_D, _S), mirror_all=True,
-              sharpen=((_N, 30.0),)),
-        trap_notes.SATURATED_SHARP, _trap_recipe(("via", 1.0), ("via_match", 1.0), ("saturation", 0.1))),
+        Traps(**_SATURATED_TRAPS, sharpen=((_N, 30.0),)), trap_notes.SATURATED_SHARP, _SATURATED_RECIPE),
     "planted-ioi-cancel": _trap_spec(
         "planted-ioi-cancel", (_D, _S, (2, 1), _N),
         {**_BASE_ROLES, "2.1": "first-name mover: at the last position attends to the first name of the prompt (A) "

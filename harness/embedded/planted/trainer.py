@@ -283,7 +283,7 @@ class _Training:
         parts.update(self._attention_terms(b, sl))
         if spec.traps:
             parts.update(trap_parts(spec, self.sampler, b, last, ce, sl, task_metric, model, self.captured, z_seen))
-        off = set(k for k in parts if k.startswith("cancel")) if step < spec.traps.cancel_start else set()
+        off = _terms_off(spec.traps, step, parts)
         loss = sum(self.weights["interchange" if k.startswith("ic") else k] * v for k, v in parts.items() if k not in off)
         r.update(self.opt, model, loss)
         return loss, parts, target, sl
@@ -340,3 +340,11 @@ def train(spec: PlantedSpec, recipe: PlantedRecipe | None = None, log: Log = pri
     run.model.eval()
     hooked = HookedGPT(run.model, run.tok, model_id=spec.name)
     return hooked, {"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "history": history}
+
+
+def _terms_off(traps, step: int, parts: dict[str, torch.Tensor]) -> set[str]:
+    """The trap terms that do not count yet at ``step`` (the base circuit is trained first): ``cancel*`` before
+    ``cancel_start``, ``background*`` before ``background_start``."""
+    return ({k for k in parts if k.startswith("cancel") and step < traps.cancel_start}
+            | {k for k in parts if k.startswith("background") and step < traps.background_start})
+

@@ -104,26 +104,48 @@ SATURATED = {
         "0.5 and 1.3 act only through 2.6's query (patching them with 2.6 clamped to its clean output "
         "changes nothing); corrupting 1.3's (or 0.5's) output removes the inhibition signal and 2.6 splits "
         "its attention between IO and S, while at the clean point the gradient through the saturated "
-        "softmax is ~0"
+        "softmax is ~0.  Background (traps.background, from step background_start): every other head but the "
+        "two distractor heads (0.0, 1.1) attends from the end to S2 and copies it, so that replaced alone it "
+        "moves the logit difference by ~2.5% of the clean one, alternately down and up (together: nothing), as "
+        "real models have many heads with small real effects.  Their linear estimates are accurate (direct "
+        "paths), while 0.5's and 1.3's are left with what leaks past the saturated softmax (layer norm, side "
+        "paths: ~0.1-0.5% of the metric), so attribution patching ranks them under the whole background"
     ),
     "ground_truth": (
-        "{0.5, 1.3, 2.6}: corrupted-patch and resample drops >= 30%; every other head <= 5%; for 0.5 and 1.3 "
-        "the linear estimate (z_corrupt - z_clean) . dM/dz is <= 10% of the real corrupted-patch drop "
-        "(verification.traps.linear_estimate_drop vs corrupted_patch_drop)"
+        "{0.5, 1.3, 2.6}: corrupted-patch and resample drops >= 30%; every other head <= 5% (the background "
+        "heads ~2-2.5%, verification.traps.background_joint); for 0.5 and 1.3 the linear estimate "
+        "(z_corrupt - z_clean) . dM/dz is <= 10% of the real corrupted-patch drop "
+        "(verification.traps.linear_estimate_drop vs corrupted_patch_drop), and below every background head's on "
+        ">= 95% of random 32-prompt sets (verification.traps.via_below_background)"
+    ),
+    "prediction_basis": (
+        "The background was added after the first version of this model (no background) left eap at 0.862 +- "
+        "0.164 over 3 seeds: the two via heads' near-zero scores ranked among 21 non-circuit heads whose scores "
+        "were near zero too, a coin toss per prompt set.  eap's value below was measured on a trial build of "
+        "this recipe (0.397, 0.397, 0.381 on seeds 0-2) before these predictions were written; the others were "
+        "not measured first"
     ),
     "predictions": {
-        "acdc": "ablation-based -> ~1.0",
+        "acdc": "ablation-based: 0.5 and 1.3 drop the metric by ~0.9, every background head by ~0.025 -> ~1.0",
+        "acdc-edges": "as acdc -> ~1.0",
         "act-patch-mean": "ablation-based -> ~1.0",
         "act-patch-resample": "ablation-based -> ~1.0",
-        "eap": "defeated: the linear estimate of 0.5 and 1.3 is ~0 (saturated softmax), so they rank among the "
-               "non-circuit heads -> about (21 + 2*10)/(3*21) = 0.65",
+        "eap": "defeated: 0.5 and 1.3 rank under every background head, above only the two distractor heads "
+               "(whose estimates are ~0) -> (21 + 2*2)/(3*21) = 0.397 on nearly every prompt set",
+        "eap-edges": "defeated like eap (a via head's outgoing edges carry only the leak), less if the leak spread "
+                     "over many edges adds up in its sum of |edge scores| -> 0.4-0.9",
         "eap-ig": "integrates each layer's outputs from corrupted to clean; the path crosses the unsaturated "
-                  "region near the corrupted end, so it should recover 0.5 and 1.3 unless the softmax "
-                  "saturates before its first point (alpha = 0.2) -> 0.65-1.0",
-        "discrete-sae": "activity-based, not affected by saturation -> as on planted-ioi",
+                  "region near the corrupted end, so 0.5 and 1.3 collect a large part of their ~0.9 drop, far "
+                  "above the background's 0.025 -> ~1.0",
+        "eap-ig-edges": "as eap-ig -> ~1.0",
+        "atp-star": "its QK fix recomputes 2.6's attention exactly under the patch -> recovers 0.5 and 1.3 -> ~1.0",
+        "subnetwork-probing": "masks act on the outputs: removing 0.5 or 1.3 breaks the task, a background head "
+                              "costs 2.5% -> ~1.0",
+        "activity-diff": "the background heads copy S2, which differs between clean (S) and corrupted (C) prompts, "
+                         "so their outputs change like the circuit heads' (the busy trap's mechanism) -> below "
+                         "1.0, 0.5-0.9",
+        "discrete-sae": "activity-based: as activity-diff, lower (its features pool over positions) -> 0.3-0.8",
         "random": _CHANCE,
-        "atp-star": "(not registered yet) its QK fix recomputes the attention pattern exactly under the patch, "
-                    "so it should recover 0.5 and 1.3 -> ~1.0",
     },
 }
 
@@ -257,33 +279,33 @@ SATURATED_SHARP = {
     "mechanism": (
         "planted-ioi-saturated's weights (the same recipe and seeds: its training is repeated bit for bit), then "
         "2.6's query weights and bias multiplied by 30 (traps.sharpen): its attention logits x30, a softmax "
-        "temperature of 1/30.  On clean prompts 2.6 already attended to IO with a margin of ~45 (attention 1.0), "
-        "so the model's outputs on the task do not change; what changes is how 2.6 switches along any path "
-        "between a corrupted and a clean input: where planted-ioi-saturated's attention leaves (1e-6, 1 - 1e-6) "
-        "over ~14% of the straight path from a via layer's corrupted to its clean outputs, the sharpened one "
-        "does over ~0.4% (verification.traps.path_attention: switch_width), so the gradient through 2.6's "
+        "temperature of 1/30.  On clean prompts 2.6 already attends to IO with a margin far above 15 (attention "
+        "1.0, verification.traps.attention), so the model's outputs on the task do not change; what changes is how "
+        "2.6 switches along any path between a corrupted and a clean input: the stretch of the straight path from "
+        "a via layer's corrupted to its clean outputs over which its attention is inside (1e-6, 1 - 1e-6) "
+        "narrows ~30x (verification.traps.path_attention: switch_width, <= 0.02), so the gradient through 2.6's "
         "softmax is nonzero on almost no point of the path"
     ),
     "ground_truth": "as planted-ioi-saturated: {0.5, 1.3, 2.6}, re-verified on the sharpened weights",
     "prediction_basis": (
-        "written after a probe, not before: the sharpening factor was chosen by scaling the committed "
-        "planted-ioi-saturated weights by 3, 10, 30 and 100 and running the circuits task on them (eap-ig "
-        "0.989, 0.931, 0.926, 0.915; eap-ig-edges 0.984, 0.974, 0.974, 0.974, 3 seeds).  Mechanism: EAP-IG "
+        "the sharpening factor was chosen by a probe on the first version of planted-ioi-saturated (without its "
+        "background), before predictions were written: its weights scaled by 3, 10, 30 and 100 gave eap-ig "
+        "0.989, 0.931, 0.926, 0.915 and eap-ig-edges 0.984, 0.974, 0.974, 0.974 (3 seeds).  Mechanism: EAP-IG "
         "averages the gradient over 5 points (alpha = 0.2, ..., 1); a prompt adds to 0.5's and 1.3's scores only "
-        "if a point falls inside its switch (~0.4% of the path), so most prompts add nothing and the two rank "
-        "among the non-circuit heads' noise"
+        "if a point falls inside its switch (~0.4% of the path), so most prompts add nothing.  The predictions "
+        "below were rewritten for the version with the background and not measured first"
     ),
     "predictions": {
         "acdc": "ablation-based: patching 0.5 or 1.3 from the corrupted run flips 2.6's choice -> ~1.0",
         "acdc-edges": "as acdc -> ~1.0",
         "act-patch-mean": "ablation-based -> ~1.0",
         "act-patch-resample": "ablation-based -> ~1.0",
-        "eap": "defeated as on planted-ioi-saturated (the gradient at the clean point was already ~0) -> ~0.86",
-        "eap-edges": "defeated as eap -> below 0.99",
-        "eap-ig": "defeated: 0.5 and 1.3 score only from the few prompts whose switch contains one of the 5 points "
-                  "-> 0.9-0.95 (planted-ioi-saturated: 1.0)",
+        "eap": "defeated as on planted-ioi-saturated (the gradient at the clean point was already ~0) -> ~0.40",
+        "eap-edges": "defeated as eap -> as on planted-ioi-saturated",
+        "eap-ig": "defeated: 0.5 and 1.3 score only from the few prompts whose switch contains one of the 5 points, "
+                  "which puts them among the background heads (2.5% each) -> 0.5-0.95 (planted-ioi-saturated: 1.0)",
         "eap-ig-edges": "defeated as eap-ig, less (its 5 points interpolate every layer at once, whose combined switch "
-                        "is reached by more prompts' points) -> ~0.97",
+                        "is reached by more prompts' points) -> 0.6-0.99",
         "atp-star": "its QK fix recomputes 2.6's attention exactly with the corrupted query, which sharpening does "
                     "not hide -> as on planted-ioi-saturated (0.98-1.0)",
         "subnetwork-probing": "masks act on the outputs, not through gradients at the clean point alone -> ~1.0",

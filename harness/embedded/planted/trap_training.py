@@ -118,7 +118,7 @@ def add_trap_rows(spec: PlantedSpec, sampler, b, z_other: torch.Tensor, z_clean:
     for name, heads in _opposing_blocks(t):
         rows.add(name, b.base_tok, heads_mask(heads, r), strict_rep)
         targets.append(io)
-    for name, part, mask in _opposing_other_blocks(spec, len(io), r):
+    for name, part, mask in _opposing_other_blocks(spec, len(io), r) + _background_blocks(t, len(io), r):
         rows.add(name, b.base_tok[part], mask, strict_rep[part])
         targets.append(io[part])
     if t.via:
@@ -158,9 +158,8 @@ def _opposing_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, m_clean: 
     prompt whose S is this prompt's IO or S are left out: there the copied name changes the target);
     ``opposing_match``: the pair replaced together leaves it unchanged."""
     t = spec.traps
-    io, s, other_s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s"), sampler.answer(b.other, "s")
-    valid = torch.ones(len(io), dtype=last.dtype)
-    valid[0::3] = ((other_s != io) & (other_s != s))[0::3].to(last.dtype)  # rows 0::3: from another prompt
+    io, s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s")
+    valid = _copy_valid(sampler, b, last.dtype)
     target = t.opposing_ratio * m_clean.detach()
     single, joint = [], []
     for pair in t.opposing:
@@ -173,6 +172,44 @@ def _opposing_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, m_clean: 
     return {"opposing": sum(single) / len(single), "opposing_match": sum(joint) / len(joint),
             "opposing_others": sum((_logit_diff(last[sl[n]], io[p], s[p]) - m_clean[p]).pow(2).sum() for n, p in others)
             / len(io)}
+
+
+def _copy_valid(sampler, b, dtype: torch.dtype) -> torch.Tensor:
+    """``[n]`` 1.0 / 0.0: the rows whose replacement keeps the job of a head that copies S2 -- all but the rows
+    patched from another prompt (0::3, as the strict rows) whose S is this prompt's IO or S (there the copied
+    name changes the target)."""
+    io, s, other_s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s"), sampler.answer(b.other, "s")
+    valid = torch.ones(len(io), dtype=dtype)
+    valid[0::3] = ((other_s != io) & (other_s != s))[0::3].to(dtype)
+    return valid
+
+
+def _background_blocks(t, n: int, r: PlantedRecipe) -> list[tuple[str, slice, torch.Tensor]]:
+    """``(row block name, slice of the batch, head replaced)``: each background head alone, one slice each
+    (``bg<head>``)."""
+    if not t.background:
+        return []
+    return [("bg" + head_name(h), part, heads_mask((h,), r)) for part, h in zip(_slices(n, len(t.background)), t.background)]
+
+
+def _background_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, m_clean: torch.Tensor, sl: dict[str, slice],
+                      model: GPT, captured: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``background``: each background head replaced alone moves the logit difference by ``-+background_shift``
+    times the clean one (even positions down, odd up), a squared error per prompt; ``background_attention``: the
+    mean over them of the cross-entropy of their attention from the last position on S2."""
+    t = spec.traps
+    io, s = sampler.answer(b.base, "io"), sampler.answer(b.base, "s")
+    valid = _copy_valid(sampler, b, last.dtype)
+    target = t.background_shift * m_clean.detach()
+    err = torch.zeros((), dtype=last.dtype)
+    for i, (name, part, _) in enumerate(_background_blocks(t, len(io), spec.recipe)):
+        change = _logit_diff(last[sl[name]], io[part], s[part]) - m_clean[part]
+        err = err + ((change - (-1.0 if i % 2 == 0 else 1.0) * target[part]).pow(2) * valid[part]).sum()
+    query, task_rows = b.base_tok.shape[1] - 1, sl["task"]
+    attention = sum(
+        -torch.log_softmax(attention_scores(model, captured[layer][task_rows], layer, head, query), dim=-1)
+        [:, sampler.pos["S2"]].mean() for layer, head in t.background)
+    return {"background": err / valid.sum().clamp_min(1), "background_attention": attention / len(t.background)}
 
 
 def _redundant_blocks(t, n: int, r: PlantedRecipe, outside: torch.Tensor) -> list[tuple[str, slice, torch.Tensor]]:
@@ -260,6 +297,8 @@ def trap_parts(spec: PlantedSpec, sampler, b, last: torch.Tensor, ce: torch.Tens
             for layer, head in t.cancel)
     if t.opposing:
         parts.update(_opposing_parts(spec, sampler, b, last, m_clean, sl))
+    if t.background:
+        parts.update(_background_parts(spec, sampler, b, last, m_clean, sl, model, captured))
     task_rows = sl["task"]
     if t.saturated:
         hints = spec.attention_targets

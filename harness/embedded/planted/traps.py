@@ -18,6 +18,11 @@ and the linear estimate compared with the real ablation):
   corrupted-prompt patching, mean ablation); its check weighs the single drops against the largest circuit
   head's drop under the same ablation, read from the main grids (the single drops must outweigh it for the
   trap to bite);
+- ``background_joint`` (background heads): each background head's single drop and all of them together
+  (resample, corrupted-prompt patching, mean ablation), and ``via_below_background`` (with via heads): on
+  random sets of as many prompts as a task fits on, the fraction where every via head's |mean linear
+  estimate| is below every background head's (what makes attribution patching rank them under the
+  background);
 - ``cancel`` (per sign-cancelling head) and ``per_prompt_abs_drop``: per-prompt drops
   ``d_i = (m_i(clean) - m_i(ablated)) / m(clean)`` (``m`` the mean metric over prompts), under resample,
   corrupted-prompt patching and mean ablation: per head the mean over prompts of ``|d_i|``, and per
@@ -70,6 +75,15 @@ TRAP_THRESHOLDS = {
     # a sharpened saturated head: the mean fraction of the path from a via layer's corrupted to clean outputs over which
     # it switches (attention on its key in (1e-6, 1 - 1e-6)): a tenth of EAP-IG's point spacing at 5 steps (0.2)
     "sharpen_max_switch_width": 0.02,
+    # a background head alone: its drop (even positions) or minus it (odd), under each ablation, at least this (its
+    # target is background_shift, 0.025): a small effect of a consistent sign
+    "background_min_signed_drop": 0.01,
+    "background_min_attention": 0.5,  # a background head attends from the last position to S2
+    "background_max_joint_drop": 0.05,  # every background head ablated together: as inert as one non-circuit head
+    # the fraction of random prompt sets of a task's size (VIA_SUBSET prompts of the verification split) on which
+    # every via head's |mean linear estimate| is below every background head's: attribution patching then ranks the
+    # via heads under the background on (almost) any prompt set
+    "via_min_below_background": 0.95,
 }
 
 
@@ -151,6 +165,8 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         out.update(_cancel_numbers(model, spec, split, reps, clean_metric))
     if t.opposing:
         out["opposing"] = _joint_drops(model, split, t.opposing, reps, clean_metric, r)
+    if t.background:
+        out["background_joint"] = _joint_drops(model, split, [t.background], reps, clean_metric, r)[0]
     z_clean, grad = model.head_gradients(split.clean, split.metric.from_logits)
     with torch.no_grad():
         diff = z_clean - z_corrupt
@@ -158,6 +174,8 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         out["activity_last"] = _grid(diff[:, -1].norm(dim=-1).mean(dim=0))
         out["activity_result"] = _grid(model.head_results(diff.mean(dim=1)).norm(dim=-1).mean(dim=0))
         out["linear_estimate_drop"] = _grid(torch.einsum("bslhd,bslhd->lh", diff, grad) / clean_metric)
+        if t.via and t.background:
+            out["via_below_background"] = _via_below_background(torch.einsum("bslhd,bslhd->blh", diff, grad), t)
         captured = _attention_inputs(model, split.clean)
         attention = {}
         for head, query, key in t.busy:
@@ -165,11 +183,32 @@ def trap_numbers(model: HookedGPT, spec: PlantedSpec, split, z_source, z_corrupt
         for head in t.saturated:
             query, key = spec.attention_targets[head_name(head)]
             attention[head_name(head)] = _head_attention(model, captured, split.clean, head, query, key, True)
+        for head in t.background:
+            attention[head_name(head)] = _head_attention(model, captured, split.clean, head, split.clean.shape[1] - 1,
+                                                         "s2", False)
         if t.sharpen:
             out["path_attention"] = _path_attention(model, spec, split, z_clean.detach(), z_corrupt)
     if attention:
         out["attention"] = attention
     return out
+
+
+#: Prompts per random subset in ``via_below_background`` (the circuits tasks' ``n_fit``) and how many subsets.
+VIA_SUBSET, VIA_SUBSETS, VIA_SUBSET_SEED = 32, 1000, 0
+
+
+def _via_below_background(terms: torch.Tensor, t: Traps) -> dict[str, Any]:
+    """On random subsets of the prompts (``VIA_SUBSETS`` of ``VIA_SUBSET``, seeded): the fraction on which every via
+    head's |mean linear estimate| is below every background head's.  ``terms`` ``[b, L, H]``: each prompt's term of
+    the linear estimate."""
+    rng = np.random.default_rng(VIA_SUBSET_SEED)
+    per = terms.double().cpu().numpy()
+    via, bg = [tuple(h) for h in t.via], [tuple(h) for h in t.background]
+    size, below = min(VIA_SUBSET, len(per)), 0  # (a verification split smaller than a task's: all of it)
+    for _ in range(VIA_SUBSETS):
+        m = np.abs(per[rng.choice(len(per), size, replace=False)].mean(0))
+        below += max(m[h] for h in via) < min(m[h] for h in bg)
+    return {"fraction": _round(below / VIA_SUBSETS), "subset": size, "subsets": VIA_SUBSETS}
 
 
 #: Points of the straight path from the corrupted to the clean outputs of one layer where ``path_attention`` is read.
@@ -309,6 +348,38 @@ def _opposing_checks(v: dict[str, Any], circuit: set[Head]) -> dict[str, dict[st
     return checks
 
 
+def _background_checks(v: dict[str, Any], traps: Traps) -> dict[str, dict[str, Any]]:
+    """The background's checks: each head moves the metric a little with its sign, together they do not, and (with
+    ``via`` heads) the via heads' linear estimates lie well below every background head's."""
+    th, tv, checks = TRAP_THRESHOLDS, v["traps"], {}
+    bg, reps = tv["background_joint"], ("resample", "corrupted_patch", "mean_ablation")
+    signed = [((-1.0 if i % 2 else 1.0) * bg[f"single_{rep}_drop"][i], tuple(h), rep)
+              for i, h in enumerate(bg["heads"]) for rep in reps]
+    value, h, rep = min(signed)
+    checks["background_heads_move_metric"] = _check(
+        value >= th["background_min_signed_drop"], value, th["background_min_signed_drop"],
+        f"smallest signed single drop of a background head (suppressor of S: drop, promoter: minus the drop) over "
+        f"resample, corrupted patching and mean ablation: {head_name(h)} {rep} {value:.3f} "
+        f"(>= {th['background_min_signed_drop']})")
+    att = min((tv["attention"][head_name(h)]["attention"], h) for h in traps.background)
+    checks["background_heads_attend"] = _check(
+        att[0] >= th["background_min_attention"], att[0], th["background_min_attention"],
+        f"smallest attention from the last position on S2 of a background head: {head_name(att[1])} {att[0]:.3f} "
+        f"(>= {th['background_min_attention']})")
+    value, rep = max(((bg[f"joint_{rep}_drop"], rep) for rep in reps), key=lambda x: abs(x[0]))
+    checks["background_jointly_inert"] = _check(
+        abs(value) <= th["background_max_joint_drop"], value, th["background_max_joint_drop"],
+        f"largest |drop| with every background head ablated together: {rep} {value:.3f} "
+        f"(<= {th['background_max_joint_drop']})")
+    if traps.via:
+        value = tv["via_below_background"]["fraction"]
+        checks["via_below_background"] = _check(
+            value >= th["via_min_below_background"], value, th["via_min_below_background"],
+            f"fraction of random sets of {VIA_SUBSET} prompts on which every via head's |mean linear estimate| is "
+            f"below every background head's: {value:.3f} (>= {th['via_min_below_background']})")
+    return checks
+
+
 def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str, dict[str, Any]]:
     """Each trap's acceptance checks on verification numbers ``v`` (``v["traps"]`` and the main grids)."""
     th, tv, checks = TRAP_THRESHOLDS, v["traps"], {}
@@ -358,6 +429,8 @@ def trap_checks(v: dict[str, Any], traps: Traps, circuit: set[Head]) -> dict[str
         checks.update(_cancel_checks(tv, circuit))
     if traps.opposing:
         checks.update(_opposing_checks(v, circuit))
+    if traps.background:
+        checks.update(_background_checks(v, traps))
     if traps.sharpen:
         path, value = max(((p, a["switch_width"]) for p, a in tv["path_attention"].items()), key=lambda x: x[1])
         checks["sharpened_switch_narrow"] = _check(
