@@ -219,9 +219,9 @@ def test_mean_ci_matches_t_interval():
 
 
 def test_separated_levels_is_the_largest_set_of_disjoint_intervals():
-    # the saturated-sharp trap's shape: 1.0 +- 0, 0.926 +- 0.046, 0.862 +- 0.164 (overlaps both), 0.582 +- 0.12
+    # the first saturated-sharp model's shape: 1.0 +- 0, 0.926 +- 0.046, 0.862 +- 0.164 (overlaps both), 0.582 +- 0.12
     assert separated_levels([(1.0, 0.0), (0.926, 0.046), (0.862, 0.164), (0.582, 0.12)]) == [0, 1, 3]
-    # the saturated trap's: 0.72 +- 0.089 and 0.582 +- 0.12 overlap, so two levels (either of them with 1.0)
+    # the first saturated model's: 0.72 +- 0.089 and 0.582 +- 0.12 overlap, so two levels (either of them with 1.0)
     assert len(separated_levels([(1.0, 0.0), (0.979, 0.023), (0.72, 0.089), (0.582, 0.12)])) == 2
     # touching ends are not disjoint; NaN half-widths (one seed) take no part; best first by mean
     assert separated_levels([(1.0, 0.5), (2.0, 0.5)]) == [0]  # the one with the lower upper end

@@ -429,7 +429,8 @@ def test_trap_training_smoke_is_deterministic_and_fails_verification(name):
     history = model.card["training"]["history"][-1]
     own = {"negative": spec.traps.negative, "redundant_match": spec.traps.redundant,
            "busy_attention": spec.traps.busy, "via_match": spec.traps.via, "saturation": spec.traps.saturated, "cancel_balance": spec.traps.cancel,
-           "opposing_match": spec.traps.opposing}
+           "opposing_match": spec.traps.opposing, "background": spec.traps.background,
+           "background_attention": spec.traps.background}
     assert {k for k, v in own.items() if v} <= set(history) and np.isfinite(history["loss"])
     assert not model.card["verification"]["passed"] and "traps" in model.card["verification"]
     again, _ = planted.train(spec, recipe, log=None)

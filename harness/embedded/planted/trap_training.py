@@ -49,6 +49,17 @@ Rows (all on the step's task prompts, every one scored at the last position):
   replaced alone, one slice of the batch each (term ``opposing_others``: nothing changes).  Their attention
   hints are ``busy`` entries.
 
+- ``bg<head>``: each background head replaced alone, one slice of the batch each (every position; rows from
+  another prompt, the corrupted prompt, the batch mean, as the strict rows); term ``background``: the logit
+  difference moves by ``-+background_shift`` times the clean one (even positions in ``traps.background`` down,
+  odd up), a squared error per prompt, rows patched from another prompt whose S is this prompt's IO or S left
+  out; ``background_attention``: their attention from the last position on S2.  Both count from step
+  ``background_start`` on.  Trials: at weight 1 the effects reached a fifth of the target; at weight 10 or 30
+  from step 0 (via terms x5) the task was not learned within 1,300 steps.  Before the background, four trials
+  of a term on the finite-difference slope of the logit difference along the via heads' replacement (the
+  saturated heads clamped) lowered every head's per-prompt linear estimate together: the via heads' leak
+  (layer norms, side paths) stayed above most strictly trained non-circuit heads'.
+
 Terms computed from the attention inputs captured during the pass: ``saturation`` (a hinge on the
 saturated heads' attention-logit margin) and ``busy_attention`` (the busy heads' attention hints); from
 the heads' outputs ``z`` on the clean rows: ``busy_activity``, a hinge keeping each busy head's output at
