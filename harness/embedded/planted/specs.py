@@ -146,6 +146,11 @@ class Traps:
     background_shift: float = 0.025
     background_start: int = 0
 
+    def background_signs(self) -> tuple[float, ...]:
+        """Per background head, the sign of its drop when replaced alone: +1 (it suppresses S, the logit difference
+        falls) at even positions of ``background``, -1 (it promotes S) at odd ones."""
+        return tuple(-1.0 if i % 2 else 1.0 for i in range(len(self.background)))
+
     def __bool__(self) -> bool:
         return bool(self.interchange or self.negative or self.redundant or self.busy or self.saturated or self.via
                     or self.mirror_all or self.cancel or self.opposing or self.sharpen or self.background)

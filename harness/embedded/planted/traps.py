@@ -353,8 +353,8 @@ def _background_checks(v: dict[str, Any], traps: Traps) -> dict[str, dict[str, A
     ``via`` heads) the via heads' linear estimates lie well below every background head's."""
     th, tv, checks = TRAP_THRESHOLDS, v["traps"], {}
     bg, reps = tv["background_joint"], ("resample", "corrupted_patch", "mean_ablation")
-    signed = [((-1.0 if i % 2 else 1.0) * bg[f"single_{rep}_drop"][i], tuple(h), rep)
-              for i, h in enumerate(bg["heads"]) for rep in reps]
+    signed = [(sign * bg[f"single_{rep}_drop"][i], tuple(h), rep)
+              for i, (sign, h) in enumerate(zip(traps.background_signs(), bg["heads"])) for rep in reps]
     value, h, rep = min(signed)
     checks["background_heads_move_metric"] = _check(
         value >= th["background_min_signed_drop"], value, th["background_min_signed_drop"],
